@@ -1,0 +1,2 @@
+//! Hot-path micro-benchmarks (placeholder).
+fn main() {}

@@ -1,0 +1,340 @@
+//! A backend and its live state: the atomics that health checks, passive ejection, the
+//! admin API and the request path share without a lock.
+//!
+//! A [`Backend`] is immutable and rebuilt on every reload; its [`BackendLive`] is carried
+//! over to the new snapshot when the backend stays in the same pool with the same address,
+//! so health, ejection, in-flight counts, counters, admin state and pooled upstream
+//! connections survive a reload. Eligibility is defined here once ([`BackendLive::accepts_new`],
+//! [`BackendLive::accepts_bound`]) and used by every balancer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::AdminState;
+use crate::proxy::conn_pool::ConnPool;
+
+/// One backend of one pool, as the current snapshot sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// The address as configured: identity for reloads, cookies, metrics and the admin API.
+    pub name: Arc<str>,
+    /// Where connections go.
+    pub addr: SocketAddr,
+    /// Relative share of new work.
+    pub weight: u32,
+    /// A stable 64-bit identity derived from `name` (hash rings, cookie tokens).
+    pub id: u64,
+    /// State shared with health checks, the admin API and older snapshots.
+    pub live: Arc<BackendLive>,
+}
+
+impl Backend {
+    /// Hashes a backend name into its stable identity.
+    pub fn id_of(name: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), 0x6d61_6974_7265_6421)
+    }
+}
+
+/// Health as published by the checker and passive ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not yet probed: takes no traffic until its first check passes.
+    Unknown = 0,
+    /// Passing.
+    Up = 1,
+    /// Failing.
+    Down = 2,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// The status-page name (`unknown` reads as down to an operator).
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down | Health::Unknown => "down",
+        }
+    }
+}
+
+/// The result of the most recent active check, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Whether it passed.
+    pub passed: bool,
+    /// `"200"`, `"timeout"`, `"refused"`, ...
+    pub detail: String,
+}
+
+/// Live, shared state of one backend.
+///
+/// Writers and readers, for every atomic: `health` is written by the pool's health
+/// checker and by passive ejection, read by balancers; `admin` by the admin API and
+/// reload, read by balancers; `in_flight` only through [`InFlight`]; counters by the
+/// request path, read by the admin listener. All use `Relaxed`: each is an independent
+/// value, and nothing orders other memory through them.
+#[derive(Debug)]
+pub struct BackendLive {
+    health: AtomicU8,
+    admin: AtomicU8,
+    /// Milliseconds on [`clock_ms`] until which the backend is ejected; 0 = not ejected.
+    ejected_until: AtomicU64,
+    consecutive_failures: AtomicU32,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    health_transitions: AtomicU64,
+    ejections: AtomicU64,
+    last_check: Mutex<Option<CheckResult>>,
+    /// Idle keep-alive connections to this backend.
+    pub conns: ConnPool,
+}
+
+impl BackendLive {
+    /// New state: `Unknown` health when active checks will decide, `Up` otherwise.
+    pub fn new(checked: bool, admin: AdminState) -> BackendLive {
+        let health = if checked { Health::Unknown } else { Health::Up };
+        BackendLive {
+            health: AtomicU8::new(health as u8),
+            admin: AtomicU8::new(admin_to_u8(admin)),
+            ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            health_transitions: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+            conns: ConnPool::new(),
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Publishes a health state; returns the previous one. Counts real transitions.
+    pub fn set_health(&self, h: Health) -> Health {
+        let prev = Health::from_u8(self.health.swap(h as u8, Ordering::Relaxed));
+        if prev != h && !(prev == Health::Unknown && h == Health::Up) {
+            self.health_transitions.fetch_add(1, Ordering::Relaxed);
+        }
+        prev
+    }
+
+    /// Current admin state.
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Disabled,
+            _ => AdminState::Active,
+        }
+    }
+
+    /// Sets the admin state.
+    pub fn set_admin(&self, s: AdminState) {
+        self.admin.store(admin_to_u8(s), Ordering::Relaxed);
+    }
+
+    /// Up, and not in an ejection period.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        if self.health.load(Ordering::Relaxed) != Health::Up as u8 {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || clock_ms() >= until
+    }
+
+    /// Whether the backend may take a new client: up, active, not ejected.
+    #[inline]
+    pub fn accepts_new(&self) -> bool {
+        self.admin.load(Ordering::Relaxed) == 0 && self.is_up()
+    }
+
+    /// Whether the backend may serve a client already bound to it (cookie, tunnel):
+    /// up, and active or draining.
+    #[inline]
+    pub fn accepts_bound(&self) -> bool {
+        self.admin.load(Ordering::Relaxed) <= 1 && self.is_up()
+    }
+
+    /// Requests in flight now.
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Total requests sent to this backend.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Total failed requests (connect errors, resets, timeouts, 5xx).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Health transitions so far.
+    pub fn health_transitions(&self) -> u64 {
+        self.health_transitions.load(Ordering::Relaxed)
+    }
+
+    /// Passive ejections so far.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend is inside an ejection period now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
+    }
+
+    /// Records a success on live traffic: the failure streak ends.
+    #[inline]
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure on live traffic. Returns true when it completes a streak of
+    /// `threshold` (then the caller ejects); `threshold == 0` never ejects.
+    pub fn record_failure(&self, threshold: u32) -> bool {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if threshold == 0 {
+            return false;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        n == threshold
+    }
+
+    /// Ejects the backend for `duration_ms` from now and restarts its failure streak.
+    pub fn eject(&self, duration_ms: u64) {
+        self.ejected_until
+            .store(clock_ms().saturating_add(duration_ms).max(1), Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores the last active check result.
+    pub fn set_last_check(&self, r: CheckResult) {
+        if let Ok(mut g) = self.last_check.lock() {
+            *g = Some(r);
+        }
+    }
+
+    /// The last active check result, if any.
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.last_check.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Counts one request into the backend and returns the guard that holds its
+    /// in-flight slot. With `limit > 0`, refuses (None) when the backend is at the limit.
+    #[inline]
+    pub fn enter(self: &Arc<Self>, limit: u32) -> Option<InFlight> {
+        let prev = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if limit != 0 && prev >= limit {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight {
+            live: Arc::clone(self),
+        })
+    }
+}
+
+fn admin_to_u8(s: AdminState) -> u8 {
+    match s {
+        AdminState::Active => 0,
+        AdminState::Drain => 1,
+        AdminState::Disabled => 2,
+    }
+}
+
+/// An in-flight request on a backend. The only way the in-flight count changes: taken by
+/// [`BackendLive::enter`], given back on drop, which happens when the response body ends
+/// or the request is abandoned anywhere on the way.
+#[derive(Debug)]
+pub struct InFlight {
+    live: Arc<BackendLive>,
+}
+
+impl InFlight {
+    /// The backend this slot belongs to.
+    pub fn live(&self) -> &Arc<BackendLive> {
+        &self.live
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the process started, never 0: the clock for ejection deadlines.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_guard_counts_and_releases() {
+        let live = Arc::new(BackendLive::new(false, AdminState::Active));
+        let a = live.enter(2);
+        let b = live.enter(2);
+        assert!(a.is_some() && b.is_some());
+        assert_eq!(live.in_flight(), 2);
+        assert!(live.enter(2).is_none(), "third request is over the limit");
+        assert_eq!(live.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(live.in_flight(), 0);
+        assert_eq!(live.requests(), 2);
+    }
+
+    #[test]
+    fn eligibility_follows_health_admin_and_ejection() {
+        let live = Arc::new(BackendLive::new(true, AdminState::Active));
+        assert!(!live.accepts_new(), "unknown health takes nothing");
+        live.set_health(Health::Up);
+        assert!(live.accepts_new() && live.accepts_bound());
+        live.set_admin(AdminState::Drain);
+        assert!(!live.accepts_new() && live.accepts_bound());
+        live.set_admin(AdminState::Disabled);
+        assert!(!live.accepts_new() && !live.accepts_bound());
+        live.set_admin(AdminState::Active);
+        live.eject(60_000);
+        assert!(!live.accepts_new() && !live.accepts_bound());
+    }
+
+    #[test]
+    fn failure_streak_reaches_threshold_once() {
+        let live = BackendLive::new(false, AdminState::Active);
+        assert!(!live.record_failure(3));
+        assert!(!live.record_failure(3));
+        live.record_success();
+        assert!(!live.record_failure(3));
+        assert!(!live.record_failure(3));
+        assert!(live.record_failure(3));
+        assert_eq!(live.errors(), 5);
+    }
+}

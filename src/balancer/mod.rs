@@ -1,0 +1,244 @@
+//! Choosing a backend: the [`Balancer`] trait and the built-in balancers of DESIGN §4.
+//!
+//! A balancer is built from a pool's backends when a snapshot is built (start-up and
+//! every reload), off the hot path. After that `pick` only reads: the backends' atomics
+//! (health, admin state, in-flight) and the balancer's own precomputed tables. It never
+//! allocates on the common path, never blocks, never sees config types, and knows
+//! nothing of retries: the caller passes the backends already tried, and the balancer
+//! skips them.
+
+mod cookie;
+mod hash;
+mod key;
+mod least_conn;
+mod ring;
+mod round_robin;
+mod token;
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Uri};
+
+use crate::backend::Backend;
+use crate::config::{BalancerKind, PoolConfig};
+
+pub use cookie::CookieAffinity;
+pub use hash::ConsistentHash;
+pub use key::KeyExtractor;
+pub use least_conn::LeastConnections;
+pub use ring::Ring;
+pub use round_robin::SmoothRoundRobin;
+pub use token::{AffinityKey, Token, TokenError};
+
+/// What a balancer may read about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a> {
+    /// The client IP per DESIGN §4 (peer, PROXY source or trusted X-Forwarded-For).
+    pub client_ip: IpAddr,
+    /// Request headers (cookies, hash keys).
+    pub headers: &'a HeaderMap,
+    /// Request target (path and query hash keys).
+    pub uri: &'a Uri,
+    /// Seconds since the Unix epoch (cookie issue times and expiry).
+    pub now_secs: u64,
+    /// Requests in flight on the whole pool now (bounded load).
+    pub pool_in_flight: u32,
+}
+
+/// Pool-wide limits every balancer honours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Concurrent requests per backend; 0 = unlimited. A backend at the limit is skipped.
+    pub max_connections: u32,
+    /// Bounded load for sticky choices; 0 = off.
+    pub balance_factor: f64,
+}
+
+impl Limits {
+    /// Whether `b` may take a new client now: eligible and under `max_connections`.
+    #[inline]
+    pub fn can_take_new(&self, b: &Backend) -> bool {
+        b.live.accepts_new() && self.has_room(b)
+    }
+
+    /// Whether `b` may serve a client bound to it: up, active or draining, with room.
+    #[inline]
+    pub fn can_take_bound(&self, b: &Backend) -> bool {
+        b.live.accepts_bound() && self.has_room(b)
+    }
+
+    #[inline]
+    fn has_room(&self, b: &Backend) -> bool {
+        self.max_connections == 0 || b.live.in_flight() < self.max_connections
+    }
+
+    /// Bounded load: whether a sticky choice of `b` must overflow because its in-flight
+    /// load would exceed `balance_factor` × its weighted share of the pool's load
+    /// (counting the request being placed).
+    #[inline]
+    pub fn over_bound(&self, b: &Backend, pool_in_flight: u32, total_weight: u32) -> bool {
+        if self.balance_factor <= 0.0 || total_weight == 0 {
+            return false;
+        }
+        let share = f64::from(b.weight) / f64::from(total_weight);
+        let bound = (self.balance_factor * f64::from(pool_in_flight + 1) * share).ceil();
+        f64::from(b.live.in_flight() + 1) > bound
+    }
+}
+
+/// Backends a request has already tried, skipped by every balancer on a retry.
+#[derive(Debug, Clone, Default)]
+pub struct Tried {
+    idx: [u32; crate::config::MAX_RETRIES as usize + 1],
+    len: usize,
+}
+
+impl Tried {
+    /// No backend tried yet.
+    pub fn new() -> Tried {
+        Tried::default()
+    }
+
+    /// Whether backend `i` was tried.
+    #[inline]
+    pub fn contains(&self, i: usize) -> bool {
+        self.idx[..self.len].iter().any(|&t| t as usize == i)
+    }
+
+    /// Records backend `i`; beyond capacity the oldest entries are kept.
+    pub fn insert(&mut self, i: usize) {
+        if self.len < self.idx.len() {
+            self.idx[self.len] = i as u32;
+            self.len += 1;
+        }
+    }
+
+    /// Whether nothing was tried.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A balancer's choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// Index into the pool's backends.
+    pub index: usize,
+    /// A `Set-Cookie` value the response must carry (cookie-affinity placements and
+    /// re-issues).
+    pub set_cookie: Option<HeaderValue>,
+    /// How the choice was made, for metrics.
+    pub placement: Placement,
+}
+
+impl Pick {
+    /// A plain choice with nothing to add to the response.
+    #[inline]
+    pub fn plain(index: usize) -> Pick {
+        Pick {
+            index,
+            set_cookie: None,
+            placement: Placement::Stateless,
+        }
+    }
+}
+
+/// How a backend was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A stateless choice, or a request without a sticky key.
+    Stateless,
+    /// A sticky key or valid cookie went to its own backend.
+    Sticky,
+    /// A sticky key or cookie went elsewhere (bounded load, or its backend cannot take it)
+    /// without changing the client's binding.
+    Overflow,
+    /// A client without a valid cookie was placed and given one.
+    New,
+    /// A cookie whose backend is down, disabled or gone was re-placed and rewritten.
+    Replaced,
+}
+
+/// Chooses a backend for a request.
+///
+/// # Contract
+///
+/// - `pick` returns an index into `backends` (the slice the balancer was built from)
+///   whose backend can take the request under `limits`, or `None` when none can.
+/// - It skips every index in `tried`.
+/// - It reads only atomics and its own tables: no allocation (except to build a cookie
+///   for a response that needs one), no lock, no blocking, no I/O.
+///
+/// # How each balancer fits
+///
+/// - **round-robin** ([`SmoothRoundRobin`]): ignores the request; an atomic cursor walks a
+///   precomputed smooth weighted cycle.
+/// - **least-connections** ([`LeastConnections`]): ignores the request; reads every
+///   backend's in-flight atomic and its weight.
+/// - **ip-hash** and **hash** ([`ConsistentHash`]): read the client IP from
+///   [`PickContext::client_ip`], or a header, cookie, query parameter or the path through
+///   a [`KeyExtractor`], then look the key up on a [`Ring`]; without a key they delegate
+///   to round-robin.
+/// - **cookie-affinity** ([`CookieAffinity`]): reads its cookie from
+///   [`PickContext::headers`], decodes and verifies the [`Token`], and returns the bound
+///   backend; a client without a valid cookie is placed by the fallback balancer and the
+///   returned [`Pick::set_cookie`] carries the new cookie for the response.
+pub trait Balancer: Send + Sync + Debug {
+    /// Chooses a backend, or `None` when no backend can take the request.
+    fn pick(
+        &self,
+        backends: &[Backend],
+        ctx: &PickContext<'_>,
+        limits: &Limits,
+        tried: &Tried,
+    ) -> Option<Pick>;
+
+    /// Which balancer this is.
+    fn kind(&self) -> BalancerKind;
+
+    /// For sticky balancers, the backend index a sticky key hashing to `key` maps to with
+    /// every backend healthy (the reload report's moved-keys estimate). `None` for
+    /// stateless balancers.
+    fn home_of(&self, _key: u64) -> Option<usize> {
+        None
+    }
+}
+
+/// Builds the balancer a pool's config asks for, over `backends` (built from the same
+/// config, in the same order).
+pub fn build(pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
+    build_kind(pool.balancer, pool, backends)
+}
+
+fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
+    match kind {
+        BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
+        BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
+        BalancerKind::IpHash => Box::new(ConsistentHash::new(
+            backends,
+            KeyExtractor::ClientIp,
+        )),
+        BalancerKind::Hash => {
+            let key = pool
+                .key
+                .as_ref()
+                .map(KeyExtractor::from_config)
+                .unwrap_or(KeyExtractor::ClientIp);
+            Box::new(ConsistentHash::new(backends, key))
+        }
+        BalancerKind::CookieAffinity => {
+            let fallback_kind = pool
+                .affinity
+                .as_ref()
+                .map(|a| a.fallback)
+                .unwrap_or(BalancerKind::LeastConnections);
+            let fallback = match fallback_kind {
+                BalancerKind::RoundRobin => build_kind(BalancerKind::RoundRobin, pool, backends),
+                _ => build_kind(BalancerKind::LeastConnections, pool, backends),
+            };
+            Box::new(CookieAffinity::new(pool, backends, fallback))
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Consistent-hash ring (placeholder).
+/// A ring.
+#[derive(Debug)]
+pub struct Ring {}

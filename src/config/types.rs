@@ -1,0 +1,368 @@
+//! Validated configuration: what the rest of maitred is built from.
+//!
+//! Every value here has passed validation (`validate.rs`): pools referenced by listeners
+//! and routes exist, addresses resolve, weights are in range, balancer-specific sections
+//! appear only where they apply. Nothing on the request path reads these types; the
+//! snapshot builder turns them into runtime structures once per load or reload.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+/// A whole, valid configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: ServerConfig,
+    /// The admin listener, absent when the file has no `[admin]`.
+    pub admin: Option<AdminConfig>,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools sorted by name.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    /// The pool with this name.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The listener with this name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Worker threads; 0 means one per CPU core. Read at start-up only.
+    pub threads: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub grace_period: Duration,
+    /// Default tracing filter, overridden by `RUST_LOG`.
+    pub log_level: String,
+    /// Where the access log goes.
+    pub access_log: AccessLogTarget,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: 0,
+            grace_period: Duration::from_secs(30),
+            log_level: "info".to_string(),
+            access_log: AccessLogTarget::Stdout,
+        }
+    }
+}
+
+/// `server.access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// One line per request on standard output.
+    Stdout,
+    /// One line per request appended to this file.
+    File(PathBuf),
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin listener binds.
+    pub bind: SocketAddr,
+    /// Bearer token for mutating endpoints; required for a non-loopback bind.
+    pub token: Option<String>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name.
+    pub name: String,
+    /// Bind address.
+    pub bind: SocketAddr,
+    /// Pool used when no route matches.
+    pub pool: String,
+    /// From a request's first byte to the end of its headers.
+    pub header_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Expect a PROXY v1/v2 header on each connection.
+    pub proxy_protocol: bool,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// TLS termination, when configured.
+    pub tls: Option<TlsConfig>,
+    /// Routes in file order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chains and keys; the first is the default for clients without SNI
+    /// or with a name no certificate covers.
+    pub certificates: Vec<CertificateConfig>,
+    /// ALPN protocols offered, in order of preference.
+    pub alpn: Vec<String>,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One `[[listener.route]]`: every condition present must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host match (without port, case-insensitive).
+    pub host: Option<HostMatch>,
+    /// Path prefix on a segment boundary.
+    pub path_prefix: Option<String>,
+    /// Header name and exact value.
+    pub header: Option<HeaderMatch>,
+    /// Pool that serves matching requests.
+    pub pool: String,
+}
+
+/// A route's host condition, lower-cased at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `shop.example.com`.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+/// A route's header condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: HeaderName,
+    /// Exact value.
+    pub value: String,
+}
+
+/// The balancers of DESIGN §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BalancerKind {
+    /// Weighted smooth round-robin.
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// Consistent hashing of the client IP.
+    IpHash,
+    /// Consistent hashing of a configured key.
+    Hash,
+    /// LB-inserted, signed affinity cookie.
+    CookieAffinity,
+}
+
+impl BalancerKind {
+    /// Every balancer name, as written in the config file.
+    pub const NAMES: [&'static str; 5] = [
+        "round-robin",
+        "least-connections",
+        "ip-hash",
+        "hash",
+        "cookie-affinity",
+    ];
+
+    /// The config-file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerKind::RoundRobin => "round-robin",
+            BalancerKind::LeastConnections => "least-connections",
+            BalancerKind::IpHash => "ip-hash",
+            BalancerKind::Hash => "hash",
+            BalancerKind::CookieAffinity => "cookie-affinity",
+        }
+    }
+
+    /// Parses a config-file name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "round-robin" => BalancerKind::RoundRobin,
+            "least-connections" => BalancerKind::LeastConnections,
+            "ip-hash" => BalancerKind::IpHash,
+            "hash" => BalancerKind::Hash,
+            "cookie-affinity" => BalancerKind::CookieAffinity,
+            _ => return None,
+        })
+    }
+
+    /// Whether requests keep coming back to the same backend.
+    pub fn is_sticky(self) -> bool {
+        matches!(
+            self,
+            BalancerKind::IpHash | BalancerKind::Hash | BalancerKind::CookieAffinity
+        )
+    }
+}
+
+/// What a `hash` pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client IP (DESIGN §4).
+    ClientIp,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// A query parameter's value.
+    Query(String),
+    /// The request path.
+    Path,
+}
+
+/// A backend's administrative state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminState {
+    /// Takes new work.
+    Active,
+    /// Keeps clients bound by cookie or open tunnel, takes no new ones.
+    Drain,
+    /// Takes nothing.
+    Disabled,
+}
+
+impl AdminState {
+    /// The config-file and API name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The address as written (`10.0.0.1:8000` or `app3.internal:8000`): the backend's
+    /// identity for reload carry-over, cookies and the admin API.
+    pub addr: String,
+    /// Resolved at load time.
+    pub socket: SocketAddr,
+    /// Relative share of new work, 1 to [`MAX_WEIGHT`].
+    pub weight: u32,
+    /// Administrative state from the file.
+    pub state: AdminState,
+}
+
+/// Largest accepted backend weight. Round-robin precomputes one cycle of
+/// `sum(weights) / gcd` picks, so the bound keeps that table small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Largest accepted `retries`: a request tries at most `1 + MAX_RETRIES` backends.
+pub const MAX_RETRIES: u32 = 15;
+
+/// One `[pool.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// How a backend is chosen.
+    pub balancer: BalancerKind,
+    /// The hash key: `ClientIp` for `ip-hash`, the configured key for `hash`.
+    pub key: Option<HashKey>,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Until the response headers arrive.
+    pub response_timeout: Duration,
+    /// Extra backends tried after a retryable failure.
+    pub retries: u32,
+    /// Concurrent requests per backend; 0 = unlimited.
+    pub max_connections: u32,
+    /// Bounded-load factor for sticky balancers; 0 = off.
+    pub balance_factor: f64,
+    /// Active health checks.
+    pub health: Option<HealthConfig>,
+    /// Passive ejection.
+    pub ejection: Option<EjectionConfig>,
+    /// Affinity cookie settings (cookie-affinity only).
+    pub affinity: Option<AffinityConfig>,
+}
+
+/// `[pool.NAME.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Path probed with GET.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Consecutive passes to mark a backend up.
+    pub rise: u32,
+    /// Consecutive failures to mark it down.
+    pub fall: u32,
+    /// Inclusive range of passing statuses.
+    pub expect: (u16, u16),
+    /// Host header for probes; the backend address when absent.
+    pub host: Option<String>,
+}
+
+/// `[pool.NAME.ejection]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EjectionConfig {
+    /// Failures in a row on live traffic that eject a backend.
+    pub consecutive_failures: u32,
+    /// How long an ejected backend rests before it is tried again.
+    pub duration: Duration,
+}
+
+/// The cookie's SameSite attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None`.
+    None,
+}
+
+impl SameSite {
+    /// The attribute value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// `[pool.NAME.affinity]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityConfig {
+    /// Cookie name.
+    pub cookie: String,
+    /// Token lifetime and cookie Max-Age; a browser-session cookie when absent.
+    pub max_age: Option<Duration>,
+    /// `Secure` attribute.
+    pub secure: bool,
+    /// `HttpOnly` attribute.
+    pub http_only: bool,
+    /// `SameSite` attribute.
+    pub same_site: Option<SameSite>,
+    /// Stateless balancer that places clients without a valid cookie.
+    pub fallback: BalancerKind,
+    /// HMAC key material; a key derived from the pool name when absent.
+    pub secret: Option<String>,
+}

@@ -1,0 +1,3 @@
+//! The request path.
+pub mod body;
+pub mod conn_pool;
