@@ -94,6 +94,9 @@ pub struct BackendLive {
     errors: AtomicU64,
     health_transitions: AtomicU64,
     ejections: AtomicU64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (maitred's own 502/504 count
+    /// as 5xx of the backend that caused them).
+    classes: [AtomicU64; 5],
     last_check: Mutex<Option<CheckResult>>,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
@@ -113,6 +116,7 @@ impl BackendLive {
             errors: AtomicU64::new(0),
             health_transitions: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            classes: Default::default(),
             last_check: Mutex::new(None),
             conns: ConnPool::new(),
         }
@@ -183,6 +187,18 @@ impl BackendLive {
     /// Total failed requests (connect errors, resets, timeouts, 5xx).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts a response status in its class.
+    #[inline]
+    pub fn record_status(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses per status class, 1xx to 5xx.
+    pub fn status_classes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))
     }
 
     /// Health transitions so far.

@@ -1,5 +1,42 @@
-//! maitred: an HTTP reverse-proxy load balancer.
+//! maitred: an HTTP (layer-7) reverse-proxy load balancer.
+//!
+//! # The request path
+//!
+//! `server/listener.rs` accepts a connection (PROXY header, TLS, HTTP/1.1 or HTTP/2) →
+//! `proxy/mod.rs` handles each request against the current [`snapshot::Snapshot`] →
+//! `router.rs` picks the pool → `pool.rs` picks a backend through one of `balancer/*`
+//! and takes its in-flight slot → `proxy/forward.rs` sends it on a pooled keep-alive
+//! connection. The response body carries the in-flight guard and the connection back.
+//!
+//! # The health flow
+//!
+//! `health/` runs one checker per backend of each checked pool and publishes
+//! transitions to the backend's atomics (`backend.rs`); passive ejection happens on the
+//! request path. Balancers only read those atomics.
+//!
+//! # The reload flow
+//!
+//! SIGHUP (`signals.rs`) or `POST /reload` (`admin/`) → [`app::Daemon::reload`]: load and
+//! validate the file (`config/`), build a whole new snapshot carrying backend state over,
+//! bind new listeners, swap once, retire what is gone, report what changed
+//! (`reload_report.rs`).
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
 pub mod backend;
 pub mod balancer;
 pub mod config;
+pub mod demo;
+pub mod health;
+pub mod metrics;
+pub mod pool;
 pub mod proxy;
+pub mod reload_report;
+pub mod router;
+pub mod server;
+pub mod shared;
+pub mod shutdown;
+pub mod signals;
+pub mod snapshot;
+pub mod stats;

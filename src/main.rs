@@ -1,1 +1,190 @@
-fn main() {}
+//! The `maitred` command line (DESIGN §2): parse arguments, set up logging, run one
+//! command, turn errors into messages and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use maitred::app::Daemon;
+use maitred::config::{self, Config};
+use maitred::reload_report::ReloadReport;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "maitred",
+    version,
+    about = "An HTTP load balancer: stateless and sticky balancing, one TOML file",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for `run`, the default command).
+    #[arg(short, long, value_name = "PATH", default_value = "maitred.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Config file.
+        #[arg(short, long, value_name = "PATH", default_value = "maitred.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config, print a summary; with --against, what changing from OLD costs.
+    Check {
+        /// Config file to check.
+        #[arg(short, long, value_name = "PATH", default_value = "maitred.toml")]
+        config: PathBuf,
+        /// The config in production now: report what going from it to --config changes.
+        #[arg(long, value_name = "OLD")]
+        against: Option<PathBuf>,
+    },
+    /// Three demo backends and a balancer in front of them; no setup needed.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(&cli.config),
+        Some(Command::Run { config }) => run(&config),
+        Some(Command::Check { config, against }) => check(&config, against.as_deref()),
+        Some(Command::Demo) => demo(),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("maitred-control")
+        .build()
+}
+
+fn run(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.server.log_level);
+    let rt = match control_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("maitred: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let daemon = match Daemon::start(cfg, Some(path.to_path_buf())).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("maitred: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
+        match maitred::signals::run(daemon).await {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("maitred: signals: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn print_summary(cfg: &Config) {
+    for p in &cfg.pools {
+        println!(
+            "pool {}: {}, {} backend{}",
+            p.name,
+            p.balancer.name(),
+            p.backends.len(),
+            if p.backends.len() == 1 { "" } else { "s" }
+        );
+    }
+}
+
+fn check(path: &Path, against: Option<&Path>) -> ExitCode {
+    let new = config::load(path);
+    let old = against.map(config::load);
+    let mut failed = false;
+    if let Err(e) = &new {
+        eprintln!("{e}");
+        failed = true;
+    }
+    if let Some(Err(e)) = &old {
+        eprintln!("{e}");
+        failed = true;
+    }
+    if failed {
+        return ExitCode::from(2);
+    }
+    let Ok(new) = new else {
+        return ExitCode::from(2);
+    };
+    print_summary(&new);
+    let Some(Ok(old)) = old else {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    };
+    match ReloadReport::between(&old, &new) {
+        Ok(report) => {
+            println!("{}", report.summary_line());
+            for line in report.sticky_lines() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("maitred: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    init_logging("info");
+    let rt = match control_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("maitred: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let demo = match maitred::demo::start().await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("maitred demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        maitred::demo::print_banner(&demo);
+        match maitred::signals::run(demo.daemon).await {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("maitred: signals: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

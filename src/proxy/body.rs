@@ -9,6 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use hyper::client::conn::http1::SendRequest;
+
+use crate::access_log::Pending;
 use crate::backend::InFlight;
 
 /// A request body on its way to a backend.
@@ -59,20 +62,31 @@ pub enum DownBody {
         body: Incoming,
         /// Released when the body completes or is dropped.
         guard: Option<InFlight>,
+        /// The connection, returned to the backend's idle pool when the body completes.
+        sender: Option<SendRequest<UpBody>>,
+        /// The access-log line, written when the body completes or is dropped.
+        log: Option<Box<Pending>>,
     },
     /// A short body maitred wrote itself (errors, admin pages).
-    Local(Option<Bytes>),
+    Local(Option<Bytes>, Option<Box<Pending>>),
 }
 
 impl DownBody {
     /// A body of fixed bytes.
     pub fn local(b: impl Into<Bytes>) -> DownBody {
-        DownBody::Local(Some(b.into()))
+        DownBody::Local(Some(b.into()), None)
     }
 
     /// No body.
     pub fn empty() -> DownBody {
-        DownBody::Local(None)
+        DownBody::Local(None, None)
+    }
+
+    /// Attaches the access-log line to write when this body completes.
+    pub fn set_log(&mut self, pending: Option<Box<Pending>>) {
+        match self {
+            DownBody::Backend { log, .. } | DownBody::Local(_, log) => *log = pending,
+        }
     }
 }
 
@@ -85,29 +99,56 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            DownBody::Backend { body, guard } => {
+            DownBody::Backend {
+                body,
+                guard,
+                sender,
+                log,
+            } => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
-                    guard.take();
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(l), Some(d)) = (log.as_mut(), frame.data_ref()) {
+                            l.bytes += d.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let (Some(s), Some(g)) = (sender.take(), guard.as_ref()) {
+                            g.live().conns.put(s);
+                        }
+                        guard.take();
+                        log.take();
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        sender.take();
+                        guard.take();
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }
-            DownBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            DownBody::Local(b, log) => {
+                let frame = b.take();
+                if let (Some(l), Some(d)) = (log.as_mut(), frame.as_ref()) {
+                    l.bytes += d.len() as u64;
+                }
+                Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             DownBody::Backend { body, .. } => body.is_end_stream(),
-            DownBody::Local(b) => b.is_none(),
+            DownBody::Local(b, _) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             DownBody::Backend { body, .. } => body.size_hint(),
-            DownBody::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            DownBody::Local(None) => SizeHint::with_exact(0),
+            DownBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            DownBody::Local(None, _) => SizeHint::with_exact(0),
         }
     }
 }

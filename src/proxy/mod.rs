@@ -1,3 +1,298 @@
-//! The request path.
+//! The request path, top to bottom: validate the request, find its pool (router), pick a
+//! backend (pool + balancer), forward it with retries, and rewrite the response.
+//!
+//! Called by the listener for every request on every client connection, HTTP/1.1 or
+//! HTTP/2. It loads the current snapshot once and uses it for the whole request. It
+//! never forwards a request it does not fully understand, and every way out of it
+//! releases the backend's in-flight slot (the guard travels inside the response body).
+
 pub mod body;
 pub mod conn_pool;
+pub mod error;
+pub mod forward;
+pub mod headers;
+mod upgrade;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::{Body as _, Incoming};
+
+use crate::access_log::Pending;
+use crate::backend::Health;
+use crate::balancer::{PickContext, Tried};
+use crate::pool::{Chosen, Pool};
+use crate::server::client_ip;
+use crate::shared::Shared;
+use body::{DownBody, UpBody};
+use error::{ProxyError, local_response};
+
+/// What the proxy knows about the client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The socket peer, or the PROXY-protocol source address.
+    pub peer_ip: IpAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Handles one client request.
+pub async fn handle(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<DownBody> {
+    let start = Instant::now();
+    let snap = shared.live.load_full();
+    let Some(listener) = snap.listener(&conn.listener) else {
+        return ProxyError::ListenerGone.response();
+    };
+    let client_ip = client_ip::resolve(conn.peer_ip, &listener.trusted_proxies, req.headers());
+    let pool = &snap.pools[listener.router.route(req.uri(), req.headers())];
+    let mut log = shared.access_log.load().as_ref().map(|l| {
+        Pending::new(
+            l,
+            start,
+            client_ip,
+            req.method(),
+            req.uri().path(),
+            Some(Arc::clone(&pool.name)),
+        )
+    });
+
+    let (mut resp, backend) = match check_request(&req) {
+        Err(e) => (e.response(), None),
+        Ok(()) => {
+            let client_upgrade = headers::wants_upgrade(req.headers())
+                .then(|| hyper::upgrade::on(&mut req));
+            proxy(shared, pool, conn, client_ip, req, client_upgrade).await
+        }
+    };
+    pool.stats.latency.observe(start.elapsed());
+    if let Some(l) = log.as_mut() {
+        l.status = resp.status();
+        l.backend = backend;
+    }
+    resp.body_mut().set_log(log);
+    resp
+}
+
+/// Requests that are refused before any backend sees them (DESIGN §6). hyper's parser
+/// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
+/// before a colon and bare CR, and 431 for oversized heads.
+fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Err(ProxyError::BadRequest("missing Host header\n"));
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
+    }
+    Ok(())
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Forwards to the pool with retries; returns the response and the backend that gave it.
+async fn proxy(
+    shared: &Shared,
+    pool: &Pool,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+    req: Request<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> (Response<DownBody>, Option<Arc<str>>) {
+    let (mut parts, body) = req.into_parts();
+    let upgrading = client_upgrade.is_some();
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
+    headers::fold_forwarded_for(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, client_ip, conn.tls, host);
+    if parts.uri.scheme().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
+    parts.version = Version::HTTP_11;
+    let bodiless = body.is_end_stream();
+    let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
+    let up_body = if bodiless { UpBody::Empty } else { UpBody::Client(body) };
+    let mut req = Some(Request::from_parts(parts, up_body));
+
+    let now = now_secs();
+    let mut tried = Tried::new();
+    let mut last_err = ProxyError::NoBackend;
+    for attempt in 0..=pool.retries {
+        let Some(current) = req.as_ref() else { break };
+        let mut ctx = PickContext {
+            client_ip,
+            headers: current.headers(),
+            uri: current.uri(),
+            now_secs: now,
+            pool_in_flight: 0,
+        };
+        let Some(chosen) = pool.pick(&mut ctx, &mut tried) else {
+            break;
+        };
+        tried.insert(chosen.index);
+        if attempt > 0 {
+            pool.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut up = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+            Ok(up) => up,
+            Err(e) => {
+                note_failure(pool, &chosen, &e);
+                last_err = e;
+                continue;
+            }
+        };
+        let may_retry_after_send = replayable && attempt < pool.retries;
+        let to_send = match (may_retry_after_send, req.take()) {
+            (true, Some(r)) => {
+                let copy = replay_copy(&r);
+                req = Some(r);
+                copy
+            }
+            (_, Some(r)) => r,
+            (_, None) => break,
+        };
+        match forward::send(&mut up.sender, to_send, pool.response_timeout).await {
+            Ok(resp) => {
+                let name = Arc::clone(&chosen.backend.name);
+                let resp = respond(shared, pool, chosen, up.sender, resp, client_upgrade);
+                return (resp, Some(name));
+            }
+            Err((e, unsent)) => {
+                note_failure(pool, &chosen, &e);
+                if req.is_none() {
+                    req = unsent;
+                }
+                let give_up = matches!(e, ProxyError::ResponseTimeout) || req.is_none();
+                if give_up {
+                    return (e.response(), Some(Arc::clone(&chosen.backend.name)));
+                }
+                last_err = e;
+            }
+        }
+    }
+    if matches!(last_err, ProxyError::NoBackend) {
+        pool.stats
+            .unavailable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    (last_err.response(), None)
+}
+
+/// A copy of a bodiless request, for replaying it on another backend if this attempt
+/// fails after sending.
+fn replay_copy(r: &Request<UpBody>) -> Request<UpBody> {
+    let mut b = Request::builder()
+        .method(r.method().clone())
+        .uri(r.uri().clone())
+        .version(r.version());
+    if let Some(h) = b.headers_mut() {
+        *h = r.headers().clone();
+    }
+    b.body(UpBody::Empty).unwrap_or_else(|_| Request::new(UpBody::Empty))
+}
+
+/// The request target without scheme and authority (HTTP/2 and absolute-form requests
+/// are sent to the HTTP/1.1 backend in origin form).
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
+}
+
+/// Counts a failed attempt against its backend and ejects it when the streak is long
+/// enough.
+fn note_failure(pool: &Pool, chosen: &Chosen<'_>, e: &ProxyError) {
+    let live = &chosen.backend.live;
+    live.record_status(e.status().as_u16());
+    if !e.is_backend_fault() {
+        return;
+    }
+    tracing::debug!(pool = %pool.name, backend = %chosen.backend.name, error = %e, "backend attempt failed");
+    eject_if_due(pool, chosen);
+}
+
+fn eject_if_due(pool: &Pool, chosen: &Chosen<'_>) {
+    let live = &chosen.backend.live;
+    let (threshold, duration) = pool.ejection.unwrap_or((0, std::time::Duration::ZERO));
+    if live.record_failure(threshold) {
+        live.eject(duration.as_millis() as u64);
+        if pool.checked {
+            live.set_health(Health::Down);
+        }
+        tracing::warn!(
+            pool = %pool.name,
+            backend = %chosen.backend.name,
+            failures = threshold,
+            duration = %humantime::format_duration(duration),
+            "backend ejected after consecutive failures"
+        );
+    }
+}
+
+/// Turns the backend's response into the client's: hop-by-hop headers out, the
+/// affinity cookie in, the in-flight guard and the connection into the body.
+fn respond(
+    shared: &Shared,
+    pool: &Pool,
+    chosen: Chosen<'_>,
+    sender: hyper::client::conn::http1::SendRequest<UpBody>,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<DownBody> {
+    let status = resp.status();
+    let live = &chosen.backend.live;
+    live.record_status(status.as_u16());
+    if status.is_server_error() {
+        eject_if_due(pool, &chosen);
+    } else {
+        live.record_success();
+    }
+    pool.stats.count_placement(chosen.placement);
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel = match (switching, client_upgrade) {
+        (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    if let Some(c) = chosen.set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+    let body = match tunnel {
+        Some((client, backend)) => {
+            upgrade::spawn_tunnel(shared, client, backend, chosen.guard);
+            DownBody::empty()
+        }
+        None if switching => {
+            // A 101 the client did not ask for cannot be honoured.
+            return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
+        }
+        None => DownBody::Backend {
+            body,
+            guard: Some(chosen.guard),
+            sender: Some(sender),
+            log: None,
+        },
+    };
+    Response::from_parts(parts, body)
+}

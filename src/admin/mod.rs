@@ -1,0 +1,185 @@
+//! The admin listener (DESIGN §7): status as JSON, Prometheus metrics, the dashboard,
+//! runtime drain / disable / enable, and reload.
+//!
+//! It runs on the control runtime, never on the workers, and reads the same snapshot
+//! and atomics the request path writes. Mutating endpoints need the bearer token when
+//! one is configured.
+
+mod status;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::Daemon;
+use crate::config::AdminState;
+use crate::shutdown::Shutdown;
+
+/// Serves the admin listener until stopped.
+pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, mut stop: watch::Receiver<bool>, mut shutdown: Shutdown) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = crate::shutdown::flag_set(&mut stop) => return,
+            _ = shutdown.wait() => return,
+        };
+        let daemon = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let daemon = Arc::clone(&daemon);
+                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Answers one admin request.
+pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, []) => html(include_str!("dashboard.html")),
+        (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(daemon)),
+        (&Method::GET, ["metrics"]) => crate::metrics::render(daemon)
+            .map(|text| {
+                respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                )
+            })
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n")),
+        (&Method::POST, ["reload"]) => {
+            if let Some(denied) = check_token(daemon, &req) {
+                return denied;
+            }
+            let dry_run = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "dry_run=true" || kv == "dry_run=1"));
+            match daemon.reload(dry_run).await {
+                Ok(report) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"applied": !dry_run, "report": report}),
+                ),
+                Err(e) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({"applied": false, "errors": e.messages()}),
+                ),
+            }
+        }
+        (&Method::POST, ["pools", pool, "backends", addr, action]) => {
+            if let Some(denied) = check_token(daemon, &req) {
+                return denied;
+            }
+            set_state(daemon, pool, addr, action)
+        }
+        (_, ["reload"] | ["pools", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn set_state(daemon: &Daemon, pool: &str, addr: &str, action: &str) -> Response<Full<Bytes>> {
+    let state = match action {
+        "drain" => AdminState::Drain,
+        "disable" => AdminState::Disabled,
+        "enable" => AdminState::Active,
+        _ => return text(StatusCode::NOT_FOUND, "unknown action; expected drain, disable or enable\n"),
+    };
+    let addr = percent_decode(addr);
+    let snap = daemon.shared().live.load();
+    let Some(p) = snap.pool(pool) else {
+        return text(StatusCode::NOT_FOUND, "unknown pool\n");
+    };
+    let Some(b) = p.backends.iter().find(|b| *b.name == *addr) else {
+        return text(StatusCode::NOT_FOUND, "unknown backend\n");
+    };
+    b.live.set_admin(state);
+    tracing::info!(pool = %p.name, backend = %b.name, state = state.name(), "backend state set through the admin API");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"pool": pool, "backend": b.name.as_ref(), "state": state.name()}),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `None` when the request may proceed; otherwise the 401 to send.
+fn check_token(daemon: &Daemon, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let snap = daemon.shared().live.load();
+    let token = snap.config.admin.as_ref()?.token.as_ref()?;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare MACs of both under a throwaway key: constant time, whatever the lengths.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"maitred admin token check");
+    let expected = ring::hmac::sign(&key, token.as_bytes());
+    let ok = presented
+        .is_some_and(|p| ring::hmac::verify(&key, p.as_bytes(), expected.as_ref()).is_ok());
+    if ok {
+        return None;
+    }
+    let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn html(body: &'static str) -> Response<Full<Bytes>> {
+    respond(StatusCode::OK, "text/html; charset=utf-8", body)
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
+    respond(status, "application/json", body)
+}

@@ -1,0 +1,416 @@
+//! A running daemon: start it from a config, reload it, shut it down. `main.rs` and the
+//! integration tests drive maitred through [`Daemon`] alone.
+//!
+//! The daemon owns the listening sockets (bound here, on the control side, and handed
+//! to every worker), the worker threads, the health checkers, the admin listener and the
+//! one reload path that SIGHUP and `POST /reload` share.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+
+use crate::access_log::{AccessLog, FLUSH_INTERVAL};
+use crate::config::{self, Config, ConfigErrors};
+use crate::health::HealthCheckers;
+use crate::reload_report::ReloadReport;
+use crate::server::workers::Workers;
+use crate::shared::Shared;
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::snapshot::{BuildError, Live, Snapshot};
+
+/// Listen backlog for client listeners.
+const BACKLOG: u32 = 4096;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The snapshot could not be built (certificates).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A socket could not be bound, or a worker thread not started.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a reload was refused; the running config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not parse or validate.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The daemon was started without a file.
+    #[error("no config file to reload from")]
+    NoFile,
+    /// Certificates failed to load.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A new listener could not be bound.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReloadError {
+    /// One message per problem, for the admin API.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(errs) => errs.0.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// A bound client listener.
+#[derive(Debug)]
+struct Bound {
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running maitred.
+#[derive(Debug)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+    trigger: ShutdownTrigger,
+    workers: Mutex<Option<Workers>>,
+    listeners: Mutex<HashMap<String, Bound>>,
+    health: Mutex<HealthCheckers>,
+    admin_addr: Mutex<Option<SocketAddr>>,
+    admin_stop: Mutex<Option<watch::Sender<bool>>>,
+    config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+impl Daemon {
+    /// Starts a daemon: binds every listener, starts the workers, the health checkers
+    /// (waiting for their first round) and the admin listener. `config_path` is the file
+    /// reloads read.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Daemon>, StartError> {
+        let config = Arc::new(config);
+        let snapshot = Snapshot::build(Arc::clone(&config), None)?;
+        let access_log =
+            AccessLog::open(&config.server.access_log).map_err(io_err("cannot open access log"))?;
+        let shared = Arc::new(Shared::new(Live::new(snapshot), access_log));
+        let (trigger, shutdown) = shutdown::channel();
+        let threads = match config.server.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let workers = Workers::start(threads, &shared, &shutdown).map_err(io_err("cannot start workers"))?;
+        let daemon = Arc::new(Daemon {
+            shared: Arc::clone(&shared),
+            trigger,
+            workers: Mutex::new(Some(workers)),
+            listeners: Mutex::new(HashMap::new()),
+            health: Mutex::new(HealthCheckers::default()),
+            admin_addr: Mutex::new(None),
+            admin_stop: Mutex::new(None),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        let first_round = daemon.restart_health();
+        first_round.await;
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            let bound = bind(l.bind).map_err(io_err(format!("cannot bind listener {} on {}", l.name, l.bind)))?;
+            fresh.push((l.name.clone(), l.bind, bound));
+        }
+        daemon.start_listeners(fresh).map_err(io_err("cannot start listener"))?;
+        if let Some(admin) = &config.admin {
+            daemon
+                .start_admin(admin.bind)
+                .await
+                .map_err(io_err(format!("cannot bind admin listener on {}", admin.bind)))?;
+        }
+        spawn_log_flusher(&shared, daemon.trigger.subscribe());
+        Ok(daemon)
+    }
+
+    /// Shared state (snapshot, counters) for the admin listener and tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The local address a listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().ok()?.get(name).map(|b| b.local)
+    }
+
+    /// The admin listener's local address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.admin_addr.lock().ok()?
+    }
+
+    /// The file reloads read.
+    pub fn config_path(&self) -> Option<&PathBuf> {
+        self.config_path.as_ref()
+    }
+
+    /// Reloads from the config file: the one path SIGHUP and `POST /reload` share.
+    /// With `dry_run`, validates and reports without applying.
+    ///
+    /// The future is boxed with its `Send` bound spelled out because the admin listener
+    /// both calls this and is (re)started by it.
+    pub fn reload(
+        self: &Arc<Self>,
+        dry_run: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<ReloadReport, ReloadError>> + Send + '_>> {
+        Box::pin(async move {
+            let result = match &self.config_path {
+                None => Err(ReloadError::NoFile),
+                Some(p) => match config::load(p) {
+                    Ok(c) => self.apply(c, dry_run).await,
+                    Err(e) => Err(ReloadError::Config(e)),
+                },
+            };
+            self.count_reload(&result, dry_run);
+            result
+        })
+    }
+
+    fn count_reload(&self, result: &Result<ReloadReport, ReloadError>, dry_run: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(report) if !dry_run => {
+                self.shared.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!("reload: {}", report.summary_line());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.shared.reloads_failed.fetch_add(1, Relaxed);
+                for m in e.messages() {
+                    tracing::error!("reload failed, running config kept: {m}");
+                }
+            }
+        }
+    }
+
+    /// Applies a validated config: builds the whole new snapshot (carrying backend
+    /// state), binds new listeners, swaps, then retires what the new config dropped.
+    /// Nothing changes unless every step that can fail has succeeded.
+    pub async fn apply(self: &Arc<Self>, config: Config, dry_run: bool) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let old = self.shared.live.load_full();
+        let config = Arc::new(config);
+        let next = Snapshot::build(Arc::clone(&config), Some(&old))?;
+        let report = ReloadReport::compare(&old, &next);
+        if dry_run {
+            return Ok(report);
+        }
+        let fresh = self.bind_changed(&config)?;
+        let access_log = if config.server.access_log != old.config.server.access_log {
+            Some(AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
+                what: "cannot open access log".into(),
+                source,
+            })?)
+        } else {
+            None
+        };
+        self.shared.live.store(Arc::new(next));
+        if let Some(log) = access_log {
+            if let Some(old_log) = self.shared.access_log.swap(log) {
+                old_log.flush();
+            }
+        }
+        self.retire_listeners(&config);
+        self.start_listeners(fresh).map_err(|source| ReloadError::Io {
+            what: "cannot start listener".into(),
+            source,
+        })?;
+        self.retire_backends(&old);
+        let admin_bind = config.admin.as_ref().map(|a| a.bind);
+        let old_admin = old.config.admin.as_ref().map(|a| a.bind);
+        if admin_bind != old_admin {
+            self.stop_admin();
+            if let Some(bind) = admin_bind {
+                self.start_admin(bind).await.map_err(|source| ReloadError::Io {
+                    what: format!("cannot bind admin listener on {bind}"),
+                    source,
+                })?;
+            }
+        }
+        // New backends of checked pools wait for their first check before taking
+        // traffic; no need to hold the reload for it.
+        drop(self.restart_health());
+        Ok(report)
+    }
+
+    /// Binds listeners that are new or whose address changed.
+    fn bind_changed(&self, config: &Config) -> Result<Vec<(String, SocketAddr, tokio::net::TcpListener)>, ReloadError> {
+        let current: HashMap<String, SocketAddr> = self
+            .listeners
+            .lock()
+            .map(|m| m.iter().map(|(k, b)| (k.clone(), b.configured)).collect())
+            .unwrap_or_default();
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            if current.get(&l.name) == Some(&l.bind) {
+                continue;
+            }
+            let socket = bind(l.bind).map_err(|source| ReloadError::Io {
+                what: format!("cannot bind listener {} on {}", l.name, l.bind),
+                source,
+            })?;
+            fresh.push((l.name.clone(), l.bind, socket));
+        }
+        Ok(fresh)
+    }
+
+    /// Stops accepting on listeners the config no longer has, or has at another address.
+    fn retire_listeners(&self, config: &Config) {
+        let Ok(mut map) = self.listeners.lock() else {
+            return;
+        };
+        map.retain(|name, b| {
+            let keep = config.listener(name).is_some_and(|l| l.bind == b.configured);
+            if !keep {
+                let _ = b.stop.send(true);
+            }
+            keep
+        });
+    }
+
+    fn start_listeners(&self, fresh: Vec<(String, SocketAddr, tokio::net::TcpListener)>) -> std::io::Result<()> {
+        for (name, configured, socket) in fresh {
+            let local = socket.local_addr()?;
+            let std_socket = socket.into_std()?;
+            let (stop, stop_rx) = watch::channel(false);
+            if let Ok(workers) = self.workers.lock() {
+                if let Some(w) = workers.as_ref() {
+                    w.listen(&Arc::from(name.as_str()), &std_socket, &stop_rx)?;
+                }
+            }
+            if let Ok(mut map) = self.listeners.lock() {
+                map.insert(name, Bound {
+                    configured,
+                    local,
+                    stop,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Idle connections to backends that left their pool are closed; in-flight ones
+    /// finish on the old snapshot.
+    fn retire_backends(&self, old: &Snapshot) {
+        let now = self.shared.live.load();
+        for pool in &old.pools {
+            for b in &pool.backends {
+                let stays = now
+                    .pool(&pool.name)
+                    .is_some_and(|p| p.backends.iter().any(|n| n.name == b.name));
+                if !stays {
+                    b.live.conns.clear();
+                }
+            }
+        }
+    }
+
+    fn restart_health(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let snapshot = self.shared.live.load_full();
+        let shutdown = self.trigger.subscribe();
+        match self.health.lock() {
+            Ok(mut h) => h.restart(&snapshot, shutdown),
+            Err(_) => HealthCheckers::nothing_to_wait_for(),
+        }
+    }
+
+    async fn start_admin(self: &Arc<Self>, bind: SocketAddr) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let local = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(crate::admin::serve(Arc::clone(self), listener, stop_rx, self.trigger.subscribe()));
+        if let Ok(mut a) = self.admin_addr.lock() {
+            *a = Some(local);
+        }
+        if let Ok(mut s) = self.admin_stop.lock() {
+            *s = Some(stop);
+        }
+        Ok(())
+    }
+
+    fn stop_admin(&self) {
+        if let Ok(mut s) = self.admin_stop.lock() {
+            if let Some(stop) = s.take() {
+                let _ = stop.send(true);
+            }
+        }
+        if let Ok(mut a) = self.admin_addr.lock() {
+            *a = None;
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests and tunnels finish
+    /// within `grace` (the config's `grace_period` when `None`), then stop the workers.
+    /// Returns whether everything finished within the grace period.
+    pub async fn shutdown(&self, grace: Option<Duration>) -> bool {
+        let grace = grace.unwrap_or_else(|| self.shared.live.load().config.server.grace_period);
+        self.trigger.trigger();
+        let clean = self.shared.tracker.wait_idle(grace).await;
+        let workers = self.workers.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = workers {
+            let _ = tokio::task::spawn_blocking(move || w.stop()).await;
+        }
+        if let Some(log) = self.shared.access_log.load_full() {
+            log.flush();
+        }
+        clean
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.trigger.subscribe().is_triggered()
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+fn spawn_log_flusher(shared: &Arc<Shared>, mut shutdown: shutdown::Shutdown) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => return,
+            }
+            if let Some(log) = shared.access_log.load_full() {
+                log.flush();
+            }
+        }
+    });
+}

@@ -1,0 +1,111 @@
+//! `maitred demo`: three small backends on loopback that answer with their own name, and
+//! a balancer in front of them with a stateless and a sticky pool, from the embedded
+//! `config/demo.toml`. Needs no file and no network beyond loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::app::Daemon;
+use crate::config::{self, Config};
+
+/// The demo's config template.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// Where the demo prefers to listen; a busy port falls back to one the OS picks.
+const PREFERRED_LISTEN: &str = "127.0.0.1:8080";
+const PREFERRED_ADMIN: &str = "127.0.0.1:9100";
+
+/// A running demo.
+#[derive(Debug)]
+pub struct Demo {
+    /// The balancer.
+    pub daemon: Arc<Daemon>,
+    /// The demo backends' addresses.
+    pub backends: Vec<SocketAddr>,
+}
+
+/// Starts three demo backends and the balancer.
+pub async fn start() -> Result<Demo, Box<dyn std::error::Error + Send + Sync>> {
+    let mut backends = Vec::new();
+    for n in 1..=3 {
+        backends.push(spawn_backend(n).await?);
+    }
+    let listen = free_or_any(PREFERRED_LISTEN).await?;
+    let admin = free_or_any(PREFERRED_ADMIN).await?;
+    let text = DEMO_CONFIG
+        .replace("{LISTEN}", &listen.to_string())
+        .replace("{ADMIN}", &admin.to_string())
+        .replace("{B1}", &backends[0].to_string())
+        .replace("{B2}", &backends[1].to_string())
+        .replace("{B3}", &backends[2].to_string());
+    let cfg: Config = config::parse(&text, "demo.toml", Path::new("."))?;
+    let daemon = Daemon::start(cfg, None).await?;
+    Ok(Demo { daemon, backends })
+}
+
+/// Prints what to try.
+pub fn print_banner(demo: &Demo) {
+    let Some(addr) = demo.daemon.listener_addr("demo") else {
+        return;
+    };
+    println!("maitred demo is running.");
+    for (i, b) in demo.backends.iter().enumerate() {
+        println!("  backend {} on http://{b}", i + 1);
+    }
+    println!("  balancer on http://{addr}");
+    if let Some(a) = demo.daemon.admin_addr() {
+        println!("  dashboard on http://{a}/  (status: http://{a}/status, metrics: http://{a}/metrics)");
+    }
+    println!();
+    println!("Stateless (round-robin) — each request may land on another backend:");
+    println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done");
+    println!("Sticky (cookie-affinity) — the cookie jar keeps you on one backend:");
+    println!("  for i in 1 2 3 4 5 6; do curl -s -b /tmp/maitred-demo.jar -c /tmp/maitred-demo.jar http://{addr}/sticky; done");
+    println!();
+    println!("Ctrl-C stops it.");
+}
+
+async fn free_or_any(preferred: &str) -> std::io::Result<SocketAddr> {
+    let preferred: SocketAddr = preferred
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    match TcpListener::bind(preferred).await {
+        Ok(l) => l.local_addr(),
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?.local_addr(),
+    }
+}
+
+/// Starts demo backend `n` on a loopback port the OS picks.
+pub async fn spawn_backend(n: usize) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/healthz" {
+                        "ok\n".to_string()
+                    } else {
+                        format!("backend {n}\n")
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = StatusCode::OK;
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,148 @@
+//! A pool: its backends, its balancer and its policy (limits, timeouts, retries,
+//! ejection). `pick` is the one place a request gets a backend: balancer choice, the
+//! `max_connections` limit, and the in-flight guard, together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::backend::{Backend, BackendLive, InFlight};
+use crate::balancer::{self, Balancer, Limits, PickContext, Placement, Tried};
+use crate::config::{BalancerKind, PoolConfig};
+use crate::stats::PoolStats;
+
+/// One pool in the live snapshot.
+#[derive(Debug)]
+pub struct Pool {
+    /// The pool's name.
+    pub name: Arc<str>,
+    /// Backends in config order.
+    pub backends: Vec<Backend>,
+    balancer: Box<dyn Balancer>,
+    /// Limits every pick honours.
+    pub limits: Limits,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Until the response headers arrive.
+    pub response_timeout: Duration,
+    /// Extra backends tried after a retryable failure.
+    pub retries: u32,
+    /// Passive ejection: failures in a row and how long, or `None`.
+    pub ejection: Option<(u32, Duration)>,
+    /// Whether active health checks run for this pool.
+    pub checked: bool,
+    /// Sum of the backends' weights (bounded load).
+    total_weight: u32,
+    /// Counters, carried over reloads by pool name.
+    pub stats: Arc<PoolStats>,
+}
+
+/// A backend chosen for one attempt, holding its in-flight slot.
+#[derive(Debug)]
+pub struct Chosen<'a> {
+    /// Index into [`Pool::backends`].
+    pub index: usize,
+    /// The backend.
+    pub backend: &'a Backend,
+    /// The in-flight slot, released when the response body ends.
+    pub guard: InFlight,
+    /// Set-Cookie the response must carry.
+    pub set_cookie: Option<HeaderValue>,
+    /// How the choice was made.
+    pub placement: Placement,
+}
+
+impl Pool {
+    /// Builds a pool from its config, reusing live state where `live_for` has it.
+    pub fn build(
+        cfg: &PoolConfig,
+        stats: Arc<PoolStats>,
+        mut live_for: impl FnMut(&str) -> Option<Arc<BackendLive>>,
+    ) -> Pool {
+        let checked = cfg.health.is_some();
+        let backends: Vec<Backend> = cfg
+            .backends
+            .iter()
+            .map(|b| Backend {
+                name: Arc::from(b.addr.as_str()),
+                addr: b.socket,
+                weight: b.weight,
+                id: Backend::id_of(&b.addr),
+                live: live_for(&b.addr)
+                    .unwrap_or_else(|| Arc::new(BackendLive::new(checked, b.state))),
+            })
+            .collect();
+        let balancer = balancer::build(cfg, &backends);
+        Pool {
+            name: Arc::from(cfg.name.as_str()),
+            total_weight: backends.iter().map(|b| b.weight).sum(),
+            backends,
+            balancer,
+            limits: Limits {
+                max_connections: cfg.max_connections,
+                balance_factor: cfg.balance_factor,
+            },
+            connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
+            retries: cfg.retries,
+            ejection: cfg
+                .ejection
+                .as_ref()
+                .map(|e| (e.consecutive_failures, e.duration)),
+            checked,
+            stats,
+        }
+    }
+
+    /// Which balancer the pool runs.
+    pub fn balancer_kind(&self) -> BalancerKind {
+        self.balancer.kind()
+    }
+
+    /// The balancer itself (reload report, benchmarks).
+    pub fn balancer(&self) -> &dyn Balancer {
+        self.balancer.as_ref()
+    }
+
+    /// Requests in flight on the whole pool.
+    pub fn in_flight(&self) -> u32 {
+        self.backends.iter().map(|b| b.live.in_flight()).sum()
+    }
+
+    /// Chooses a backend and takes its in-flight slot, or `None` when no backend can take
+    /// the request (the caller answers 503).
+    pub fn pick(
+        &self,
+        ctx: &mut PickContext<'_>,
+        tried: &mut Tried,
+    ) -> Option<Chosen<'_>> {
+        if self.limits.balance_factor > 0.0 {
+            ctx.pool_in_flight = self.in_flight();
+        }
+        // A backend can fill up between the balancer's look and our increment; each
+        // such loss excludes it, so this ends within `backends.len()` rounds.
+        for _ in 0..=self.backends.len() {
+            let p = self.balancer.pick(&self.backends, ctx, &self.limits, tried)?;
+            let backend = self.backends.get(p.index)?;
+            match backend.live.enter(self.limits.max_connections) {
+                Some(guard) => {
+                    return Some(Chosen {
+                        index: p.index,
+                        backend,
+                        guard,
+                        set_cookie: p.set_cookie,
+                        placement: p.placement,
+                    });
+                }
+                None => tried.insert(p.index),
+            }
+        }
+        None
+    }
+
+    /// Weighted total, for bounded-load arithmetic and reports.
+    pub fn total_weight(&self) -> u32 {
+        self.total_weight
+    }
+}

@@ -1,0 +1,89 @@
+//! What can go wrong on the request path, and what each failure means: the status the
+//! client gets, whether another backend may be tried, and whether it counts against
+//! the backend (passive ejection).
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::DownBody;
+
+/// A failure while proxying one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No backend of the pool can take the request.
+    #[error("no backend available")]
+    NoBackend,
+    /// The connection to the backend failed (refused, unreachable, reset during connect).
+    #[error("connect to backend failed: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The backend did not accept the connection within `connect_timeout`.
+    #[error("connect to backend timed out")]
+    ConnectTimeout,
+    /// The HTTP exchange with the backend failed (reset, closed, protocol error).
+    #[error("backend exchange failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    /// The backend's response headers did not arrive within `response_timeout`.
+    #[error("backend response timed out")]
+    ResponseTimeout,
+    /// The request is malformed or ambiguous and is never forwarded.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The listener is gone from the config (reload removed it while this connection
+    /// was open).
+    #[error("listener no longer configured")]
+    ListenerGone,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoBackend | ProxyError::ListenerGone => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whether the backend is to blame (counts toward passive ejection).
+    pub fn is_backend_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_)
+                | ProxyError::ConnectTimeout
+                | ProxyError::Upstream(_)
+                | ProxyError::ResponseTimeout
+        )
+    }
+
+    /// The short plain-text response for this error.
+    pub fn response(&self) -> Response<DownBody> {
+        let status = self.status();
+        let text = match self {
+            ProxyError::NoBackend | ProxyError::ListenerGone => "no backend available\n",
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
+                "bad gateway\n"
+            }
+            ProxyError::ResponseTimeout => "gateway timeout\n",
+            ProxyError::BadRequest(why) => why,
+        };
+        let mut r = local_response(status, text);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// A short plain-text response written by maitred itself.
+pub fn local_response(status: StatusCode, text: &'static str) -> Response<DownBody> {
+    let mut r = Response::new(DownBody::local(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

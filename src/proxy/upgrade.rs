@@ -1,0 +1,33 @@
+//! Tunnels for WebSocket and other `Upgrade` requests: after the backend answers 101,
+//! bytes are copied both ways until either side closes.
+//!
+//! The tunnel holds the backend's in-flight slot (a draining backend keeps its open
+//! tunnels, and least-connections sees them) and is tracked, so graceful shutdown waits
+//! for it up to the grace period.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::backend::InFlight;
+use crate::shared::Shared;
+
+/// Starts the tunnel task for an upgrade both sides agreed to.
+pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: OnUpgrade, guard: InFlight) {
+    let tracked = shared.tracker.track();
+    tokio::spawn(async move {
+        let _tracked = tracked;
+        let _guard = guard;
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut backend = TokioIo::new(backend);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+        }
+    });
+}

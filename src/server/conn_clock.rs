@@ -1,0 +1,230 @@
+//! Client-connection timeouts: `header_timeout` (from a request's first byte to the end
+//! of its headers: the slowloris guard) and `idle_timeout` (no request in progress).
+//!
+//! hyper's own header timer starts while a keep-alive connection waits idle and
+//! allocates a timer per request, so maitred keeps its own clock: the I/O wrapper
+//! notes when the first byte of a new request arrives, the service notes when a request
+//! starts and its response body ends, and one watchdog per connection sleeps until the
+//! next deadline. A request costs two clock reads and a few relaxed stores.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::backend::clock_ms;
+use crate::proxy::body::DownBody;
+
+/// What the watchdog knows about one connection.
+///
+/// Written by the connection's I/O wrapper and service, read by its watchdog, all on
+/// the connection's own task or worker; `Relaxed` suffices as each field is read alone.
+#[derive(Debug)]
+pub struct Activity {
+    /// Requests in progress (HTTP/2: streams).
+    active: AtomicU32,
+    /// [`clock_ms`] when the last request ended, or the connection opened.
+    last_end: AtomicU64,
+    /// [`clock_ms`] of the first byte of a request whose head is incomplete; 0 = none.
+    head_started: AtomicU64,
+}
+
+/// What the watchdog should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sleep until this [`clock_ms`] and look again.
+    WaitUntil(u64),
+    /// Idle too long: close gracefully.
+    Idle,
+    /// A request head took too long: close at once.
+    HeaderTimeout,
+}
+
+impl Activity {
+    /// A fresh connection.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            active: AtomicU32::new(0),
+            last_end: AtomicU64::new(clock_ms()),
+            head_started: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes arrived from the client.
+    #[inline]
+    fn on_read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A request's head is complete and the service runs.
+    #[inline]
+    pub fn begin(self: &Arc<Self>) -> RequestActive {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        RequestActive {
+            activity: Arc::clone(self),
+        }
+    }
+
+    /// The watchdog's decision at `now` for these timeouts.
+    pub fn verdict(&self, now: u64, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let idle_ms = idle_timeout.as_millis() as u64;
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return Verdict::WaitUntil(now + idle_ms);
+        }
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != 0 {
+            let deadline = head + header_timeout.as_millis() as u64;
+            return if now >= deadline {
+                Verdict::HeaderTimeout
+            } else {
+                Verdict::WaitUntil(deadline)
+            };
+        }
+        let deadline = self.last_end.load(Ordering::Relaxed) + idle_ms;
+        if now >= deadline {
+            Verdict::Idle
+        } else {
+            Verdict::WaitUntil(deadline)
+        }
+    }
+}
+
+/// Held while a request is in progress; dropped with its response body.
+#[derive(Debug)]
+pub struct RequestActive {
+    activity: Arc<Activity>,
+}
+
+impl Drop for RequestActive {
+    fn drop(&mut self) {
+        self.activity.last_end.store(clock_ms(), Ordering::Relaxed);
+        self.activity.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client's I/O, noting when a new request's first byte arrives.
+#[derive(Debug)]
+pub struct TimedIo<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> TimedIo<T> {
+    /// Wraps a client stream.
+    pub fn new(io: T, activity: Arc<Activity>) -> TimedIo<T> {
+        TimedIo { io, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A response body that keeps its request counted as active until it ends.
+#[derive(Debug)]
+pub struct ConnBody {
+    inner: DownBody,
+    active: Option<RequestActive>,
+}
+
+impl ConnBody {
+    /// Wraps a response body.
+    pub fn new(inner: DownBody, active: RequestActive) -> ConnBody {
+        ConnBody {
+            inner,
+            active: Some(active),
+        }
+    }
+}
+
+impl Body for ConnBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            this.active.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_the_connection_phase() {
+        let a = Activity::new();
+        let (hdr, idle) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let now = clock_ms();
+        assert!(matches!(a.verdict(now, hdr, idle), Verdict::WaitUntil(_)));
+        assert_eq!(a.verdict(now + 2000, hdr, idle), Verdict::Idle);
+        a.on_read();
+        assert_eq!(a.verdict(clock_ms() + 200, hdr, idle), Verdict::HeaderTimeout);
+        let g = a.begin();
+        assert!(matches!(a.verdict(now + 5000, hdr, idle), Verdict::WaitUntil(_)));
+        drop(g);
+        assert_eq!(a.verdict(clock_ms() + 2000, hdr, idle), Verdict::Idle);
+    }
+}

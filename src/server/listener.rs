@@ -1,0 +1,175 @@
+//! Accepting client connections and serving HTTP on them.
+//!
+//! One accept loop per listener per worker; each accepted connection becomes a task on
+//! that worker that reads an optional PROXY header, terminates TLS when the listener has
+//! it, and serves HTTP/1.1 or HTTP/2 (ALPN on TLS, prior knowledge on plain) with
+//! hyper, calling [`crate::proxy::handle`] per request. The listener's settings are read
+//! from the snapshot current when the connection is accepted; routing uses the snapshot
+//! current for each request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::conn_clock::{Activity, ConnBody, TimedIo, Verdict};
+use super::proxy_protocol;
+use crate::backend::clock_ms;
+use crate::proxy::{self, ConnInfo};
+use crate::shared::Shared;
+use crate::shutdown::Shutdown;
+
+/// Pause after an accept error (out of file descriptors, …) before trying again, so a
+/// full process does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Accepts connections on `listener` until this listener is stopped or the daemon
+/// shuts down.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
+) {
+    let mut shutting = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let conn = serve_connection(
+                        Arc::clone(&shared),
+                        Arc::clone(&name),
+                        stream,
+                        peer,
+                        shutdown.clone(),
+                    );
+                    tokio::spawn(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            _ = crate::shutdown::flag_set(&mut stop) => break,
+            _ = shutting.wait() => break,
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    let _tracked = shared.tracker.track();
+    let _ = stream.set_nodelay(true);
+    let (timeouts, proxy_protocol, tls) = {
+        let snap = shared.live.load();
+        let Some(l) = snap.listener(&listener) else {
+            return;
+        };
+        (
+            (l.header_timeout, l.idle_timeout),
+            l.proxy_protocol,
+            l.tls.clone(),
+        )
+    };
+    let mut peer_ip = peer.ip().to_canonical();
+    if proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, timeouts.0).await {
+            Ok(Some(src)) => peer_ip = src.ip().to_canonical(),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(listener = %listener, %peer, error = %e, "connection refused");
+                return;
+            }
+        }
+    }
+    let info = ConnInfo {
+        listener,
+        peer_ip,
+        tls: tls.is_some(),
+    };
+    match tls {
+        None => serve_http(shared, info, stream, timeouts, shutdown).await,
+        Some(config) => {
+            let accept = TlsAcceptor::from(config).accept(stream);
+            match tokio::time::timeout(timeouts.0, accept).await {
+                Ok(Ok(tls_stream)) => serve_http(shared, info, tls_stream, timeouts, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream.
+async fn serve_http<IO>(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    io: IO,
+    (header_timeout, idle_timeout): (Duration, Duration),
+    mut shutdown: Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
+    let svc_activity = Arc::clone(&activity);
+    let service = service_fn(move |req| {
+        let active = svc_activity.begin();
+        let shared = Arc::clone(&shared);
+        let info = info.clone();
+        async move {
+            let resp = proxy::handle(&shared, &info, req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().half_close(false).keep_alive(true);
+    builder.http2().max_concurrent_streams(256);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let mut watchdog = Box::pin(tokio::time::sleep(idle_timeout));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = watchdog.as_mut(), if !closing => {
+                let now = clock_ms();
+                match activity.verdict(now, header_timeout, idle_timeout) {
+                    Verdict::WaitUntil(t) => {
+                        let wait = Duration::from_millis(t.saturating_sub(now).max(1));
+                        watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                    Verdict::Idle => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Verdict::HeaderTimeout => return,
+                }
+            }
+        }
+    }
+}

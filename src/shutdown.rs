@@ -1,0 +1,123 @@
+//! Graceful shutdown as an object: a signal every accept loop and connection watches,
+//! and a tracker of the connections and tunnels still running, so the daemon can wait
+//! for them up to the grace period.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+/// The stop signal. Cloned into every task that must react to shutdown.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// The sending side, held by the daemon.
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+/// A new signal pair.
+pub fn channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx }, Shutdown { rx })
+}
+
+impl ShutdownTrigger {
+    /// Tells every watcher to stop.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    /// A new watcher.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Whether shutdown has begun.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves when shutdown begins (at once if it already has).
+    pub async fn wait(&mut self) {
+        flag_set(&mut self.rx).await;
+    }
+}
+
+/// Resolves once a boolean watch channel holds `true`; never, if its sender is gone
+/// while it is still `false`.
+pub async fn flag_set(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Counts running connections and tunnels.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    count: Arc<AtomicUsize>,
+    idle: Arc<Notify>,
+}
+
+/// Held by one connection or tunnel for its lifetime.
+#[derive(Debug)]
+pub struct Tracked {
+    count: Arc<AtomicUsize>,
+    idle: Arc<Notify>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    /// Registers one running connection or tunnel.
+    pub fn track(&self) -> Tracked {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Tracked {
+            count: Arc::clone(&self.count),
+            idle: Arc::clone(&self.idle),
+        }
+    }
+
+    /// Connections and tunnels running now.
+    pub fn running(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing runs, or `limit` passes; returns whether everything ended.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.idle.notified();
+            if self.running() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running() == 0;
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
