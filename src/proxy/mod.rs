@@ -77,6 +77,15 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>
     resp
 }
 
+/// The 400 for a head the scanner refused; the connection closes after it, since where
+/// this request's body ends is exactly what is in doubt.
+pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBody> {
+    let mut r = ProxyError::BadRequest(p.reason()).response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Requests that are refused before any backend sees them (DESIGN §6). hyper's parser
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon and bare CR, and 431 for oversized heads.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::head_scan::{HeadProblem, HeadScan};
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
 
@@ -33,6 +34,8 @@ pub struct Activity {
     last_end: AtomicU64,
     /// [`clock_ms`] of the first byte of a request whose head is incomplete; 0 = none.
     head_started: AtomicU64,
+    /// The head scanner's verdict on the current head: 0 = fine, else a [`HeadProblem`].
+    head_problem: std::sync::atomic::AtomicU8,
 }
 
 /// What the watchdog should do now.
@@ -53,15 +56,36 @@ impl Activity {
             active: AtomicU32::new(0),
             last_end: AtomicU64::new(clock_ms()),
             head_started: AtomicU64::new(0),
+            head_problem: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
-    /// Bytes arrived from the client.
+    /// What the head scanner found wrong with the head of the request now starting.
+    pub fn head_problem(&self) -> Option<HeadProblem> {
+        match self.head_problem.load(Ordering::Relaxed) {
+            1 => Some(HeadProblem::LengthAndChunked),
+            2 => Some(HeadProblem::BareLf),
+            _ => None,
+        }
+    }
+
+    fn set_head_problem(&self, p: Option<HeadProblem>) {
+        let v = match p {
+            None => 0,
+            Some(HeadProblem::LengthAndChunked) => 1,
+            Some(HeadProblem::BareLf) => 2,
+        };
+        self.head_problem.store(v, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived from the client; returns whether they begin a new request.
     #[inline]
-    fn on_read(&self) {
+    fn on_read(&self) -> bool {
         if self.active.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
             self.head_started.store(clock_ms(), Ordering::Relaxed);
+            return true;
         }
+        false
     }
 
     /// A request's head is complete and the service runs.
@@ -116,12 +140,17 @@ impl Drop for RequestActive {
 pub struct TimedIo<T> {
     io: T,
     activity: Arc<Activity>,
+    scan: HeadScan,
 }
 
 impl<T> TimedIo<T> {
     /// Wraps a client stream.
     pub fn new(io: T, activity: Arc<Activity>) -> TimedIo<T> {
-        TimedIo { io, activity }
+        TimedIo {
+            io,
+            activity,
+            scan: HeadScan::default(),
+        }
     }
 }
 
@@ -135,7 +164,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.on_read();
+            if this.activity.on_read() {
+                this.scan.start();
+                this.activity.set_head_problem(None);
+            }
+            if this.scan.is_scanning() {
+                if let Some(Err(p)) = this.scan.feed(&buf.filled()[before..]) {
+                    this.activity.set_head_problem(Some(p));
+                }
+            }
         }
         r
     }
@@ -220,7 +257,7 @@ mod tests {
         let now = clock_ms();
         assert!(matches!(a.verdict(now, hdr, idle), Verdict::WaitUntil(_)));
         assert_eq!(a.verdict(now + 2000, hdr, idle), Verdict::Idle);
-        a.on_read();
+        assert!(a.on_read());
         assert_eq!(a.verdict(clock_ms() + 200, hdr, idle), Verdict::HeaderTimeout);
         let g = a.begin();
         assert!(matches!(a.verdict(now + 5000, hdr, idle), Verdict::WaitUntil(_)));

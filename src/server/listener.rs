@@ -128,11 +128,15 @@ async fn serve_http<IO>(
     let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
     let svc_activity = Arc::clone(&activity);
     let service = service_fn(move |req| {
+        let head_problem = svc_activity.head_problem();
         let active = svc_activity.begin();
         let shared = Arc::clone(&shared);
         let info = info.clone();
         async move {
-            let resp = proxy::handle(&shared, &info, req).await;
+            let resp = match head_problem {
+                Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
+                _ => proxy::handle(&shared, &info, req).await,
+            };
             Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
         }
     });

@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod conn_clock;
+pub mod head_scan;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod tls;

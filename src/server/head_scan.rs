@@ -1,0 +1,153 @@
+//! A second look at HTTP/1 request heads, for the ambiguities hyper's parser tolerates
+//! and DESIGN §6 refuses: a head with both Content-Length and Transfer-Encoding (hyper
+//! lets Transfer-Encoding win; a backend behind another proxy might not — the classic
+//! smuggling set-up), and a bare LF line ending.
+//!
+//! The scanner sees the bytes of each client read that starts a new request (no request
+//! in progress), up to the blank line that ends the head; it never looks into bodies.
+//! Pipelined heads that arrive while a request is in progress are left to hyper, which
+//! normalises them safely (chunked wins, the connection closes after the response).
+
+/// Why a head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadProblem {
+    /// Both Content-Length and Transfer-Encoding.
+    LengthAndChunked,
+    /// A line ended by LF alone.
+    BareLf,
+}
+
+impl HeadProblem {
+    /// The plain-text reason sent with the 400.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeadProblem::LengthAndChunked => "both Content-Length and Transfer-Encoding\n",
+            HeadProblem::BareLf => "line ending without CR\n",
+        }
+    }
+}
+
+/// Scanner state for one head.
+#[derive(Debug, Default, Clone)]
+pub struct HeadScan {
+    scanning: bool,
+    line: [u8; 18],
+    line_len: usize,
+    prev_cr: bool,
+    empty_line: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+    bare_lf: bool,
+}
+
+impl HeadScan {
+    /// Starts scanning a new head.
+    pub fn start(&mut self) {
+        *self = HeadScan {
+            scanning: true,
+            empty_line: true,
+            ..HeadScan::default()
+        };
+    }
+
+    /// Whether a head is being scanned.
+    pub fn is_scanning(&self) -> bool {
+        self.scanning
+    }
+
+    /// Feeds bytes; returns the verdict once the head's blank line is seen.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<Result<(), HeadProblem>> {
+        for &b in bytes {
+            if !self.scanning {
+                return None;
+            }
+            if b == b'\n' {
+                if !self.prev_cr {
+                    self.bare_lf = true;
+                }
+                self.end_of_line();
+                if !self.scanning {
+                    return Some(self.verdict());
+                }
+                continue;
+            }
+            self.prev_cr = b == b'\r';
+            if b != b'\r' {
+                self.empty_line = false;
+                if self.line_len < self.line.len() {
+                    self.line[self.line_len] = b.to_ascii_lowercase();
+                    self.line_len += 1;
+                }
+            }
+        }
+        None
+    }
+
+    fn end_of_line(&mut self) {
+        let line = &self.line[..self.line_len];
+        if line.starts_with(b"content-length:") || line.starts_with(b"content-length ") {
+            self.content_length = true;
+        }
+        if line.starts_with(b"transfer-encoding:") || line.starts_with(b"transfer-encoding ") {
+            self.transfer_encoding = true;
+        }
+        if self.empty_line {
+            self.scanning = false;
+        }
+        self.line_len = 0;
+        self.prev_cr = false;
+        self.empty_line = true;
+    }
+
+    fn verdict(&self) -> Result<(), HeadProblem> {
+        if self.content_length && self.transfer_encoding {
+            return Err(HeadProblem::LengthAndChunked);
+        }
+        if self.bare_lf {
+            return Err(HeadProblem::BareLf);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Option<Result<(), HeadProblem>> {
+        let mut s = HeadScan::default();
+        s.start();
+        let mut out = None;
+        for c in chunks {
+            if let Some(v) = s.feed(c) {
+                out = Some(v);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn clean_head_passes() {
+        let h: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(scan(&[h]), Some(Ok(())));
+    }
+
+    #[test]
+    fn length_and_chunked_refused_even_split() {
+        let a: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Len";
+        let b: &[u8] = b"gth: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(&[a, b]), Some(Err(HeadProblem::LengthAndChunked)));
+    }
+
+    #[test]
+    fn bare_lf_refused() {
+        let h: &[u8] = b"GET / HTTP/1.1\nHost: a\r\n\r\n";
+        assert_eq!(scan(&[h]), Some(Err(HeadProblem::BareLf)));
+    }
+
+    #[test]
+    fn body_is_not_scanned() {
+        let h: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\ntransfer-encoding: x\n\n";
+        assert_eq!(scan(&[h]), Some(Ok(())));
+    }
+}

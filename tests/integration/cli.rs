@@ -1,0 +1,172 @@
+//! The binary: `check`, `--version`, graceful SIGTERM, streaming memory.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maitred");
+
+/// A port free right now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn start(config: &std::path::Path) -> Proc {
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc { child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waits for exit within `limit`; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_listening(addr: SocketAddr) {
+    let up = wait_until(DEADLINE, || async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+    assert!(up, "daemon did not start listening on {addr}");
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("maitred {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/maitred.example.toml");
+    let out = Command::new(BIN).args(["check", "-c", example]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l.starts_with("pool ")), "{stdout}");
+}
+
+#[test]
+fn check_reports_errors_with_line_and_column() {
+    let dir = scratch_dir("check");
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round_robin\"\nbackends = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:7:12: unknown balancer \"round_robin\"", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("expected one of round-robin, least-connections, ip-hash, hash, cookie-affinity"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let b = TestBackend::start("a").await;
+    let port = free_port();
+    let dir = scratch_dir("sigterm");
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nthreads = 1\ngrace_period = \"10s\"\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let mut p = Proc::start(&path);
+    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(a).await;
+    let slow = tokio::spawn(async move { get(a, "/slow?ms=1500").await });
+    assert!(wait_until(DEADLINE, || async { b.hits() == 1 }).await);
+    p.signal("TERM");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "backend a\n");
+    let code = tokio::task::spawn_blocking(move || p.wait_exit(DEADLINE)).await.unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn twenty_mib_streams_without_buffering_in_the_daemon() {
+    let b = TestBackend::start("a").await;
+    let port = free_port();
+    let dir = scratch_dir("stream");
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nthreads = 1\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&path);
+    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(a).await;
+    let mut c = Client::connect(a).await;
+    // Warm up so allocator arenas and buffers exist before measuring.
+    assert_eq!(c.get("/big?mb=1", &[]).await.status, 200);
+    let before = p.rss_kib();
+    let body = Bytes::from(vec![b'u'; 20 * 1024 * 1024]);
+    let up = c.send("POST", "/sink", &[], body).await.unwrap();
+    assert_eq!(up.body.trim(), (20 * 1024 * 1024).to_string());
+    let down = c.get("/big?mb=20", &[]).await;
+    assert_eq!(down.body.len(), 20 * 1024 * 1024);
+    let grown = p.rss_kib().saturating_sub(before);
+    assert!(grown < 8 * 1024, "daemon RSS grew by {grown} KiB for 20 MiB bodies");
+}

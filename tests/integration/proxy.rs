@@ -1,0 +1,300 @@
+//! Proxying: round-robin spread, weights, routes, forwarded headers, error statuses,
+//! malformed requests, client timeouts.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn round_robin_over_three_backends_is_exactly_even() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let d = start_daemon(&simple_config("round-robin", &[&a, &b, &c], "")).await;
+    let mut client = Client::connect(addr(&d)).await;
+    for _ in 0..300 {
+        assert_eq!(client.get("/", &[]).await.status, 200);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (100, 100, 100));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn weights_one_to_three_split_25_75_and_interleave() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let toml = simple_config("round-robin", &[], "")
+        .replace("backends = []", &format!("backends = [\"{}\", {{ addr = \"{}\", weight = 3 }}]", a.addr, b.addr));
+    let d = start_daemon(&toml).await;
+    let mut client = Client::connect(addr(&d)).await;
+    let mut order = Vec::new();
+    for _ in 0..400 {
+        order.push(client.get("/", &[]).await.body);
+    }
+    assert_eq!((a.hits(), b.hits()), (100, 300));
+    // With 1:3 a run of three is unavoidable, never four (DESIGN §4).
+    assert!(order.windows(4).all(|w| !(w.iter().all(|x| *x == w[0]))));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn weights_one_one_three_never_three_in_a_row() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let toml = simple_config("round-robin", &[], "").replace(
+        "backends = []",
+        &format!("backends = [\"{}\", \"{}\", {{ addr = \"{}\", weight = 3 }}]", a.addr, b.addr, c.addr),
+    );
+    let d = start_daemon(&toml).await;
+    let mut client = Client::connect(addr(&d)).await;
+    let mut order = Vec::new();
+    for _ in 0..500 {
+        order.push(client.get("/", &[]).await.body);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (100, 100, 300));
+    assert!(order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn routes_pick_the_right_pool() {
+    let (web, cart, beta, wild) = (
+        TestBackend::start("web").await,
+        TestBackend::start("cart").await,
+        TestBackend::start("beta").await,
+        TestBackend::start("wild").await,
+    );
+    let toml = format!(
+        r#"
+[server]
+threads = 1
+access_log = "off"
+
+[[listener]]
+name = "main"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[listener.route]]
+host = "shop.example.com"
+path_prefix = "/cart"
+pool = "cart"
+
+[[listener.route]]
+header = {{ name = "x-tenant", value = "beta" }}
+pool = "beta"
+
+[[listener.route]]
+host = "*.example.com"
+pool = "wild"
+
+[pool.web]
+balancer = "round-robin"
+backends = ["{}"]
+
+[pool.cart]
+balancer = "round-robin"
+backends = ["{}"]
+
+[pool.beta]
+balancer = "round-robin"
+backends = ["{}"]
+
+[pool.wild]
+balancer = "round-robin"
+backends = ["{}"]
+"#,
+        web.addr, cart.addr, beta.addr, wild.addr
+    );
+    let d = start_daemon(&toml).await;
+    let a = addr(&d);
+    let cases: [(&str, &str, Option<(&str, &str)>, &str); 7] = [
+        ("shop.example.com", "/cart", None, "cart"),
+        ("SHOP.example.com:8080", "/cart/items?x=1", None, "cart"),
+        ("shop.example.com", "/cartoon", None, "wild"),
+        ("other.org", "/", Some(("x-tenant", "beta")), "beta"),
+        ("a.b.example.com", "/", None, "wild"),
+        ("example.com", "/", None, "web"),
+        ("other.org", "/cart", None, "web"),
+    ];
+    for (host, path, header, want) in cases {
+        // The client helper sets its own Host, so these go raw.
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n");
+        if let Some((k, v)) = header {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("connection: close\r\n\r\n");
+        let out = raw(a, req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.contains(&format!("backend {want}")), "{host}{path} → {out}");
+    }
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_added_and_hop_by_hop_dropped() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let r = c
+        .get(
+            "/path?q=1",
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-authorization", "Basic eA=="),
+                ("x-keep-me", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = b.last_seen().unwrap();
+    let h = &seen.headers;
+    assert_eq!(h["host"], "test.local");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "test.local");
+    assert_eq!(h["x-keep-me"], "yes");
+    for gone in ["x-drop-me", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(seen.path, "/path?q=1");
+    assert!(!r.headers.contains_key("keep-alive"));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn refused_backend_gives_502() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let toml = simple_config("round-robin", &[], "retries = 0")
+        .replace("backends = []", &format!("backends = [\"{gone}\"]"));
+    let d = start_daemon(&toml).await;
+    let r = get(addr(&d), "/").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn no_available_backend_gives_503_with_retry_after() {
+    let b = TestBackend::start("a").await;
+    let toml = simple_config("round-robin", &[], "")
+        .replace("backends = []", &format!("backends = [{{ addr = \"{}\", state = \"disabled\" }}]", b.addr));
+    let d = start_daemon(&toml).await;
+    let r = get(addr(&d), "/").await;
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(b.hits(), 0);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn slow_backend_gives_504() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "response_timeout = \"300ms\"")).await;
+    let r = get(addr(&d), "/slow?ms=3000").await;
+    assert_eq!(r.status, 504);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_unforwarded() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let a = addr(&d);
+    let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let out = raw(a, smuggle, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let te_first = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
+    let out = raw(a, te_first, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let bare_lf = b"GET / HTTP/1.1\nHost: x\n\n";
+    let out = raw(a, bare_lf, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let bad_chunk = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let out = raw(a, bad_chunk, Duration::from_secs(5)).await;
+    assert!(!out.contains("backend a"), "{out}");
+    let obs_fold = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n";
+    let out = raw(a, obs_fold, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let space_colon = b"GET / HTTP/1.1\r\nHost : x\r\n\r\n";
+    let out = raw(a, space_colon, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let gzip_te = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n";
+    let out = raw(a, gzip_te, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 4") || out.starts_with("HTTP/1.1 501"), "{out}");
+    let two_lengths = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+    let out = raw(a, two_lengths, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(b.hits(), 0, "a malformed request reached the backend");
+    // A clean request on a fresh connection still works.
+    assert_eq!(get(a, "/").await.status, 200);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let big = "x".repeat(512 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let out = raw(addr(&d), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(100)]);
+    assert_eq!(b.hits(), 0);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn slow_header_sender_is_cut_off_and_idle_connection_closed() {
+    let b = TestBackend::start("a").await;
+    let toml = simple_config("round-robin", &[&b], "")
+        .replace("pool = \"web\"\n", "pool = \"web\"\nheader_timeout = \"300ms\"\nidle_timeout = \"600ms\"\n");
+    let d = start_daemon(&toml).await;
+    let a = addr(&d);
+    // Slowloris: half a head, then silence.
+    let started = std::time::Instant::now();
+    let out = raw(a, b"GET / HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10)).await;
+    assert!(!out.contains("backend"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(8), "slow head was not cut off");
+    // Idle keep-alive connection: closed after idle_timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("backend a"));
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "idle connection stayed open");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let body = Bytes::from(vec![b'z'; 3 * 1024 * 1024 + 17]);
+    let r = c.send("POST", "/sink", &[], body.clone()).await.unwrap();
+    assert_eq!(r.body.trim(), body.len().to_string());
+    let r = c.send("POST", "/echo", &[], body.clone()).await.unwrap();
+    assert_eq!(r.body.len(), body.len());
+    let r = c.get("/big?mb=4", &[]).await;
+    assert_eq!(r.body.len(), 4 * 1024 * 1024);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
