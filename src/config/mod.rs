@@ -33,3 +33,6 @@ pub fn parse(source: &str, file: &str, base_dir: &Path) -> Result<Config, Config
     let raw = raw::parse(source, file)?;
     validate::validate(raw, source, file, base_dir)
 }
+
+#[cfg(test)]
+mod tests;

@@ -232,6 +232,10 @@ fn is_token(text: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a wrong assumption"
+)]
 mod tests {
     use super::*;
 
