@@ -18,8 +18,12 @@ pub use types::*;
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::single(ConfigError::without_position(&file, format!("cannot read: {e}"))))?;
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(ConfigError::without_position(
+            &file,
+            format!("cannot read: {e}"),
+        ))
+    })?;
     parse(&source, &file, path.parent().unwrap_or(Path::new(".")))
 }
 
@@ -29,3 +33,6 @@ pub fn parse(source: &str, file: &str, base_dir: &Path) -> Result<Config, Config
     let raw = raw::parse(source, file)?;
     validate::validate(raw, source, file, base_dir)
 }
+
+#[cfg(test)]
+mod tests;

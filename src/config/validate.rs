@@ -1,8 +1,256 @@
-//! Validation (placeholder).
+//! Validation: the raw file mirror in, a [`Config`] the daemon can trust out — or every
+//! problem in the file, each with its position and what was expected.
+//!
+//! Validation never stops at the first problem: each check records its error in a
+//! [`Ctx`] and carries on, so `maitred check` shows a user all their mistakes in one
+//! run. Section checks live in `validate/pool.rs` and `validate/listener.rs`, single
+//! value parsers in `validate/values.rs`; this file holds the shared context, the
+//! `[server]` and `[admin]` sections and the order of the whole pass.
+
+mod listener;
+mod pool;
+mod values;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
 use std::path::Path;
-use super::raw::RawConfig;
-use super::{Config, ConfigErrors, ServerConfig};
-/// Validates.
-pub fn validate(_raw: RawConfig, _source: &str, _file: &str, _base: &Path) -> Result<Config, ConfigErrors> {
-    Ok(Config { server: ServerConfig::default(), admin: None, listeners: vec![], pools: vec![] })
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diagnostics::{ConfigError, ConfigErrors, line_column};
+use super::raw::{RawAdmin, RawConfig, RawServer};
+use super::types::{AccessLogTarget, AdminConfig, Config, ServerConfig};
+
+/// Validates a parsed file. `source` is the text it came from (for positions), `file`
+/// names it in errors, `base_dir` anchors relative paths.
+pub fn validate(
+    raw: RawConfig,
+    source: &str,
+    file: &str,
+    base_dir: &Path,
+) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx {
+        file,
+        source,
+        base_dir,
+        errors: Vec::new(),
+    };
+
+    let server = server(&mut ctx, raw.server.as_ref());
+    let admin = match &raw.admin {
+        None => Some(None),
+        Some(a) => admin(&mut ctx, a).map(Some),
+    };
+
+    // Pool names come from the raw file, so a reference to a pool that exists but has
+    // its own errors is not reported a second time as unknown.
+    let pool_names: Vec<&str> = raw.pool.keys().map(|k| k.get_ref().as_str()).collect();
+    let listeners: Option<Vec<_>> = raw
+        .listener
+        .iter()
+        .map(|l| listener::listener(&mut ctx, l, &pool_names))
+        .collect();
+    listener::check_unique(&mut ctx, &raw.listener, raw.admin.as_ref());
+
+    let used = used_pools(&raw);
+    // A BTreeMap iterates in key order, so pools come out sorted by name.
+    let pools: Option<Vec<_>> = raw
+        .pool
+        .iter()
+        .map(|(name, p)| pool::pool(&mut ctx, name, p, used.contains(name.get_ref().as_str())))
+        .collect();
+
+    let config = match (server, admin, listeners, pools) {
+        (Some(server), Some(admin), Some(listeners), Some(pools)) => Some(Config {
+            server,
+            admin,
+            listeners,
+            pools,
+        }),
+        _ => None,
+    };
+    ctx.finish(config)
+}
+
+/// Names of the pools some listener or route sends traffic to.
+fn used_pools(raw: &RawConfig) -> BTreeSet<&str> {
+    raw.listener
+        .iter()
+        .flat_map(|l| {
+            std::iter::once(l.pool.get_ref().as_str())
+                .chain(l.route.iter().map(|r| r.get_ref().pool.get_ref().as_str()))
+        })
+        .collect()
+}
+
+/// `[server]`; every key optional.
+fn server(ctx: &mut Ctx<'_>, raw: Option<&RawServer>) -> Option<ServerConfig> {
+    let defaults = ServerConfig::default();
+    let Some(raw) = raw else {
+        return Some(defaults);
+    };
+    let threads = ctx.int("threads", raw.threads.as_ref(), 0, 0, u32::MAX);
+    let grace_period = match &raw.grace_period {
+        None => Some(defaults.grace_period),
+        Some(v) => ctx.parse(v, |s| values::duration("grace_period", s)),
+    };
+    let log_level = match &raw.log_level {
+        None => Some(defaults.log_level),
+        Some(v) => ctx.parse(v, log_level),
+    };
+    let access_log = match &raw.access_log {
+        None => Some(defaults.access_log),
+        Some(v) => {
+            let base_dir = ctx.base_dir;
+            ctx.parse(v, |s| access_log(s, base_dir))
+        }
+    };
+    Some(ServerConfig {
+        threads: usize::try_from(threads?).ok()?,
+        grace_period: grace_period?,
+        log_level: log_level?,
+        access_log: access_log?,
+    })
+}
+
+/// `server.log_level`: a tracing filter such as `info` or `maitred=debug,hyper=warn`.
+fn log_level(text: &str) -> Result<String, String> {
+    let expected = "expected trace, debug, info, warn, error, off or a tracing filter like \"maitred=debug,info\"";
+    if text.trim().is_empty() {
+        return Err(format!("empty log_level; {expected}"));
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("invalid log_level {text:?} ({e}); {expected}"))
+}
+
+/// `server.access_log`: `off`, `stdout` or a file path relative to the config file.
+fn access_log(text: &str, base_dir: &Path) -> Result<AccessLogTarget, String> {
+    match text {
+        "off" => Ok(AccessLogTarget::Off),
+        "stdout" => Ok(AccessLogTarget::Stdout),
+        "" => Err("empty access_log; expected \"off\", \"stdout\" or a file path".to_string()),
+        path => Ok(AccessLogTarget::File(base_dir.join(path))),
+    }
+}
+
+/// `[admin]`: a token is required unless only this machine can reach the listener.
+fn admin(ctx: &mut Ctx<'_>, raw: &RawAdmin) -> Option<AdminConfig> {
+    let bind = ctx.parse(&raw.bind, values::bind_addr)?;
+    let token = match &raw.token {
+        Some(t) if t.get_ref().is_empty() => {
+            ctx.error(
+                t.span(),
+                "empty admin token; remove the key or set a long random string".to_string(),
+            );
+            return None;
+        }
+        Some(t) => Some(t.get_ref().clone()),
+        None => None,
+    };
+    if token.is_none() && !bind.ip().is_loopback() {
+        ctx.error(
+            raw.bind.span(),
+            format!("admin bind {bind} is not a loopback address, so a token is required; add token = \"...\" to [admin]"),
+        );
+        return None;
+    }
+    Some(AdminConfig { bind, token })
+}
+
+/// What every check needs: where the text came from and the errors found so far.
+pub(super) struct Ctx<'a> {
+    file: &'a str,
+    source: &'a str,
+    base_dir: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    /// Records a problem at `span`.
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let e = ConfigError::at(self.file, self.source, span, message);
+        self.errors.push(e);
+    }
+
+    /// The 1-based line where `span` starts, to name an earlier occurrence in a message.
+    fn line(&self, span: Range<usize>) -> usize {
+        line_column(self.source, span.start).0
+    }
+
+    /// Runs a value parser on spanned text, recording its error at the value.
+    fn parse<T>(
+        &mut self,
+        v: &Spanned<String>,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        f(v.get_ref()).map_err(|m| self.error(v.span(), m)).ok()
+    }
+
+    /// An optional value parsed by `f`, or `default` when absent.
+    fn parse_or<T>(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        default: T,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match v {
+            None => Some(default),
+            Some(v) => self.parse(v, f),
+        }
+    }
+
+    /// An optional duration that must be greater than zero.
+    fn duration(
+        &mut self,
+        key: &str,
+        v: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Option<Duration> {
+        self.parse_or(v, default, |s| values::positive_duration(key, s))
+    }
+
+    /// An optional integer within `min..=max`, or `default` when absent.
+    fn int(
+        &mut self,
+        key: &str,
+        v: Option<&Spanned<i64>>,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> Option<u32> {
+        let Some(v) = v else {
+            return Some(default);
+        };
+        let n = *v.get_ref();
+        if let Ok(n) = u32::try_from(n) {
+            if (min..=max).contains(&n) {
+                return Some(n);
+            }
+        }
+        let message = if max == u32::MAX {
+            format!("{key} must be at least {min}, got {n}")
+        } else {
+            format!("{key} must be between {min} and {max}, got {n}")
+        };
+        self.error(v.span(), message);
+        None
+    }
+
+    /// The collected errors sorted by position, or the config when there are none.
+    fn finish(mut self, config: Option<Config>) -> Result<Config, ConfigErrors> {
+        if self.errors.is_empty() {
+            if let Some(config) = config {
+                return Ok(config);
+            }
+            // Every check that yields nothing records why; this guards that invariant.
+            let message = "invalid configuration".to_string();
+            return Err(ConfigErrors::single(ConfigError::without_position(
+                self.file, message,
+            )));
+        }
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(self.errors))
+    }
 }

@@ -1,0 +1,571 @@
+//! Behaviour of the config loader as a user meets it: what a file turns into, and the
+//! exact `file:line:col` messages for what is wrong with it.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a wrong assumption"
+)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config/maitred.example.toml");
+
+fn ok(source: &str) -> Config {
+    match parse(source, "maitred.toml", Path::new(".")) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// Every error, as the user sees it.
+fn errors(source: &str) -> Vec<String> {
+    errors_in(source, Path::new("."))
+}
+
+fn errors_in(source: &str, base_dir: &Path) -> Vec<String> {
+    match parse(source, "maitred.toml", base_dir) {
+        Ok(_) => panic!("expected errors, the config was accepted"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_one_error_containing(source: &str, needle: &str) {
+    let errs = errors(source);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains(needle),
+        "{:?} does not contain {needle:?}",
+        errs[0]
+    );
+}
+
+/// A valid listener + pool for tests to add to.
+const BASE: &str = r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+pool = "web"
+
+[pool.web]
+balancer = "round-robin"
+backends = ["10.0.0.1:8000"]
+"#;
+
+#[test]
+fn example_config_is_accepted() {
+    let config = ok(EXAMPLE);
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["api", "beta", "cart", "chat", "sessions", "web"]);
+    let kinds: Vec<BalancerKind> = config.pools.iter().map(|p| p.balancer).collect();
+    for kind in [
+        BalancerKind::RoundRobin,
+        BalancerKind::LeastConnections,
+        BalancerKind::Hash,
+        BalancerKind::IpHash,
+        BalancerKind::CookieAffinity,
+    ] {
+        assert!(
+            kinds.contains(&kind),
+            "the example has no {} pool",
+            kind.name()
+        );
+    }
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[0].routes.len(), 5);
+    assert_eq!(
+        config.admin.as_ref().and_then(|a| a.token.as_deref()),
+        Some("change-me")
+    );
+}
+
+#[test]
+fn example_config_states_the_defaults_it_documents() {
+    let config = ok(EXAMPLE);
+    let web = config.pool("web").unwrap();
+    assert_eq!(web.connect_timeout, Duration::from_secs(3));
+    assert_eq!(web.response_timeout, Duration::from_secs(60));
+    assert_eq!(web.retries, 2);
+    assert_eq!(config.server, ServerConfig::default());
+}
+
+#[test]
+fn minimal_file_gets_the_design_defaults() {
+    let config = ok(BASE);
+    assert_eq!(config.server, ServerConfig::default());
+    assert_eq!(config.admin, None);
+
+    let l = &config.listeners[0];
+    assert_eq!(l.header_timeout, Duration::from_secs(10));
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert!(!l.proxy_protocol);
+    assert!(l.trusted_proxies.is_empty());
+    assert_eq!(l.tls, None);
+    assert!(l.routes.is_empty());
+
+    let p = &config.pools[0];
+    assert_eq!(p.key, None);
+    assert_eq!(p.connect_timeout, Duration::from_secs(3));
+    assert_eq!(p.response_timeout, Duration::from_secs(60));
+    assert_eq!(p.retries, 2);
+    assert_eq!(p.max_connections, 0);
+    assert_eq!(p.balance_factor, 0.0);
+    assert_eq!(
+        (p.health.clone(), p.ejection.clone(), p.affinity.clone()),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn empty_sections_get_their_defaults() {
+    let src = format!(
+        "{BASE}\n[pool.web.health]\n[pool.web.ejection]\n\
+         [pool.cart]\nbalancer = \"cookie-affinity\"\nbackends = []\n[pool.cart.affinity]\ncookie = \"c\"\n"
+    );
+    let config = ok(&src);
+    let web = config.pool("web").unwrap();
+    assert_eq!(
+        web.health,
+        Some(HealthConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect: (200, 399),
+            host: None,
+        })
+    );
+    assert_eq!(
+        web.ejection,
+        Some(EjectionConfig {
+            consecutive_failures: 5,
+            duration: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(
+        config.pool("cart").unwrap().affinity,
+        Some(AffinityConfig {
+            cookie: "c".into(),
+            max_age: None,
+            secure: false,
+            http_only: true,
+            same_site: None,
+            fallback: BalancerKind::LeastConnections,
+            secret: None,
+        })
+    );
+}
+
+#[test]
+fn short_and_long_backend_forms_mean_the_same_thing() {
+    let src = BASE.replace(
+        r#"backends = ["10.0.0.1:8000"]"#,
+        r#"backends = ["10.0.0.1:8000", { addr = "10.0.0.2:8000", weight = 3, state = "drain" }, { addr = "[::1]:8000" }]"#,
+    );
+    let backends = &ok(&src).pools[0].backends;
+    let expected = [
+        ("10.0.0.1:8000", 1, AdminState::Active),
+        ("10.0.0.2:8000", 3, AdminState::Drain),
+        ("[::1]:8000", 1, AdminState::Active),
+    ];
+    assert_eq!(backends.len(), 3);
+    for (b, (addr, weight, state)) in backends.iter().zip(expected) {
+        assert_eq!(b.addr, addr);
+        assert_eq!(b.socket, addr.parse().unwrap());
+        assert_eq!((b.weight, b.state), (weight, state));
+    }
+}
+
+#[test]
+fn host_name_backends_are_resolved() {
+    let src = BASE.replace("10.0.0.1:8000", "localhost:8000");
+    let b = &ok(&src).pools[0].backends[0];
+    assert_eq!(b.addr, "localhost:8000");
+    assert!(b.socket.ip().is_loopback());
+    assert_eq!(b.socket.port(), 8000);
+}
+
+#[test]
+fn unresolvable_backend_host_is_an_error() {
+    let src = BASE.replace("10.0.0.1:8000", "no-such-host.invalid:8000");
+    assert_one_error_containing(
+        &src,
+        "cannot resolve backend address \"no-such-host.invalid:8000\"",
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected_at_its_position() {
+    let src = format!("{BASE}retires = 3\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with(
+            "maitred.toml:10:1: unknown key `retires`; expected one of `balancer`, `key`"
+        ),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].ends_with("(in `pool.web`)"), "{}", errs[0]);
+}
+
+#[test]
+fn unknown_balancer_names_every_balancer_at_its_position() {
+    let src = BASE.replace(r#"balancer = "round-robin""#, r#"balancer = "round_robin""#);
+    assert_eq!(
+        errors(&src),
+        [
+            "maitred.toml:8:12: unknown balancer \"round_robin\"; expected one of round-robin, \
+          least-connections, ip-hash, hash, cookie-affinity"
+        ]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let src = r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+pool = "nope"
+
+[pool.web]
+balancer = "hash"
+backends = [{ addr = "10.0.0.1:8000", weight = 0 }]
+connect_timeout = "soon"
+"#;
+    let errs = errors(src);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].starts_with("maitred.toml:5:8: unknown pool \"nope\"; expected one of web"));
+    assert!(errs[1].starts_with("maitred.toml:8:12: balancer \"hash\" needs a key"));
+    assert!(errs[2].starts_with("maitred.toml:9:48: weight must be between 1 and 1000, got 0"));
+    assert!(
+        errs[3].starts_with("maitred.toml:10:19: invalid duration \"soon\" for connect_timeout")
+    );
+}
+
+#[test]
+fn syntax_error_is_one_positioned_line() {
+    let errs = errors("[pool.web\nbalancer = 1\n");
+    assert_eq!(errs, ["maitred.toml:1:10: unclosed table, expected `]`"]);
+}
+
+#[test]
+fn bad_backend_entry_says_what_a_backend_may_be() {
+    let src = BASE.replace(r#"["10.0.0.1:8000"]"#, "[8000]");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("maitred.toml:9:13: invalid type: integer `8000`, expected a backend"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn route_to_missing_pool_is_rejected() {
+    let src = BASE.replace(
+        "\n[pool.web]",
+        "[[listener.route]]\nhost = \"shop.example.com\"\npool = \"shop\"\n\n[pool.web]",
+    );
+    assert_one_error_containing(&src, "unknown pool \"shop\"; expected one of web");
+}
+
+#[test]
+fn hash_without_key_is_rejected() {
+    let src = BASE.replace("round-robin", "hash");
+    assert_one_error_containing(&src, "balancer \"hash\" needs a key");
+}
+
+#[test]
+fn key_on_other_balancers_is_rejected() {
+    let src = BASE.replace(
+        "balancer = \"round-robin\"",
+        "balancer = \"least-connections\"\nkey = \"path\"",
+    );
+    assert_one_error_containing(&src, "key is only allowed for balancer \"hash\"");
+}
+
+#[test]
+fn ip_hash_pools_hash_the_client_ip() {
+    let src = BASE.replace("round-robin", "ip-hash");
+    assert_eq!(ok(&src).pools[0].key, Some(HashKey::ClientIp));
+}
+
+#[test]
+fn hash_key_forms_are_parsed() {
+    let src = BASE.replace(
+        "balancer = \"round-robin\"",
+        "balancer = \"hash\"\nkey = \"header:X-User\"",
+    );
+    assert_eq!(
+        ok(&src).pools[0].key,
+        Some(HashKey::Header(http::HeaderName::from_static("x-user")))
+    );
+}
+
+#[test]
+fn affinity_on_a_non_cookie_pool_is_rejected() {
+    let src = format!("{BASE}\n[pool.web.affinity]\ncookie = \"c\"\n");
+    assert_one_error_containing(
+        &src,
+        "[pool.web.affinity] applies only to balancer \"cookie-affinity\"",
+    );
+}
+
+#[test]
+fn cookie_affinity_without_affinity_section_is_rejected() {
+    let src = BASE.replace("round-robin", "cookie-affinity");
+    assert_one_error_containing(&src, "needs a [pool.web.affinity] section");
+}
+
+#[test]
+fn affinity_fallback_must_be_stateless() {
+    let src = BASE.replace("round-robin", "cookie-affinity")
+        + "[pool.web.affinity]\ncookie = \"c\"\nfallback = \"ip-hash\"\n";
+    assert_one_error_containing(&src, "expected one of round-robin, least-connections");
+}
+
+#[test]
+fn balance_factor_is_zero_or_at_least_one_and_only_for_sticky_pools() {
+    let sticky = BASE.replace(
+        "balancer = \"round-robin\"",
+        "balancer = \"ip-hash\"\nbalance_factor = 1.25",
+    );
+    assert_eq!(ok(&sticky).pools[0].balance_factor, 1.25);
+    assert_one_error_containing(
+        &sticky.replace("1.25", "0.5"),
+        "balance_factor must be 0 (off) or at least 1.0",
+    );
+    let stateless = BASE.replace(
+        "balancer = \"round-robin\"",
+        "balancer = \"round-robin\"\nbalance_factor = 2",
+    );
+    assert_one_error_containing(
+        &stateless,
+        "balance_factor applies only to balancers hash, ip-hash and cookie-affinity",
+    );
+}
+
+#[test]
+fn non_loopback_admin_needs_a_token() {
+    let src = format!("{BASE}\n[admin]\nbind = \"0.0.0.0:9100\"\n");
+    assert_eq!(
+        errors(&src),
+        [
+            "maitred.toml:12:8: admin bind 0.0.0.0:9100 is not a loopback address, so a token is required; \
+          add token = \"...\" to [admin]"
+        ]
+    );
+    let with_token = format!("{src}token = \"t\"\n");
+    assert_eq!(
+        ok(&with_token).admin.and_then(|a| a.token),
+        Some("t".to_string())
+    );
+}
+
+#[test]
+fn loopback_admin_needs_no_token() {
+    let src = format!("{BASE}\n[admin]\nbind = \"[::1]:9100\"\n");
+    let admin = ok(&src).admin;
+    assert_eq!(
+        admin,
+        Some(AdminConfig {
+            bind: "[::1]:9100".parse().unwrap(),
+            token: None
+        })
+    );
+}
+
+#[test]
+fn bad_and_zero_durations_are_rejected() {
+    let bad = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\nidle_timeout = \"2 fortnights\"",
+    );
+    assert_one_error_containing(&bad, "invalid duration \"2 fortnights\" for idle_timeout");
+    let zero = BASE.replace("pool = \"web\"", "pool = \"web\"\nheader_timeout = \"0s\"");
+    assert_one_error_containing(&zero, "header_timeout must be greater than 0");
+}
+
+#[test]
+fn weight_zero_is_rejected() {
+    let src = BASE.replace(
+        r#""10.0.0.1:8000""#,
+        r#"{ addr = "10.0.0.1:8000", weight = 0 }"#,
+    );
+    assert_one_error_containing(&src, "weight must be between 1 and 1000, got 0");
+}
+
+#[test]
+fn retries_above_the_limit_are_rejected() {
+    let src = format!("{BASE}retries = 16\n");
+    assert_one_error_containing(&src, "retries must be between 0 and 15, got 16");
+}
+
+#[test]
+fn duplicate_backend_in_a_pool_is_rejected() {
+    let src = BASE.replace(
+        r#"["10.0.0.1:8000"]"#,
+        r#"["10.0.0.1:8000", "10.0.0.1:8000"]"#,
+    );
+    assert_one_error_containing(
+        &src,
+        "duplicate backend \"10.0.0.1:8000\" in pool \"web\"; first listed on line 9",
+    );
+}
+
+#[test]
+fn duplicate_listener_bind_is_rejected() {
+    let src = format!(
+        "{BASE}\n[[listener]]\nname = \"other\"\nbind = \"0.0.0.0:8080\"\npool = \"web\"\n"
+    );
+    assert_eq!(
+        errors(&src),
+        [
+            "maitred.toml:13:8: listener \"other\" binds 0.0.0.0:8080, which conflicts with \
+          127.0.0.1:8080 of listener \"public\" on line 4"
+        ]
+    );
+}
+
+#[test]
+fn listeners_on_port_zero_never_conflict() {
+    let src = BASE.replace("127.0.0.1:8080", "127.0.0.1:0")
+        + "\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n";
+    assert_eq!(ok(&src).listeners.len(), 2);
+}
+
+#[test]
+fn duplicate_listener_name_is_rejected() {
+    let src = format!(
+        "{BASE}\n[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:8081\"\npool = \"web\"\n"
+    );
+    assert_one_error_containing(
+        &src,
+        "duplicate listener name \"public\"; first used on line 3",
+    );
+}
+
+#[test]
+fn bind_must_be_an_ip_socket_address() {
+    let src = BASE.replace("127.0.0.1:8080", "localhost:8080");
+    assert_one_error_containing(&src, "invalid bind address \"localhost:8080\"");
+}
+
+#[test]
+fn used_pool_needs_backends_but_unused_pool_may_be_empty() {
+    let used = BASE.replace(r#"["10.0.0.1:8000"]"#, "[]");
+    assert_one_error_containing(&used, "pool \"web\" has no backends");
+    let unused = format!("{BASE}\n[pool.spare]\nbalancer = \"round-robin\"\nbackends = []\n");
+    assert!(ok(&unused).pool("spare").unwrap().backends.is_empty());
+}
+
+#[test]
+fn routes_are_parsed_and_need_a_condition() {
+    let src = BASE.replace(
+        "\n[pool.web]",
+        "trusted_proxies = [\"10.0.0.0/8\", \"192.168.0.1\"]\n\
+         [[listener.route]]\nhost = \"*.Example.com\"\npath_prefix = \"/api\"\npool = \"web\"\n\
+         [[listener.route]]\nheader = { name = \"X-Tenant\", value = \"beta\" }\npool = \"web\"\n\n[pool.web]",
+    );
+    let l = &ok(&src).listeners[0];
+    assert_eq!(
+        l.trusted_proxies,
+        [
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.1/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        l.routes[0].host,
+        Some(HostMatch::Wildcard(".example.com".into()))
+    );
+    assert_eq!(l.routes[0].path_prefix.as_deref(), Some("/api"));
+    assert_eq!(
+        l.routes[1].header.as_ref().map(|h| h.name.as_str()),
+        Some("x-tenant")
+    );
+
+    let bare = BASE.replace(
+        "\n[pool.web]",
+        "[[listener.route]]\npool = \"web\"\n\n[pool.web]",
+    );
+    assert_one_error_containing(&bare, "route has no condition");
+}
+
+#[test]
+fn server_section_is_read() {
+    let src = format!(
+        "[server]\nthreads = 4\ngrace_period = \"5s\"\nlog_level = \"maitred=debug,warn\"\naccess_log = \"logs/access.log\"\n{BASE}"
+    );
+    let server = parse(&src, "maitred.toml", Path::new("/etc/maitred"))
+        .unwrap()
+        .server;
+    assert_eq!(server.threads, 4);
+    assert_eq!(server.grace_period, Duration::from_secs(5));
+    assert_eq!(server.log_level, "maitred=debug,warn");
+    assert_eq!(
+        server.access_log,
+        AccessLogTarget::File(PathBuf::from("/etc/maitred/logs/access.log"))
+    );
+}
+
+/// A fresh directory under the system temp dir for TLS file tests.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("maitred-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    dir
+}
+
+const TLS: &str =
+    "[listener.tls]\ncertificates = [{ cert = \"tls/a.crt\", key = \"tls/a.key\" }]\n";
+
+#[test]
+fn tls_file_missing_is_named_with_its_position() {
+    let dir = temp_dir("missing");
+    std::fs::write(dir.join("tls/a.crt"), "pem").unwrap();
+    let src = BASE.replace("\n[pool.web]", &format!("{TLS}\n[pool.web]"));
+    let errs = errors_in(&src, &dir);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("maitred.toml:7:45: cannot read key file \"tls/a.key\""),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].contains(&dir.join("tls/a.key").display().to_string()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tls_with_readable_files_is_accepted_with_default_alpn() {
+    let dir = temp_dir("ok");
+    std::fs::write(dir.join("tls/a.crt"), "pem").unwrap();
+    std::fs::write(dir.join("tls/a.key"), "pem").unwrap();
+    let src = BASE.replace("\n[pool.web]", &format!("{TLS}\n[pool.web]"));
+    let config = parse(&src, "maitred.toml", &dir).unwrap();
+    let tls = config.listeners[0].tls.clone().unwrap();
+    assert_eq!(
+        tls.certificates,
+        [CertificateConfig {
+            cert: dir.join("tls/a.crt"),
+            key: dir.join("tls/a.key")
+        }]
+    );
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tls_needs_certificates_and_known_alpn() {
+    let src = BASE.replace(
+        "\n[pool.web]",
+        "[listener.tls]\ncertificates = []\nalpn = [\"h3\"]\n\n[pool.web]",
+    );
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].contains("certificates is empty"));
+    assert!(errs[1].contains("unsupported ALPN protocol \"h3\""));
+}

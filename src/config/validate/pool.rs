@@ -1,0 +1,333 @@
+//! `[pool.NAME]` checks: balancer and its key, backends, timeouts and limits, and the
+//! `health`, `ejection` and `affinity` sections with their defaults (DESIGN §3).
+//!
+//! Balancer-specific rules live here: `key` only for `hash` (and implied for
+//! `ip-hash`), `affinity` only for `cookie-affinity`, `balance_factor` only for sticky
+//! balancers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{Ctx, values};
+use crate::config::raw::{RawAffinity, RawBackend, RawEjection, RawHealth, RawPool};
+use crate::config::types::{
+    AdminState, AffinityConfig, BackendConfig, BalancerKind, EjectionConfig, HashKey, HealthConfig,
+    MAX_RETRIES, MAX_WEIGHT, PoolConfig,
+};
+
+/// Validates one pool. `used` says whether a listener or route sends traffic to it,
+/// which is when it must have backends.
+pub(super) fn pool(
+    ctx: &mut Ctx<'_>,
+    name: &Spanned<String>,
+    raw: &RawPool,
+    used: bool,
+) -> Option<PoolConfig> {
+    let name_ok = ctx.parse(name, values::pool_name);
+    let balancer = ctx.parse(&raw.balancer, values::balancer);
+    let key = balancer.and_then(|b| key(ctx, b, raw));
+    let backends = backends(ctx, name.get_ref(), raw, used);
+    let connect_timeout = ctx.duration(
+        "connect_timeout",
+        raw.connect_timeout.as_ref(),
+        Duration::from_secs(3),
+    );
+    let response_timeout = ctx.duration(
+        "response_timeout",
+        raw.response_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    let retries = ctx.int("retries", raw.retries.as_ref(), 2, 0, MAX_RETRIES);
+    let max_connections = ctx.int(
+        "max_connections",
+        raw.max_connections.as_ref(),
+        0,
+        0,
+        u32::MAX,
+    );
+    let balance_factor = balancer.and_then(|b| balance_factor(ctx, b, raw.balance_factor.as_ref()));
+    let health = match &raw.health {
+        None => Some(None),
+        Some(h) => health(ctx, h).map(Some),
+    };
+    let ejection = match &raw.ejection {
+        None => Some(None),
+        Some(e) => ejection(ctx, e).map(Some),
+    };
+    let affinity = balancer.and_then(|b| affinity(ctx, name.get_ref(), b, raw));
+
+    name_ok?;
+    Some(PoolConfig {
+        name: name.get_ref().clone(),
+        balancer: balancer?,
+        key: key?,
+        backends: backends?,
+        connect_timeout: connect_timeout?,
+        response_timeout: response_timeout?,
+        retries: retries?,
+        max_connections: max_connections?,
+        balance_factor: balance_factor?,
+        health: health?,
+        ejection: ejection?,
+        affinity: affinity?,
+    })
+}
+
+/// `key`: required for `hash`, implied `client-ip` for `ip-hash`, refused elsewhere.
+fn key(ctx: &mut Ctx<'_>, balancer: BalancerKind, raw: &RawPool) -> Option<Option<HashKey>> {
+    match (balancer, &raw.key) {
+        (BalancerKind::Hash, Some(k)) => ctx.parse(k, values::hash_key).map(Some),
+        (BalancerKind::Hash, None) => {
+            ctx.error(
+                raw.balancer.span(),
+                "balancer \"hash\" needs a key; add key = \"client-ip\", \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"path\"".to_string(),
+            );
+            None
+        }
+        (BalancerKind::IpHash, None) => Some(Some(HashKey::ClientIp)),
+        (BalancerKind::IpHash, Some(k)) => {
+            ctx.error(
+                k.span(),
+                "key is not allowed for balancer \"ip-hash\", which always hashes the client IP; remove it or use balancer = \"hash\"".to_string(),
+            );
+            None
+        }
+        (other, Some(k)) => {
+            ctx.error(
+                k.span(),
+                format!(
+                    "key is only allowed for balancer \"hash\", not {:?}; remove it",
+                    other.name()
+                ),
+            );
+            None
+        }
+        (_, None) => Some(None),
+    }
+}
+
+/// `backends`: each entry valid, no address twice, and at least one when the pool is used.
+fn backends(
+    ctx: &mut Ctx<'_>,
+    pool: &str,
+    raw: &RawPool,
+    used: bool,
+) -> Option<Vec<BackendConfig>> {
+    let entries = raw.backends.get_ref();
+    if entries.is_empty() && used {
+        ctx.error(
+            raw.backends.span(),
+            format!("pool {pool:?} has no backends but a listener or route sends traffic to it; add at least one backend"),
+        );
+        return None;
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(entries.len());
+    let mut ok = true;
+    for entry in entries {
+        let Some(backend) = backend(ctx, entry) else {
+            ok = false;
+            continue;
+        };
+        if let Some(first_line) = seen.get(&backend.addr) {
+            ctx.error(
+                entry.span(),
+                format!(
+                    "duplicate backend {:?} in pool {pool:?}; first listed on line {first_line}",
+                    backend.addr
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        let line = ctx.line(entry.span());
+        seen.insert(backend.addr.clone(), line);
+        out.push(backend);
+    }
+    ok.then_some(out)
+}
+
+/// One backend entry, short or long form.
+fn backend(ctx: &mut Ctx<'_>, entry: &Spanned<RawBackend>) -> Option<BackendConfig> {
+    let table = match entry.get_ref() {
+        RawBackend::Short(addr) => {
+            let socket = ctx.parse(
+                &Spanned::new(entry.span(), addr.clone()),
+                values::backend_addr,
+            )?;
+            return Some(BackendConfig {
+                addr: addr.clone(),
+                socket,
+                weight: 1,
+                state: AdminState::Active,
+            });
+        }
+        RawBackend::Long(table) => table,
+    };
+    let socket = ctx.parse(&table.addr, values::backend_addr);
+    let weight = ctx.int("weight", table.weight.as_ref(), 1, 1, MAX_WEIGHT);
+    let state = ctx.parse_or(
+        table.state.as_ref(),
+        AdminState::Active,
+        values::admin_state,
+    );
+    Some(BackendConfig {
+        addr: table.addr.get_ref().clone(),
+        socket: socket?,
+        weight: weight?,
+        state: state?,
+    })
+}
+
+/// `balance_factor`: 0 (off) or at least 1.0, and only on sticky balancers.
+fn balance_factor(
+    ctx: &mut Ctx<'_>,
+    balancer: BalancerKind,
+    v: Option<&Spanned<f64>>,
+) -> Option<f64> {
+    let Some(v) = v else {
+        return Some(0.0);
+    };
+    let f = *v.get_ref();
+    if !(f == 0.0 || (f.is_finite() && f >= 1.0)) {
+        ctx.error(
+            v.span(),
+            format!("balance_factor must be 0 (off) or at least 1.0, e.g. 1.25; got {f}"),
+        );
+        return None;
+    }
+    if f != 0.0 && !balancer.is_sticky() {
+        ctx.error(
+            v.span(),
+            format!(
+                "balance_factor applies only to balancers hash, ip-hash and cookie-affinity, not {:?}; remove it",
+                balancer.name()
+            ),
+        );
+        return None;
+    }
+    Some(f)
+}
+
+/// `[pool.NAME.health]` with DESIGN §3's defaults.
+fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
+    let path = ctx.parse_or(raw.path.as_ref(), "/healthz".to_string(), |s| {
+        if s.starts_with('/') {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "invalid health path {s:?}; expected a path starting with '/'"
+            ))
+        }
+    });
+    let interval = ctx.duration("interval", raw.interval.as_ref(), Duration::from_secs(2));
+    let timeout = ctx.duration("timeout", raw.timeout.as_ref(), Duration::from_secs(1));
+    let rise = ctx.int("rise", raw.rise.as_ref(), 2, 1, u32::MAX);
+    let fall = ctx.int("fall", raw.fall.as_ref(), 3, 1, u32::MAX);
+    let expect = ctx.parse_or(raw.expect.as_ref(), (200, 399), values::status_range);
+    let host = match &raw.host {
+        None => Some(None),
+        Some(h) => ctx.parse(h, non_empty("health host")).map(Some),
+    };
+    Some(HealthConfig {
+        path: path?,
+        interval: interval?,
+        timeout: timeout?,
+        rise: rise?,
+        fall: fall?,
+        expect: expect?,
+        host: host?,
+    })
+}
+
+/// `[pool.NAME.ejection]` with DESIGN §3's defaults.
+fn ejection(ctx: &mut Ctx<'_>, raw: &RawEjection) -> Option<EjectionConfig> {
+    let consecutive_failures = ctx.int(
+        "consecutive_failures",
+        raw.consecutive_failures.as_ref(),
+        5,
+        1,
+        u32::MAX,
+    );
+    let duration = ctx.duration("duration", raw.duration.as_ref(), Duration::from_secs(30));
+    Some(EjectionConfig {
+        consecutive_failures: consecutive_failures?,
+        duration: duration?,
+    })
+}
+
+/// `[pool.NAME.affinity]`: required for `cookie-affinity`, refused elsewhere.
+fn affinity(
+    ctx: &mut Ctx<'_>,
+    pool: &str,
+    balancer: BalancerKind,
+    raw: &RawPool,
+) -> Option<Option<AffinityConfig>> {
+    match (balancer, &raw.affinity) {
+        (BalancerKind::CookieAffinity, Some(a)) => affinity_section(ctx, a.get_ref()).map(Some),
+        (BalancerKind::CookieAffinity, None) => {
+            ctx.error(
+                raw.balancer.span(),
+                format!("balancer \"cookie-affinity\" needs a [pool.{pool}.affinity] section with at least cookie = \"NAME\""),
+            );
+            None
+        }
+        (other, Some(a)) => {
+            ctx.error(
+                a.span(),
+                format!(
+                    "[pool.{pool}.affinity] applies only to balancer \"cookie-affinity\", not {:?}; remove it or change the balancer",
+                    other.name()
+                ),
+            );
+            None
+        }
+        (_, None) => Some(None),
+    }
+}
+
+/// The contents of an affinity section.
+fn affinity_section(ctx: &mut Ctx<'_>, raw: &RawAffinity) -> Option<AffinityConfig> {
+    let cookie = ctx.parse(&raw.cookie, values::cookie_name);
+    let max_age = match &raw.max_age {
+        None => Some(None),
+        Some(v) => ctx
+            .parse(v, |s| values::positive_duration("max_age", s))
+            .map(Some),
+    };
+    let same_site = match &raw.same_site {
+        None => Some(None),
+        Some(v) => ctx.parse(v, values::same_site).map(Some),
+    };
+    let fallback = ctx.parse_or(
+        raw.fallback.as_ref(),
+        BalancerKind::LeastConnections,
+        values::fallback,
+    );
+    let secret = match &raw.secret {
+        None => Some(None),
+        Some(v) => ctx.parse(v, non_empty("secret")).map(Some),
+    };
+    Some(AffinityConfig {
+        cookie: cookie?,
+        max_age: max_age?,
+        secure: raw.secure.unwrap_or(false),
+        http_only: raw.http_only.unwrap_or(true),
+        same_site: same_site?,
+        fallback: fallback?,
+        secret: secret?,
+    })
+}
+
+/// A parser for a string that must not be empty.
+fn non_empty(key: &'static str) -> impl Fn(&str) -> Result<String, String> {
+    move |s| {
+        if s.is_empty() {
+            Err(format!("empty {key}; remove the key or give a value"))
+        } else {
+            Ok(s.to_string())
+        }
+    }
+}
