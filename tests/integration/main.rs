@@ -7,3 +7,4 @@ mod common;
 mod proxy;
 mod cli;
 mod health;
+mod reload;
