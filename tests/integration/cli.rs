@@ -170,3 +170,137 @@ async fn twenty_mib_streams_without_buffering_in_the_daemon() {
     let grown = p.rss_kib().saturating_sub(before);
     assert!(grown < 8 * 1024, "daemon RSS grew by {grown} KiB for 20 MiB bodies");
 }
+
+fn hash_pool_config(backends: usize, rr_backends: usize) -> String {
+    let list = |base: u16, n: usize| {
+        (0..n)
+            .map(|i| format!("\"127.0.0.1:{}\"", base + i as u16))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [{}]\n\n[pool.sessions]\nbalancer = \"hash\"\nkey = \"cookie:JSESSIONID\"\nbackends = [{}]\n",
+        list(9100, rr_backends),
+        list(9200, backends)
+    )
+}
+
+#[test]
+fn check_against_reports_sticky_keys_moved() {
+    let dir = scratch_dir("against");
+    let (old, grown, rr_only) = (dir.join("old.toml"), dir.join("new.toml"), dir.join("rr.toml"));
+    std::fs::write(&old, hash_pool_config(4, 2)).unwrap();
+    std::fs::write(&grown, hash_pool_config(5, 2)).unwrap();
+    std::fs::write(&rr_only, hash_pool_config(4, 3)).unwrap();
+
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("pool sessions: ") && l.ends_with("of sticky keys move"))
+        .unwrap_or_else(|| panic!("no sticky line in {stdout}"));
+    let pct: f64 = line
+        .trim_start_matches("pool sessions: ")
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((10.0..=25.0).contains(&pct), "4 → 5 backends moved {pct}%");
+    assert!(line.ends_with("% of sticky keys move"), "{line}");
+    assert!(stdout.contains("backends +1 -0 ~0"), "{stdout}");
+
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&rr_only).arg("--against").arg(&old).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pool sessions: 0.0% of sticky keys move"), "{stdout}");
+
+    // Same change twice: same figure.
+    let again = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
+    let first = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
+    assert_eq!(again.stdout, first.stdout);
+
+    // An invalid OLD fails the check like `check` does.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[pool.x]\nbalancer = \"nope\"\nbackends = []\n").unwrap();
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:12"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN).args(["check", "-c"]).arg(&path).output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let port = free_port();
+    let dir = scratch_dir("sighup");
+    let path = dir.join("maitred.toml");
+    let conf = |backend: SocketAddr| {
+        format!(
+            "[server]\nthreads = 1\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{backend}\"]\n"
+        )
+    };
+    std::fs::write(&path, conf(a.addr)).unwrap();
+    let p = Proc::start(&path);
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(target).await;
+    assert_eq!(get(target, "/").await.body, "backend a\n");
+    std::fs::write(&path, conf(b.addr)).unwrap();
+    p.signal("HUP");
+    assert!(
+        wait_until(DEADLINE, || async { get(target, "/").await.body == "backend b\n" }).await,
+        "SIGHUP did not apply the new file"
+    );
+    // A broken file on SIGHUP: still serving, process alive.
+    std::fs::write(&path, "[[listener]\n").unwrap();
+    p.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(target, "/").await.body, "backend b\n");
+}
+
+#[tokio::test]
+async fn access_log_writes_one_line_per_request() {
+    let b = TestBackend::start("a").await;
+    let dir = scratch_dir("access");
+    let log = dir.join("access.log");
+    let port = free_port();
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nthreads = 1\naccess_log = \"{}\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
+            log.display(),
+            b.addr
+        ),
+    )
+    .unwrap();
+    let _p = Proc::start(&path);
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(target).await;
+    let mut c = Client::connect(target).await;
+    c.get("/first?x=1", &[]).await;
+    c.get("/second", &[]).await;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(DEADLINE, || async { read().lines().count() >= 2 }).await);
+    let text = read();
+    let line = text.lines().find(|l| l.contains("/second")).unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    // TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES
+    assert_eq!(fields.len(), 9, "{line}");
+    assert_eq!(&fields[1..5], &["127.0.0.1", "GET", "/second", "200"]);
+    assert_eq!(fields[5], "web");
+    assert_eq!(fields[6], b.addr.to_string());
+    assert!(fields[7].parse::<f64>().is_ok());
+    assert_eq!(fields[8], "10");
+}
