@@ -8,3 +8,4 @@ mod proxy;
 mod cli;
 mod health;
 mod reload;
+mod tls;
