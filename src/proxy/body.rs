@@ -90,6 +90,32 @@ impl DownBody {
     }
 }
 
+/// The response is complete: the connection goes back to the backend's idle pool, then
+/// the in-flight slot is released.
+fn release(sender: &mut Option<SendRequest<UpBody>>, guard: &mut Option<InFlight>) {
+    if let (Some(s), Some(g)) = (sender.take(), guard.as_ref()) {
+        g.live().conns.put(s);
+    }
+    guard.take();
+}
+
+impl Drop for DownBody {
+    fn drop(&mut self) {
+        // A body hyper never polled (HEAD, 204, 304, or an empty one) is complete too.
+        if let DownBody::Backend {
+            body,
+            guard,
+            sender,
+            ..
+        } = self
+        {
+            if body.is_end_stream() {
+                release(sender, guard);
+            }
+        }
+    }
+}
+
 impl Body for DownBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -105,20 +131,19 @@ impl Body for DownBody {
                 sender,
                 log,
             } => {
-                let polled = Pin::new(body).poll_frame(cx);
+                let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(l), Some(d)) = (log.as_mut(), frame.data_ref()) {
                             l.bytes += d.len() as u64;
                         }
-                    }
-                    Poll::Ready(None) => {
-                        if let (Some(s), Some(g)) = (sender.take(), guard.as_ref()) {
-                            g.live().conns.put(s);
+                        // hyper stops polling once the body says it has ended, so the
+                        // connection goes back to the pool as soon as that is true.
+                        if body.is_end_stream() {
+                            release(sender, guard);
                         }
-                        guard.take();
-                        log.take();
                     }
+                    Poll::Ready(None) => release(sender, guard),
                     Poll::Ready(Some(Err(_))) => {
                         sender.take();
                         guard.take();
