@@ -18,9 +18,9 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::app::Daemon;
@@ -77,7 +77,12 @@ impl Collector for Scrape {
                 .zip(counts)
                 .map(move |(class, n)| ([pool, backend, ("class", *class)], ConstCounter::new(n)))
         });
-        family(&mut enc, "maitred_requests", "Responses from backends, by status class.", by_class)?;
+        family(
+            &mut enc,
+            "maitred_requests",
+            "Responses from backends, by status class.",
+            by_class,
+        )?;
         latency(&mut enc, pools)?;
         family(
             &mut enc,
@@ -140,8 +145,16 @@ impl Collector for Scrape {
             .filter(|p| p.balancer_kind() == BalancerKind::CookieAffinity)
             .flat_map(|p| {
                 let s = &p.stats;
-                [("new", &s.placements_new), ("replaced", &s.placements_replaced)]
-                    .map(|(kind, n)| ([("pool", &*p.name), ("kind", kind)], ConstCounter::new(n.load(Ordering::Relaxed))))
+                [
+                    ("new", &s.placements_new),
+                    ("replaced", &s.placements_replaced),
+                ]
+                .map(|(kind, n)| {
+                    (
+                        [("pool", &*p.name), ("kind", kind)],
+                        ConstCounter::new(n.load(Ordering::Relaxed)),
+                    )
+                })
             });
         family(
             &mut enc,
@@ -190,7 +203,10 @@ fn latency(enc: &mut DescriptorEncoder, pools: &[Arc<Pool>]) -> Result<(), fmt::
 /// prometheus-client's encoder takes (it accumulates them itself), from the cumulative
 /// counts `Histogram::read` gives.
 fn per_bucket(cumulative: &[u64]) -> Vec<(f64, u64)> {
-    let bounds = LATENCY_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+    let bounds = LATENCY_BUCKETS
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY));
     let mut previous = 0;
     bounds
         .zip(cumulative)

@@ -3,7 +3,9 @@
 //!
 //! It runs on the control runtime, never on the workers, and reads the same snapshot
 //! and atomics the request path writes. Mutating endpoints need the bearer token when
-//! one is configured.
+//! one is configured (checked before anything else, so a caller without it learns
+//! nothing about pools); an unknown pool, backend or action is a 404. A backend address
+//! in a path may be plain (`127.0.0.1:9001`) or percent-encoded (`127.0.0.1%3A9001`).
 
 mod status;
 
@@ -23,7 +25,12 @@ use crate::config::AdminState;
 use crate::shutdown::Shutdown;
 
 /// Serves the admin listener until stopped.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, mut stop: watch::Receiver<bool>, mut shutdown: Shutdown) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -59,16 +66,19 @@ pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Fu
         (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(daemon)),
         (&Method::GET, ["metrics"]) => match crate::metrics::render(daemon) {
             Ok(body) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n"),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            ),
         },
         (&Method::POST, ["reload"]) => {
             if let Some(denied) = check_token(daemon, &req) {
                 return denied;
             }
-            let dry_run = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv == "dry_run=true" || kv == "dry_run=1"));
+            let dry_run = req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv == "dry_run=true" || kv == "dry_run=1")
+            });
             match daemon.reload(dry_run).await {
                 Ok(report) => json(
                     StatusCode::OK,
@@ -98,7 +108,12 @@ fn set_state(daemon: &Daemon, pool: &str, addr: &str, action: &str) -> Response<
         "drain" => AdminState::Drain,
         "disable" => AdminState::Disabled,
         "enable" => AdminState::Active,
-        _ => return text(StatusCode::NOT_FOUND, "unknown action; expected drain, disable or enable\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "unknown action; expected drain, disable or enable\n",
+            );
+        }
     };
     let (pool, addr) = (percent_decode(pool), percent_decode(addr));
     let snap = daemon.shared().live.load();
@@ -159,7 +174,11 @@ fn check_token(daemon: &Daemon, req: &Request<Incoming>) -> Option<Response<Full
     Some(r)
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()

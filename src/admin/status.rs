@@ -113,7 +113,10 @@ fn listener_view(daemon: &Daemon, l: &ListenerConfig) -> Value {
                 HostMatch::Wildcard(s) => format!("*{s}"),
             }),
             path_prefix: r.path_prefix.clone(),
-            header: r.header.as_ref().map(|h| format!("{}: {}", h.name, h.value)),
+            header: r
+                .header
+                .as_ref()
+                .map(|h| format!("{}: {}", h.name, h.value)),
             pool: r.pool.clone(),
         })
         .collect();

@@ -6,3 +6,4 @@
 mod common;
 mod proxy;
 mod cli;
+mod admin;
