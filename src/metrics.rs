@@ -1,6 +1,235 @@
-//! `GET /metrics` (placeholder until the metrics exposition lands).
+//! `GET /metrics`: the OpenMetrics text exposition (DESIGN §7), rendered through
+//! prometheus-client.
+//!
+//! The request path only bumps plain relaxed atomics (`backend.rs`, `stats.rs`); nothing
+//! here is on it. Each scrape builds a fresh `Registry` holding one [`Collector`] that
+//! reads the current snapshot and those atomics while it encodes, so a reload that adds
+//! or removes a backend shows at the next scrape and label cardinality is bounded by the
+//! config (pools × backends × 5 status classes).
+//!
+//! prometheus-client adds the `_total` suffix to counters in the OpenMetrics format, so
+//! counters are declared without it (`maitred_requests` → `maitred_requests_total`), and
+//! the latency histogram is declared with the unit `seconds`
+//! (`maitred_request_duration` → `maitred_request_duration_seconds`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
 use crate::app::Daemon;
-/// Renders metrics.
-pub fn render(_daemon: &Daemon) -> Result<String, std::fmt::Error> {
-    Ok(String::new())
+use crate::config::BalancerKind;
+use crate::pool::Pool;
+use crate::snapshot::Snapshot;
+use crate::stats::LATENCY_BUCKETS;
+
+/// The `Content-Type` of what [`render`] returns (OpenMetrics text 1.0.0, as
+/// prometheus-client's own server examples send it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Status-class label values, in the order of `BackendLive::status_classes`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Renders every metric of the running daemon as OpenMetrics text, ending in `# EOF`.
+pub fn render(daemon: &Daemon) -> Result<String, fmt::Error> {
+    let shared = daemon.shared();
+    let scrape = Scrape {
+        snapshot: shared.live.load_full(),
+        reloads_ok: shared.reloads_ok.load(Ordering::Relaxed),
+        reloads_failed: shared.reloads_failed.load(Ordering::Relaxed),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// One scrape's view: the snapshot it reads backends and pools from, and the
+/// daemon-wide counters read once.
+#[derive(Debug)]
+struct Scrape {
+    snapshot: Arc<Snapshot>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let pools = &self.snapshot.pools;
+        let backends = || {
+            pools.iter().flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| ([("pool", &*p.name), ("backend", &*b.name)], &b.live))
+            })
+        };
+        let by_class = backends().flat_map(|([pool, backend], live)| {
+            let counts = live.status_classes();
+            CLASSES
+                .iter()
+                .zip(counts)
+                .map(move |(class, n)| ([pool, backend, ("class", *class)], ConstCounter::new(n)))
+        });
+        family(
+            &mut enc,
+            "maitred_requests",
+            "Responses from backends, by status class.",
+            by_class,
+        )?;
+        latency(&mut enc, pools)?;
+        family(
+            &mut enc,
+            "maitred_backend_in_flight",
+            "Requests in flight on a backend now.",
+            backends().map(|(l, live)| (l, ConstGauge::new(live.in_flight()))),
+        )?;
+        family(
+            &mut enc,
+            "maitred_backend_up",
+            "1 when the backend passes its health checks and is not ejected, else 0.",
+            backends().map(|(l, live)| (l, ConstGauge::new(u32::from(live.is_up())))),
+        )?;
+        family(
+            &mut enc,
+            "maitred_health_transitions",
+            "Health state changes of a backend (up to down or down to up).",
+            backends().map(|(l, live)| (l, ConstCounter::new(live.health_transitions()))),
+        )?;
+        family(
+            &mut enc,
+            "maitred_ejections",
+            "Passive ejections of a backend after consecutive failures.",
+            backends().map(|(l, live)| (l, ConstCounter::new(live.ejections()))),
+        )?;
+        family(
+            &mut enc,
+            "maitred_backend_errors",
+            "Failed requests on a backend (connect errors, resets, timeouts, 5xx).",
+            backends().map(|(l, live)| (l, ConstCounter::new(live.errors()))),
+        )?;
+        let per_pool = |read: fn(&Pool) -> u64| {
+            pools
+                .iter()
+                .map(move |p| ([("pool", &*p.name)], ConstCounter::new(read(p))))
+        };
+        family(
+            &mut enc,
+            "maitred_retries",
+            "Attempts on another backend after a retryable failure.",
+            per_pool(|p| p.stats.retries.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "maitred_unavailable",
+            "Requests answered 503 because no backend of the pool could take them.",
+            per_pool(|p| p.stats.unavailable.load(Ordering::Relaxed)),
+        )?;
+        let reloads = [("ok", self.reloads_ok), ("failed", self.reloads_failed)];
+        family(
+            &mut enc,
+            "maitred_reloads",
+            "Configuration reloads, applied (ok) or refused (failed).",
+            reloads
+                .into_iter()
+                .map(|(result, n)| ([("result", result)], ConstCounter::new(n))),
+        )?;
+        let placements = pools
+            .iter()
+            .filter(|p| p.balancer_kind() == BalancerKind::CookieAffinity)
+            .flat_map(|p| {
+                let s = &p.stats;
+                [
+                    ("new", &s.placements_new),
+                    ("replaced", &s.placements_replaced),
+                ]
+                .map(|(kind, n)| {
+                    (
+                        [("pool", &*p.name), ("kind", kind)],
+                        ConstCounter::new(n.load(Ordering::Relaxed)),
+                    )
+                })
+            });
+        family(
+            &mut enc,
+            "maitred_affinity_placements",
+            "Cookie-affinity placements: clients without a valid cookie (new), cookies re-placed (replaced).",
+            placements,
+        )
+    }
+}
+
+/// One metric family: its descriptor (`# HELP`, `# TYPE`), then one sample per label set.
+/// A family without samples (no cookie-affinity pool) is still declared.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (L, M)>,
+) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `maitred_request_duration_seconds{pool}`: time from a request's arrival to its
+/// response head, per pool.
+fn latency(enc: &mut DescriptorEncoder, pools: &[Arc<Pool>]) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(
+        "maitred_request_duration",
+        "Time from a request's arrival to its response head.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for p in pools {
+        let (cumulative, sum, count) = p.stats.latency.read();
+        let buckets = per_bucket(&cumulative);
+        let labels = [("pool", &*p.name)];
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// `(upper bound, count in this bucket alone)` pairs, the last bound `+Inf`: the shape
+/// prometheus-client's encoder takes (it accumulates them itself), from the cumulative
+/// counts `Histogram::read` gives.
+fn per_bucket(cumulative: &[u64]) -> Vec<(f64, u64)> {
+    let bounds = LATENCY_BUCKETS
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY));
+    let mut previous = 0;
+    bounds
+        .zip(cumulative)
+        .map(|(bound, &c)| {
+            let own = c.saturating_sub(previous);
+            previous = c;
+            (bound, own)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_bucket_undoes_accumulation_and_ends_at_infinity() {
+        let mut cumulative = vec![1, 1, 3];
+        cumulative.resize(LATENCY_BUCKETS.len() + 1, 4);
+        let b = per_bucket(&cumulative);
+        assert_eq!(b.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(&b[..4], &[(0.005, 1), (0.01, 0), (0.025, 2), (0.05, 1)]);
+        assert!(b[4..].iter().all(|&(_, n)| n == 0));
+        assert_eq!(b.last().map(|&(bound, _)| bound), Some(f64::INFINITY));
+    }
 }

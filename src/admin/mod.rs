@@ -3,7 +3,9 @@
 //!
 //! It runs on the control runtime, never on the workers, and reads the same snapshot
 //! and atomics the request path writes. Mutating endpoints need the bearer token when
-//! one is configured.
+//! one is configured (checked before anything else, so a caller without it learns
+//! nothing about pools); an unknown pool, backend or action is a 404. A backend address
+//! in a path may be plain (`127.0.0.1:9001`) or percent-encoded (`127.0.0.1%3A9001`).
 
 mod status;
 
@@ -23,7 +25,12 @@ use crate::config::AdminState;
 use crate::shutdown::Shutdown;
 
 /// Serves the admin listener until stopped.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, mut stop: watch::Receiver<bool>, mut shutdown: Shutdown) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -57,23 +64,21 @@ pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Fu
     match (req.method(), segments.as_slice()) {
         (&Method::GET, []) => html(include_str!("dashboard.html")),
         (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(daemon)),
-        (&Method::GET, ["metrics"]) => crate::metrics::render(daemon)
-            .map(|text| {
-                respond(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                )
-            })
-            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n")),
+        (&Method::GET, ["metrics"]) => match crate::metrics::render(daemon) {
+            Ok(body) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            ),
+        },
         (&Method::POST, ["reload"]) => {
             if let Some(denied) = check_token(daemon, &req) {
                 return denied;
             }
-            let dry_run = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv == "dry_run=true" || kv == "dry_run=1"));
+            let dry_run = req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv == "dry_run=true" || kv == "dry_run=1")
+            });
             match daemon.reload(dry_run).await {
                 Ok(report) => json(
                     StatusCode::OK,
@@ -91,7 +96,9 @@ pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Fu
             }
             set_state(daemon, pool, addr, action)
         }
-        (_, ["reload"] | ["pools", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::GET | &Method::HEAD, ["reload"] | ["pools", _, "backends", _, _]) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -101,11 +108,16 @@ fn set_state(daemon: &Daemon, pool: &str, addr: &str, action: &str) -> Response<
         "drain" => AdminState::Drain,
         "disable" => AdminState::Disabled,
         "enable" => AdminState::Active,
-        _ => return text(StatusCode::NOT_FOUND, "unknown action; expected drain, disable or enable\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "unknown action; expected drain, disable or enable\n",
+            );
+        }
     };
-    let addr = percent_decode(addr);
+    let (pool, addr) = (percent_decode(pool), percent_decode(addr));
     let snap = daemon.shared().live.load();
-    let Some(p) = snap.pool(pool) else {
+    let Some(p) = snap.pool(&pool) else {
         return text(StatusCode::NOT_FOUND, "unknown pool\n");
     };
     let Some(b) = p.backends.iter().find(|b| *b.name == *addr) else {
@@ -113,12 +125,11 @@ fn set_state(daemon: &Daemon, pool: &str, addr: &str, action: &str) -> Response<
     };
     b.live.set_admin(state);
     tracing::info!(pool = %p.name, backend = %b.name, state = state.name(), "backend state set through the admin API");
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"pool": pool, "backend": b.name.as_ref(), "state": state.name()}),
-    )
+    json(StatusCode::OK, &status::backend_action(&p.name, b))
 }
 
+/// Decodes `%XX` escapes in one path segment, so a backend address can be given as
+/// `127.0.0.1%3A9001` or `127.0.0.1:9001`. A `%` not followed by two hex digits is kept.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -146,7 +157,9 @@ fn check_token(daemon: &Daemon, req: &Request<Incoming>) -> Option<Response<Full
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     // Compare MACs of both under a throwaway key: constant time, whatever the lengths.
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"maitred admin token check");
     let expected = ring::hmac::sign(&key, token.as_bytes());
@@ -161,7 +174,11 @@ fn check_token(daemon: &Daemon, req: &Request<Incoming>) -> Option<Response<Full
     Some(r)
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -182,4 +199,18 @@ fn html(body: &'static str) -> Response<Full<Bytes>> {
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
     respond(status, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decode_handles_escaped_plain_and_broken_input() {
+        assert_eq!(percent_decode("127.0.0.1%3A9001"), "127.0.0.1:9001");
+        assert_eq!(percent_decode("127.0.0.1:9001"), "127.0.0.1:9001");
+        assert_eq!(percent_decode("%5B%3a%3A1%5D%3A80"), "[::1]:80");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a%zz%41"), "a%zzA");
+    }
 }

@@ -1,88 +1,133 @@
-//! `GET /status`: the live state of every listener, route, pool and backend as JSON.
+//! `GET /status`: the live state of every listener, route, pool and backend as JSON, in
+//! the shape of DESIGN §7 (`{"pools": {NAME: {"balancer", "backends": [{"addr",
+//! "health", "state", "in_flight", "requests", "errors", ...}]}}}`) with more fields
+//! beside the contract's. The dashboard polls it; so can scripts.
+//!
+//! Read-only: one snapshot load, then relaxed loads of the backends' atomics.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::app::Daemon;
-use crate::config::HostMatch;
+use crate::backend::Backend;
+use crate::config::{AdminState, HostMatch, ListenerConfig};
+use crate::pool::Pool;
 
 /// The status document.
 pub fn status(daemon: &Daemon) -> Value {
     let snap = daemon.shared().live.load();
-    let mut pools = serde_json::Map::new();
-    for (cfg, pool) in snap
-        .config
-        .pools
-        .iter()
-        .filter_map(|c| Some((c, snap.pool(&c.name)?)))
-    {
-        let backends: Vec<Value> = pool
-            .backends
-            .iter()
-            .map(|b| {
-                let classes = b.live.status_classes();
-                json!({
-                    "addr": b.name.as_ref(),
-                    "weight": b.weight,
-                    "health": b.live.health().name(),
-                    "state": b.live.admin().name(),
-                    "ejected": b.live.is_ejected(),
-                    "in_flight": b.live.in_flight(),
-                    "requests": b.live.requests(),
-                    "errors": b.live.errors(),
-                    "responses": {"1xx": classes[0], "2xx": classes[1], "3xx": classes[2], "4xx": classes[3], "5xx": classes[4]},
-                    "health_transitions": b.live.health_transitions(),
-                    "ejections": b.live.ejections(),
-                    "last_check": b.live.last_check().map(|c| json!({"passed": c.passed, "detail": c.detail})),
-                })
-            })
-            .collect();
-        pools.insert(
-            pool.name.to_string(),
-            json!({
-                "balancer": cfg.balancer.name(),
-                "backends_total": pool.backends.len(),
-                "backends_up": pool.backends.iter().filter(|b| b.live.is_up()).count(),
-                "in_flight": pool.in_flight(),
-                "health_checks": cfg.health.is_some(),
-                "backends": backends,
-            }),
-        );
+    let mut pools = Map::new();
+    for cfg in &snap.config.pools {
+        if let Some(pool) = snap.pool(&cfg.name) {
+            pools.insert(pool.name.to_string(), pool_view(pool, cfg.health.is_some()));
+        }
     }
     let listeners: Vec<Value> = snap
         .config
         .listeners
         .iter()
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "bind": l.bind.to_string(),
-                "local_addr": daemon.listener_addr(&l.name).map(|a| a.to_string()),
-                "pool": l.pool,
-                "tls": l.tls.is_some(),
-                "proxy_protocol": l.proxy_protocol,
-                "routes": l.routes.iter().map(|r| RouteView {
-                    host: r.host.as_ref().map(|h| match h {
-                        HostMatch::Exact(e) => e.clone(),
-                        HostMatch::Wildcard(s) => format!("*{s}"),
-                    }),
-                    path_prefix: r.path_prefix.clone(),
-                    header: r.header.as_ref().map(|h| format!("{}: {}", h.name, h.value)),
-                    pool: r.pool.clone(),
-                }).collect::<Vec<_>>(),
-            })
-        })
+        .map(|l| listener_view(daemon, l))
         .collect();
     let shared = daemon.shared();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "admin": {"token_required": snap.config.admin.as_ref().is_some_and(|a| a.token.is_some())},
         "listeners": listeners,
         "pools": pools,
         "reloads": {
-            "ok": shared.reloads_ok.load(std::sync::atomic::Ordering::Relaxed),
-            "failed": shared.reloads_failed.load(std::sync::atomic::Ordering::Relaxed),
+            "ok": shared.reloads_ok.load(Relaxed),
+            "failed": shared.reloads_failed.load(Relaxed),
         },
         "connections": shared.tracker.running(),
+    })
+}
+
+/// The answer to a drain / disable / enable call: the backend's new state.
+pub fn backend_action(pool: &str, b: &Backend) -> Value {
+    json!({
+        "pool": pool,
+        "backend": b.name.as_ref(),
+        "state": b.live.admin().name(),
+        "health": health(b),
+        "in_flight": b.live.in_flight(),
+    })
+}
+
+/// `"up"` when the backend passes its checks and is not ejected (DESIGN §5: up / down
+/// come from health checks and ejection), else `"down"`.
+fn health(b: &Backend) -> &'static str {
+    if b.live.is_up() { "up" } else { "down" }
+}
+
+fn pool_view(pool: &Pool, health_checks: bool) -> Value {
+    let count = |f: &dyn Fn(&Backend) -> bool| pool.backends.iter().filter(|b| f(b)).count();
+    let stats = &pool.stats;
+    json!({
+        "balancer": pool.balancer_kind().name(),
+        "backends_total": pool.backends.len(),
+        "backends_up": count(&|b| b.live.is_up()),
+        "backends_available": count(&|b| b.live.accepts_new()),
+        "backends_active": count(&|b| b.live.admin() == AdminState::Active),
+        "backends_drain": count(&|b| b.live.admin() == AdminState::Drain),
+        "backends_disabled": count(&|b| b.live.admin() == AdminState::Disabled),
+        "in_flight": pool.in_flight(),
+        "requests": pool.backends.iter().map(|b| b.live.requests()).sum::<u64>(),
+        "errors": pool.backends.iter().map(|b| b.live.errors()).sum::<u64>(),
+        "retries": stats.retries.load(Relaxed),
+        "unavailable": stats.unavailable.load(Relaxed),
+        "health_checks": health_checks,
+        "backends": pool.backends.iter().map(backend_view).collect::<Vec<_>>(),
+    })
+}
+
+fn backend_view(b: &Backend) -> Value {
+    let live = &b.live;
+    let classes = live.status_classes();
+    json!({
+        "addr": b.name.as_ref(),
+        "weight": b.weight,
+        "health": health(b),
+        "state": live.admin().name(),
+        "ejected": live.is_ejected(),
+        "in_flight": live.in_flight(),
+        "requests": live.requests(),
+        "errors": live.errors(),
+        "responses": {
+            "1xx": classes[0], "2xx": classes[1], "3xx": classes[2], "4xx": classes[3], "5xx": classes[4],
+        },
+        "health_transitions": live.health_transitions(),
+        "ejections": live.ejections(),
+        "last_check": live.last_check().map(|c| json!({"passed": c.passed, "detail": c.detail})),
+    })
+}
+
+fn listener_view(daemon: &Daemon, l: &ListenerConfig) -> Value {
+    let routes: Vec<RouteView> = l
+        .routes
+        .iter()
+        .map(|r| RouteView {
+            host: r.host.as_ref().map(|h| match h {
+                HostMatch::Exact(e) => e.clone(),
+                HostMatch::Wildcard(s) => format!("*{s}"),
+            }),
+            path_prefix: r.path_prefix.clone(),
+            header: r
+                .header
+                .as_ref()
+                .map(|h| format!("{}: {}", h.name, h.value)),
+            pool: r.pool.clone(),
+        })
+        .collect();
+    json!({
+        "name": l.name,
+        "bind": l.bind.to_string(),
+        "local_addr": daemon.listener_addr(&l.name).map(|a| a.to_string()),
+        "pool": l.pool,
+        "tls": l.tls.is_some(),
+        "proxy_protocol": l.proxy_protocol,
+        "routes": routes,
     })
 }
 

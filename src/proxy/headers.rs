@@ -41,7 +41,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter(|t| !t.is_empty())
+        .filter(|t| !keep_upgrade || !t.eq_ignore_ascii_case("upgrade"))
         .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
         .collect();
     for n in named {

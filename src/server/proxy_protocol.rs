@@ -180,7 +180,7 @@ mod tests {
         let h = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\nGET /";
         assert_eq!(
             parse(h),
-            Ok(Parsed::Done(44, Some("192.0.2.1:56324".parse().unwrap_or_else(|_| unreachable!()))))
+            Ok(Parsed::Done(45, Some("192.0.2.1:56324".parse().unwrap_or_else(|_| unreachable!()))))
         );
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Parsed::Done(15, None)));
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Ok(Parsed::Partial));

@@ -6,6 +6,7 @@
 mod common;
 mod proxy;
 mod cli;
+mod admin;
 mod health;
 mod reload;
 mod tls;

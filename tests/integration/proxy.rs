@@ -114,7 +114,8 @@ backends = ["{}"]
     );
     let d = start_daemon(&toml).await;
     let a = addr(&d);
-    let cases: [(&str, &str, Option<(&str, &str)>, &str); 7] = [
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 7] = [
         ("shop.example.com", "/cart", None, "cart"),
         ("SHOP.example.com:8080", "/cart/items?x=1", None, "cart"),
         ("shop.example.com", "/cartoon", None, "wild"),

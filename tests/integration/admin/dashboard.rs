@@ -1,0 +1,152 @@
+//! The dashboard (`GET /`) in headless Chromium: every backend shows, and a drain made
+//! through the API shows on the next load. Skips without chromium, unless `CI=true`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{admin_addr, admin_config, admin_post};
+use crate::common::*;
+
+/// The headless browser to use: `$CHROMIUM`, or a Debian-style install.
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Loads `url` in a fresh headless Chromium profile and returns the DOM it dumps. Every
+/// process of that browser is killed before returning: found by the profile directory
+/// in its command line, which no other process shares.
+async fn dump_dom(chromium: &Path, url: &str) -> String {
+    let dir = scratch_dir("chromium");
+    let chromium = chromium.to_path_buf();
+    let url = url.to_string();
+    let run_dir = dir.clone();
+    let (status, dom, stderr) = tokio::task::spawn_blocking(move || {
+        let profile = run_dir.join("profile");
+        let out = std::fs::File::create(run_dir.join("dom.html")).unwrap();
+        let err = std::fs::File::create(run_dir.join("stderr.txt")).unwrap();
+        let mut child = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=5000", "--dump-dom", &url])
+            .env("XDG_CONFIG_HOME", run_dir.join("config"))
+            .env("XDG_CACHE_HOME", run_dir.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        kill_processes_mentioning(&run_dir);
+        let dom = std::fs::read_to_string(run_dir.join("dom.html")).unwrap_or_default();
+        let stderr = std::fs::read_to_string(run_dir.join("stderr.txt")).unwrap_or_default();
+        (status, dom, stderr)
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "chromium failed ({status:?}):\n{stderr}"
+    );
+    dom
+}
+
+/// Kills (by pid) every process whose command line contains `marker`, until none is left.
+fn kill_processes_mentioning(marker: &Path) {
+    let marker = marker.to_string_lossy().into_owned();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids: Vec<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&marker)
+                    .then(|| pid.to_string())
+            })
+            .collect();
+        if pids.is_empty() || Instant::now() >= end {
+            return;
+        }
+        let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The opening tag of the dashboard row for `POOL/ADDR`, if the DOM has one.
+fn backend_row<'a>(dom: &'a str, key: &str) -> Option<&'a str> {
+    let at = dom.find(&format!("data-backend=\"{key}\""))?;
+    let start = dom[..at].rfind('<')?;
+    let end = at + dom[at..].find('>')?;
+    Some(&dom[start..=end])
+}
+
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let from = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[from..].find('"')?;
+    Some(&tag[from..from + len])
+}
+
+#[tokio::test]
+async fn dashboard_in_headless_chromium_shows_backends_and_drain() {
+    let Some(chromium) = find_chromium() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true: the dashboard browser test needs chromium (/usr/bin/chromium or $CHROMIUM)"
+        );
+        println!("skipping dashboard_in_headless_chromium_shows_backends_and_drain: no chromium");
+        return;
+    };
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let d = start_daemon(&admin_config(&[&a, &b], None)).await;
+    let url = format!("http://{}/", admin_addr(&d));
+
+    let dom = dump_dom(&chromium, &url).await;
+    for be in [&a, &b] {
+        let key = format!("web/{}", be.addr);
+        let row = backend_row(&dom, &key).unwrap_or_else(|| panic!("no row for {key} in:\n{dom}"));
+        assert_eq!(attr(row, "data-state"), Some("active"), "{row}");
+        assert_eq!(attr(row, "data-health"), Some("up"), "{row}");
+    }
+    assert!(dom.contains("round-robin"), "the pool's balancer is shown");
+
+    let drain = format!("/pools/web/backends/{}/drain", b.addr);
+    assert_eq!(admin_post(&d, &drain, None).await.status, 200);
+    let dom = dump_dom(&chromium, &url).await;
+    let row_a = backend_row(&dom, &format!("web/{}", a.addr)).unwrap();
+    let row_b = backend_row(&dom, &format!("web/{}", b.addr)).unwrap();
+    assert_eq!(attr(row_a, "data-state"), Some("active"), "{row_a}");
+    assert_eq!(attr(row_b, "data-state"), Some("drain"), "{row_b}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
