@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,7 +109,10 @@ impl Daemon {
     /// Starts a daemon: binds every listener, starts the workers, the health checkers
     /// (waiting for their first round) and the admin listener. `config_path` is the file
     /// reloads read.
-    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Daemon>, StartError> {
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Daemon>, StartError> {
         let config = Arc::new(config);
         let snapshot = Snapshot::build(Arc::clone(&config), None)?;
         let access_log =
@@ -120,7 +123,8 @@ impl Daemon {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let workers = Workers::start(threads, &shared, &shutdown).map_err(io_err("cannot start workers"))?;
+        let workers =
+            Workers::start(threads, &shared, &shutdown).map_err(io_err("cannot start workers"))?;
         let daemon = Arc::new(Daemon {
             shared: Arc::clone(&shared),
             trigger,
@@ -136,15 +140,23 @@ impl Daemon {
         first_round.await;
         let mut fresh = Vec::new();
         for l in &config.listeners {
-            let bound = bind(l.bind).map_err(io_err(format!("cannot bind listener {} on {}", l.name, l.bind)))?;
+            let bound = bind(l.bind).map_err(io_err(format!(
+                "cannot bind listener {} on {}",
+                l.name, l.bind
+            )))?;
             fresh.push((l.name.clone(), l.bind, bound));
         }
-        daemon.start_listeners(fresh).map_err(io_err("cannot start listener"))?;
+        daemon
+            .start_listeners(fresh)
+            .map_err(io_err("cannot start listener"))?;
         if let Some(admin) = &config.admin {
             daemon
                 .start_admin(admin.bind)
                 .await
-                .map_err(io_err(format!("cannot bind admin listener on {}", admin.bind)))?;
+                .map_err(io_err(format!(
+                    "cannot bind admin listener on {}",
+                    admin.bind
+                )))?;
         }
         spawn_log_flusher(&shared, daemon.trigger.subscribe());
         Ok(daemon)
@@ -212,7 +224,11 @@ impl Daemon {
     /// Applies a validated config: builds the whole new snapshot (carrying backend
     /// state), binds new listeners, swaps, then retires what the new config dropped.
     /// Nothing changes unless every step that can fail has succeeded.
-    pub async fn apply(self: &Arc<Self>, config: Config, dry_run: bool) -> Result<ReloadReport, ReloadError> {
+    pub async fn apply(
+        self: &Arc<Self>,
+        config: Config,
+        dry_run: bool,
+    ) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = self.shared.live.load_full();
         let config = Arc::new(config);
@@ -223,10 +239,12 @@ impl Daemon {
         }
         let fresh = self.bind_changed(&config)?;
         let access_log = if config.server.access_log != old.config.server.access_log {
-            Some(AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
-                what: "cannot open access log".into(),
-                source,
-            })?)
+            Some(
+                AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
+                    what: "cannot open access log".into(),
+                    source,
+                })?,
+            )
         } else {
             None
         };
@@ -237,20 +255,23 @@ impl Daemon {
             }
         }
         self.retire_listeners(&config);
-        self.start_listeners(fresh).map_err(|source| ReloadError::Io {
-            what: "cannot start listener".into(),
-            source,
-        })?;
+        self.start_listeners(fresh)
+            .map_err(|source| ReloadError::Io {
+                what: "cannot start listener".into(),
+                source,
+            })?;
         self.retire_backends(&old);
         let admin_bind = config.admin.as_ref().map(|a| a.bind);
         let old_admin = old.config.admin.as_ref().map(|a| a.bind);
         if admin_bind != old_admin {
             self.stop_admin();
             if let Some(bind) = admin_bind {
-                self.start_admin(bind).await.map_err(|source| ReloadError::Io {
-                    what: format!("cannot bind admin listener on {bind}"),
-                    source,
-                })?;
+                self.start_admin(bind)
+                    .await
+                    .map_err(|source| ReloadError::Io {
+                        what: format!("cannot bind admin listener on {bind}"),
+                        source,
+                    })?;
             }
         }
         // New backends of checked pools wait for their first check before taking
@@ -260,7 +281,10 @@ impl Daemon {
     }
 
     /// Binds listeners that are new or whose address changed.
-    fn bind_changed(&self, config: &Config) -> Result<Vec<(String, SocketAddr, tokio::net::TcpListener)>, ReloadError> {
+    fn bind_changed(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(String, SocketAddr, tokio::net::TcpListener)>, ReloadError> {
         let current: HashMap<String, SocketAddr> = self
             .listeners
             .lock()
@@ -286,7 +310,9 @@ impl Daemon {
             return;
         };
         map.retain(|name, b| {
-            let keep = config.listener(name).is_some_and(|l| l.bind == b.configured);
+            let keep = config
+                .listener(name)
+                .is_some_and(|l| l.bind == b.configured);
             if !keep {
                 let _ = b.stop.send(true);
             }
@@ -294,7 +320,10 @@ impl Daemon {
         });
     }
 
-    fn start_listeners(&self, fresh: Vec<(String, SocketAddr, tokio::net::TcpListener)>) -> std::io::Result<()> {
+    fn start_listeners(
+        &self,
+        fresh: Vec<(String, SocketAddr, tokio::net::TcpListener)>,
+    ) -> std::io::Result<()> {
         for (name, configured, socket) in fresh {
             let local = socket.local_addr()?;
             let std_socket = socket.into_std()?;
@@ -305,11 +334,14 @@ impl Daemon {
                 }
             }
             if let Ok(mut map) = self.listeners.lock() {
-                map.insert(name, Bound {
-                    configured,
-                    local,
-                    stop,
-                });
+                map.insert(
+                    name,
+                    Bound {
+                        configured,
+                        local,
+                        stop,
+                    },
+                );
             }
         }
         Ok(())
@@ -344,7 +376,12 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let local = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(crate::admin::serve(Arc::clone(self), listener, stop_rx, self.trigger.subscribe()));
+        tokio::spawn(crate::admin::serve(
+            Arc::clone(self),
+            listener,
+            stop_rx,
+            self.trigger.subscribe(),
+        ));
         if let Ok(mut a) = self.admin_addr.lock() {
             *a = Some(local);
         }

@@ -238,8 +238,10 @@ impl BackendLive {
 
     /// Ejects the backend for `duration_ms` from now and restarts its failure streak.
     pub fn eject(&self, duration_ms: u64) {
-        self.ejected_until
-            .store(clock_ms().saturating_add(duration_ms).max(1), Ordering::Relaxed);
+        self.ejected_until.store(
+            clock_ms().saturating_add(duration_ms).max(1),
+            Ordering::Relaxed,
+        );
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
     }

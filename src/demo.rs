@@ -63,13 +63,17 @@ pub fn print_banner(demo: &Demo) {
     }
     println!("  balancer on http://{addr}");
     if let Some(a) = demo.daemon.admin_addr() {
-        println!("  dashboard on http://{a}/  (status: http://{a}/status, metrics: http://{a}/metrics)");
+        println!(
+            "  dashboard on http://{a}/  (status: http://{a}/status, metrics: http://{a}/metrics)"
+        );
     }
     println!();
     println!("Stateless (round-robin) — each request may land on another backend:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done");
     println!("Sticky (cookie-affinity) — the cookie jar keeps you on one backend:");
-    println!("  for i in 1 2 3 4 5 6; do curl -s -b /tmp/maitred-demo.jar -c /tmp/maitred-demo.jar http://{addr}/sticky; done");
+    println!(
+        "  for i in 1 2 3 4 5 6; do curl -s -b /tmp/maitred-demo.jar -c /tmp/maitred-demo.jar http://{addr}/sticky; done"
+    );
     println!();
     println!("Ctrl-C stops it.");
 }

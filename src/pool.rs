@@ -112,18 +112,16 @@ impl Pool {
 
     /// Chooses a backend and takes its in-flight slot, or `None` when no backend can take
     /// the request (the caller answers 503).
-    pub fn pick(
-        &self,
-        ctx: &mut PickContext<'_>,
-        tried: &mut Tried,
-    ) -> Option<Chosen<'_>> {
+    pub fn pick(&self, ctx: &mut PickContext<'_>, tried: &mut Tried) -> Option<Chosen<'_>> {
         if self.limits.balance_factor > 0.0 {
             ctx.pool_in_flight = self.in_flight();
         }
         // A backend can fill up between the balancer's look and our increment; each
         // such loss excludes it, so this ends within `backends.len()` rounds.
         for _ in 0..=self.backends.len() {
-            let p = self.balancer.pick(&self.backends, ctx, &self.limits, tried)?;
+            let p = self
+                .balancer
+                .pick(&self.backends, ctx, &self.limits, tried)?;
             let backend = self.backends.get(p.index)?;
             match backend.live.enter(self.limits.max_connections) {
                 Some(guard) => {

@@ -48,7 +48,11 @@ impl Changes {
                 Some(_) => {}
             }
         }
-        c.removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        c.removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
         c
     }
 }
@@ -86,7 +90,10 @@ impl ReloadReport {
     }
 
     /// Compares two configs (builds throwaway snapshots; binds nothing).
-    pub fn between(old: &Config, new: &Config) -> Result<ReloadReport, crate::snapshot::BuildError> {
+    pub fn between(
+        old: &Config,
+        new: &Config,
+    ) -> Result<ReloadReport, crate::snapshot::BuildError> {
         let old_s = Snapshot::build(std::sync::Arc::new(old.clone()), None)?;
         let new_s = Snapshot::build(std::sync::Arc::new(new.clone()), None)?;
         Ok(ReloadReport::compare(&old_s, &new_s))
@@ -167,8 +174,14 @@ fn moved_share(old: &Pool, old_cfg: &PoolConfig, new: &Pool, new_cfg: &PoolConfi
     let mut moved = 0u64;
     for i in 0..SAMPLE_KEYS {
         let key = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-        let before = old.balancer().home_of(key).and_then(|ix| old.backends.get(ix));
-        let after = new.balancer().home_of(key).and_then(|ix| new.backends.get(ix));
+        let before = old
+            .balancer()
+            .home_of(key)
+            .and_then(|ix| old.backends.get(ix));
+        let after = new
+            .balancer()
+            .home_of(key)
+            .and_then(|ix| new.backends.get(ix));
         if before.map(|b| &b.name) != after.map(|b| &b.name) {
             moved += 1;
         }

@@ -9,12 +9,22 @@ pub struct CookieAffinity {
 }
 impl CookieAffinity {
     /// Builds it.
-    pub fn new(_pool: &PoolConfig, _backends: &[Backend], fallback: Box<dyn Balancer>) -> CookieAffinity {
+    pub fn new(
+        _pool: &PoolConfig,
+        _backends: &[Backend],
+        fallback: Box<dyn Balancer>,
+    ) -> CookieAffinity {
         CookieAffinity { fallback }
     }
 }
 impl Balancer for CookieAffinity {
-    fn pick(&self, backends: &[Backend], ctx: &PickContext<'_>, limits: &Limits, tried: &Tried) -> Option<Pick> {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        ctx: &PickContext<'_>,
+        limits: &Limits,
+        tried: &Tried,
+    ) -> Option<Pick> {
         self.fallback.pick(backends, ctx, limits, tried)
     }
     fn kind(&self) -> BalancerKind {

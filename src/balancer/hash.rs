@@ -12,8 +12,16 @@ impl ConsistentHash {
     }
 }
 impl Balancer for ConsistentHash {
-    fn pick(&self, backends: &[Backend], _ctx: &PickContext<'_>, limits: &Limits, tried: &Tried) -> Option<Pick> {
-        (0..backends.len()).find(|&i| !tried.contains(i) && limits.can_take_new(&backends[i])).map(Pick::plain)
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _ctx: &PickContext<'_>,
+        limits: &Limits,
+        tried: &Tried,
+    ) -> Option<Pick> {
+        (0..backends.len())
+            .find(|&i| !tried.contains(i) && limits.can_take_new(&backends[i]))
+            .map(Pick::plain)
     }
     fn kind(&self) -> BalancerKind {
         BalancerKind::Hash

@@ -216,10 +216,7 @@ fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Bo
     match kind {
         BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
         BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
-        BalancerKind::IpHash => Box::new(ConsistentHash::new(
-            backends,
-            KeyExtractor::ClientIp,
-        )),
+        BalancerKind::IpHash => Box::new(ConsistentHash::new(backends, KeyExtractor::ClientIp)),
         BalancerKind::Hash => {
             let key = pool
                 .key

@@ -29,7 +29,10 @@ pub struct Upstream {
 }
 
 /// Takes a ready idle connection to `backend`, or opens one.
-pub async fn checkout(backend: &Backend, connect_timeout: Duration) -> Result<Upstream, ProxyError> {
+pub async fn checkout(
+    backend: &Backend,
+    connect_timeout: Duration,
+) -> Result<Upstream, ProxyError> {
     while let Some(mut sender) = backend.live.conns.take() {
         if sender.is_ready() || sender.ready().await.is_ok() {
             return Ok(Upstream {
@@ -46,7 +49,10 @@ pub async fn checkout(backend: &Backend, connect_timeout: Duration) -> Result<Up
 }
 
 /// Opens a new HTTP/1.1 connection to `backend`.
-pub async fn connect(backend: &Backend, timeout: Duration) -> Result<SendRequest<UpBody>, ProxyError> {
+pub async fn connect(
+    backend: &Backend,
+    timeout: Duration,
+) -> Result<SendRequest<UpBody>, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
         Err(_) => return Err(ProxyError::ConnectTimeout),
         Ok(Err(e)) => return Err(ProxyError::Connect(e)),
@@ -70,7 +76,11 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<SendRequest
 pub type SendOutcome = Result<Response<Incoming>, (ProxyError, Option<Request<UpBody>>)>;
 
 /// Sends `req` on `sender` and waits for the response head.
-pub async fn send(sender: &mut SendRequest<UpBody>, req: Request<UpBody>, timeout: Duration) -> SendOutcome {
+pub async fn send(
+    sender: &mut SendRequest<UpBody>,
+    req: Request<UpBody>,
+    timeout: Duration,
+) -> SendOutcome {
     match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
         Err(_) => Err((ProxyError::ResponseTimeout, None)),
         Ok(Ok(resp)) => Ok(resp),

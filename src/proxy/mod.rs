@@ -41,7 +41,11 @@ pub struct ConnInfo {
 }
 
 /// Handles one client request.
-pub async fn handle(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<DownBody> {
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<DownBody> {
     let start = Instant::now();
     let snap = shared.live.load_full();
     let Some(listener) = snap.listener(&conn.listener) else {
@@ -63,8 +67,8 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>
     let (mut resp, backend) = match check_request(&req) {
         Err(e) => (e.response(), None),
         Ok(()) => {
-            let client_upgrade = headers::wants_upgrade(req.headers())
-                .then(|| hyper::upgrade::on(&mut req));
+            let client_upgrade =
+                headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
             proxy(shared, pool, conn, client_ip, req, client_upgrade).await
         }
     };
@@ -141,7 +145,11 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
-    let up_body = if bodiless { UpBody::Empty } else { UpBody::Client(body) };
+    let up_body = if bodiless {
+        UpBody::Empty
+    } else {
+        UpBody::Client(body)
+    };
     let mut req = Some(Request::from_parts(parts, up_body));
 
     let now = now_secs();
@@ -161,7 +169,9 @@ async fn proxy(
         };
         tried.insert(chosen.index);
         if attempt > 0 {
-            pool.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            pool.stats
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let mut up = match forward::checkout(chosen.backend, pool.connect_timeout).await {
             Ok(up) => up,
@@ -218,7 +228,8 @@ fn replay_copy(r: &Request<UpBody>) -> Request<UpBody> {
     if let Some(h) = b.headers_mut() {
         *h = r.headers().clone();
     }
-    b.body(UpBody::Empty).unwrap_or_else(|_| Request::new(UpBody::Empty))
+    b.body(UpBody::Empty)
+        .unwrap_or_else(|_| Request::new(UpBody::Empty))
 }
 
 /// The request target without scheme and authority (HTTP/2 and absolute-form requests

@@ -81,7 +81,9 @@ impl Activity {
     /// Bytes arrived from the client; returns whether they begin a new request.
     #[inline]
     fn on_read(&self) -> bool {
-        if self.active.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
             self.head_started.store(clock_ms(), Ordering::Relaxed);
             return true;
         }
@@ -179,7 +181,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
@@ -258,9 +264,15 @@ mod tests {
         assert!(matches!(a.verdict(now, hdr, idle), Verdict::WaitUntil(_)));
         assert_eq!(a.verdict(now + 2000, hdr, idle), Verdict::Idle);
         assert!(a.on_read());
-        assert_eq!(a.verdict(clock_ms() + 200, hdr, idle), Verdict::HeaderTimeout);
+        assert_eq!(
+            a.verdict(clock_ms() + 200, hdr, idle),
+            Verdict::HeaderTimeout
+        );
         let g = a.begin();
-        assert!(matches!(a.verdict(now + 5000, hdr, idle), Verdict::WaitUntil(_)));
+        assert!(matches!(
+            a.verdict(now + 5000, hdr, idle),
+            Verdict::WaitUntil(_)
+        ));
         drop(g);
         assert_eq!(a.verdict(clock_ms() + 2000, hdr, idle), Verdict::Idle);
     }

@@ -106,7 +106,9 @@ async fn serve_connection(
         Some(config) => {
             let accept = TlsAcceptor::from(config).accept(stream);
             match tokio::time::timeout(timeouts.0, accept).await {
-                Ok(Ok(tls_stream)) => serve_http(shared, info, tls_stream, timeouts, shutdown).await,
+                Ok(Ok(tls_stream)) => {
+                    serve_http(shared, info, tls_stream, timeouts, shutdown).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }

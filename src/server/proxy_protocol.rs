@@ -65,13 +65,17 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
 fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return if buf.len() >= V1_MAX {
-            Err(ProxyHeaderError::Malformed("v1 header longer than 107 bytes"))
+            Err(ProxyHeaderError::Malformed(
+                "v1 header longer than 107 bytes",
+            ))
         } else {
             Ok(Parsed::Partial)
         };
     };
     if end + 2 > V1_MAX {
-        return Err(ProxyHeaderError::Malformed("v1 header longer than 107 bytes"));
+        return Err(ProxyHeaderError::Malformed(
+            "v1 header longer than 107 bytes",
+        ));
     }
     let line = std::str::from_utf8(&buf[6..end])
         .map_err(|_| ProxyHeaderError::Malformed("v1 header is not text"))?;
@@ -118,7 +122,10 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
     let src = match buf[13] >> 4 {
         1 if body.len() >= 12 => {
             let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
-            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([body[8], body[9]])))
+            Some(SocketAddr::new(
+                ip.into(),
+                u16::from_be_bytes([body[8], body[9]]),
+            ))
         }
         2 if body.len() >= 36 => {
             let mut o = [0u8; 16];
@@ -180,7 +187,10 @@ mod tests {
         let h = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\nGET /";
         assert_eq!(
             parse(h),
-            Ok(Parsed::Done(45, Some("192.0.2.1:56324".parse().unwrap_or_else(|_| unreachable!()))))
+            Ok(Parsed::Done(
+                45,
+                Some("192.0.2.1:56324".parse().unwrap_or_else(|_| unreachable!()))
+            ))
         );
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Parsed::Done(15, None)));
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Ok(Parsed::Partial));

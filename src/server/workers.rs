@@ -42,7 +42,11 @@ impl std::fmt::Debug for Command {
 
 impl Workers {
     /// Starts `count` worker threads.
-    pub fn start(count: usize, shared: &Arc<Shared>, shutdown: &Shutdown) -> std::io::Result<Workers> {
+    pub fn start(
+        count: usize,
+        shared: &Arc<Shared>,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Workers> {
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
@@ -65,7 +69,12 @@ impl Workers {
     }
 
     /// Starts accepting on `socket` in every worker until `stop` turns true.
-    pub fn listen(&self, name: &Arc<str>, socket: &std::net::TcpListener, stop: &watch::Receiver<bool>) -> std::io::Result<()> {
+    pub fn listen(
+        &self,
+        name: &Arc<str>,
+        socket: &std::net::TcpListener,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
         for tx in &self.senders {
             let cmd = Command::Listen {
                 name: Arc::clone(name),
@@ -90,12 +99,22 @@ impl Workers {
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shutdown: Shutdown) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Command::Listen { name, socket, stop } => match tokio::net::TcpListener::from_std(socket) {
-                Ok(l) => {
-                    tokio::spawn(accept_loop(l, name, Arc::clone(&shared), stop, shutdown.clone()));
+            Command::Listen { name, socket, stop } => {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(l) => {
+                        tokio::spawn(accept_loop(
+                            l,
+                            name,
+                            Arc::clone(&shared),
+                            stop,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "worker cannot use listener")
+                    }
                 }
-                Err(e) => tracing::error!(listener = %name, error = %e, "worker cannot use listener"),
-            },
+            }
         }
     }
 }

@@ -75,7 +75,10 @@ impl Drop for Proc {
 }
 
 pub async fn wait_listening(addr: SocketAddr) {
-    let up = wait_until(DEADLINE, || async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+    let up = wait_until(DEADLINE, || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
     assert!(up, "daemon did not start listening on {addr}");
 }
 
@@ -83,15 +86,26 @@ pub async fn wait_listening(addr: SocketAddr) {
 fn version_prints_name_and_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("maitred {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("maitred {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
 fn check_accepts_the_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/maitred.example.toml");
-    let out = Command::new(BIN).args(["check", "-c", example]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", example])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.lines().any(|l| l.starts_with("pool ")), "{stdout}");
 }
 
@@ -104,14 +118,26 @@ fn check_reports_errors_with_line_and_column() {
         "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round_robin\"\nbackends = [\"127.0.0.1:1\"]\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:7:12: unknown balancer \"round_robin\"", path.display())),
+        err.contains(&format!(
+            "{}:7:12: unknown balancer \"round_robin\"",
+            path.display()
+        )),
         "{err}"
     );
-    assert!(err.contains("expected one of round-robin, least-connections, ip-hash, hash, cookie-affinity"), "{err}");
+    assert!(
+        err.contains(
+            "expected one of round-robin, least-connections, ip-hash, hash, cookie-affinity"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +163,9 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "backend a\n");
-    let code = tokio::task::spawn_blocking(move || p.wait_exit(DEADLINE)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || p.wait_exit(DEADLINE))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
 }
 
@@ -168,7 +196,10 @@ async fn twenty_mib_streams_without_buffering_in_the_daemon() {
     let down = c.get("/big?mb=20", &[]).await;
     assert_eq!(down.body.len(), 20 * 1024 * 1024);
     let grown = p.rss_kib().saturating_sub(before);
-    assert!(grown < 8 * 1024, "daemon RSS grew by {grown} KiB for 20 MiB bodies");
+    assert!(
+        grown < 8 * 1024,
+        "daemon RSS grew by {grown} KiB for 20 MiB bodies"
+    );
 }
 
 fn hash_pool_config(backends: usize, rr_backends: usize) -> String {
@@ -188,14 +219,28 @@ fn hash_pool_config(backends: usize, rr_backends: usize) -> String {
 #[test]
 fn check_against_reports_sticky_keys_moved() {
     let dir = scratch_dir("against");
-    let (old, grown, rr_only) = (dir.join("old.toml"), dir.join("new.toml"), dir.join("rr.toml"));
+    let (old, grown, rr_only) = (
+        dir.join("old.toml"),
+        dir.join("new.toml"),
+        dir.join("rr.toml"),
+    );
     std::fs::write(&old, hash_pool_config(4, 2)).unwrap();
     std::fs::write(&grown, hash_pool_config(5, 2)).unwrap();
     std::fs::write(&rr_only, hash_pool_config(4, 3)).unwrap();
 
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&grown)
+        .arg("--against")
+        .arg(&old)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout
         .lines()
         .find(|l| l.starts_with("pool sessions: ") && l.ends_with("of sticky keys move"))
@@ -211,21 +256,52 @@ fn check_against_reports_sticky_keys_moved() {
     assert!(line.ends_with("% of sticky keys move"), "{line}");
     assert!(stdout.contains("backends +1 -0 ~0"), "{stdout}");
 
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&rr_only).arg("--against").arg(&old).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&rr_only)
+        .arg("--against")
+        .arg(&old)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("pool sessions: 0.0% of sticky keys move"), "{stdout}");
+    assert!(
+        stdout.contains("pool sessions: 0.0% of sticky keys move"),
+        "{stdout}"
+    );
 
     // Same change twice: same figure.
-    let again = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
-    let first = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&old).output().unwrap();
+    let again = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&grown)
+        .arg("--against")
+        .arg(&old)
+        .output()
+        .unwrap();
+    let first = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&grown)
+        .arg("--against")
+        .arg(&old)
+        .output()
+        .unwrap();
     assert_eq!(again.stdout, first.stdout);
 
     // An invalid OLD fails the check like `check` does.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[pool.x]\nbalancer = \"nope\"\nbackends = []\n").unwrap();
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&grown).arg("--against").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&grown)
+        .arg("--against")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:12"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:12"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -234,8 +310,17 @@ fn check_accepts_the_shipped_examples() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN).args(["check", "-c"]).arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(BIN)
+                .args(["check", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -259,7 +344,10 @@ async fn sighup_reloads_the_file() {
     std::fs::write(&path, conf(b.addr)).unwrap();
     p.signal("HUP");
     assert!(
-        wait_until(DEADLINE, || async { get(target, "/").await.body == "backend b\n" }).await,
+        wait_until(DEADLINE, || async {
+            get(target, "/").await.body == "backend b\n"
+        })
+        .await,
         "SIGHUP did not apply the new file"
     );
     // A broken file on SIGHUP: still serving, process alive.

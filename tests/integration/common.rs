@@ -109,7 +109,9 @@ impl TestBackend {
             while let Ok((stream, _)) = listener.accept().await {
                 let (n, h, hl, s) = (n.clone(), h.clone(), hl.clone(), s.clone());
                 let conn = async move {
-                    let svc = service_fn(move |req| respond(n.clone(), h.clone(), hl.clone(), s.clone(), req));
+                    let svc = service_fn(move |req| {
+                        respond(n.clone(), h.clone(), hl.clone(), s.clone(), req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -256,7 +258,8 @@ async fn respond(
 
 /// Starts the daemon in-process from TOML text.
 pub async fn start_daemon(toml: &str) -> Arc<Daemon> {
-    let cfg = config::parse(toml, "test.toml", std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config::parse(toml, "test.toml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
     Daemon::start(cfg, None).await.unwrap()
 }
 
@@ -342,11 +345,17 @@ impl Client {
         body: Bytes,
     ) -> Result<Reply, hyper::Error> {
         self.sender.ready().await?;
-        let mut b = Request::builder().method(method).uri(path).header("host", "test.local");
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "test.local");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = self.sender.send_request(b.body(full(body)).unwrap()).await?;
+        let resp = self
+            .sender
+            .send_request(b.body(full(body)).unwrap())
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();

@@ -14,7 +14,12 @@ fn health_of(d: &Daemon, pool: &str, backend: &TestBackend) -> Health {
     let snap = d.shared().live.load();
     let p = snap.pool(pool).unwrap();
     let name = backend.addr.to_string();
-    p.backends.iter().find(|b| *b.name == *name).unwrap().live.health()
+    p.backends
+        .iter()
+        .find(|b| *b.name == *name)
+        .unwrap()
+        .live
+        .health()
 }
 
 const CHECKS: &str = r#"
@@ -30,12 +35,25 @@ fall = 2
 async fn failing_health_check_takes_backend_out_and_passing_brings_it_back() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let d = start_daemon(&simple_config("round-robin", &[&a, &b], CHECKS)).await;
-    assert_eq!(health_of(&d, "web", &a), Health::Up, "first round runs at start-up");
+    assert_eq!(
+        health_of(&d, "web", &a),
+        Health::Up,
+        "first round runs at start-up"
+    );
     a.health.store(500, Ordering::SeqCst);
     let t0 = Instant::now();
-    assert!(wait_until(DEADLINE, || async { health_of(&d, "web", &a) == Health::Down }).await);
+    assert!(
+        wait_until(DEADLINE, || async {
+            health_of(&d, "web", &a) == Health::Down
+        })
+        .await
+    );
     // interval × fall + timeout, with slack for a noisy machine.
-    assert!(t0.elapsed() < Duration::from_millis(200 * 2 + 200 + 2000), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(200 * 2 + 200 + 2000),
+        "took {:?}",
+        t0.elapsed()
+    );
     let before = a.hits();
     let mut c = Client::connect(addr(&d)).await;
     for _ in 0..20 {
@@ -43,7 +61,12 @@ async fn failing_health_check_takes_backend_out_and_passing_brings_it_back() {
     }
     assert_eq!(a.hits(), before);
     a.health.store(200, Ordering::SeqCst);
-    assert!(wait_until(DEADLINE, || async { health_of(&d, "web", &a) == Health::Up }).await);
+    assert!(
+        wait_until(DEADLINE, || async {
+            health_of(&d, "web", &a) == Health::Up
+        })
+        .await
+    );
     let mut seen_a = false;
     for _ in 0..10 {
         seen_a |= c.get("/", &[]).await.body == "backend a\n";
@@ -74,7 +97,10 @@ async fn backend_dying_under_load_costs_no_client_errors_with_one_retry() {
                 if stop.load(Ordering::SeqCst) || Instant::now() > end {
                     break;
                 }
-                match client.send("GET", "/slow?ms=2", &[], bytes::Bytes::new()).await {
+                match client
+                    .send("GET", "/slow?ms=2", &[], bytes::Bytes::new())
+                    .await
+                {
                     Ok(r) if r.status == 200 => {
                         done.fetch_add(1, Ordering::SeqCst);
                     }
@@ -89,12 +115,21 @@ async fn backend_dying_under_load_costs_no_client_errors_with_one_retry() {
     assert!(wait_until(DEADLINE, || async { done.load(Ordering::SeqCst) >= 150 }).await);
     a.kill();
     let at_kill = done.load(Ordering::SeqCst);
-    assert!(wait_until(DEADLINE, || async { done.load(Ordering::SeqCst) >= at_kill + 300 }).await);
+    assert!(
+        wait_until(DEADLINE, || async {
+            done.load(Ordering::SeqCst) >= at_kill + 300
+        })
+        .await
+    );
     stop.store(true, Ordering::SeqCst);
     for t in clients {
         t.await.unwrap();
     }
-    assert_eq!(errors.load(Ordering::SeqCst), 0, "clients saw errors while a backend died");
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "clients saw errors while a backend died"
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
@@ -112,11 +147,17 @@ async fn passive_ejection_without_active_checks() {
             failures += 1;
         }
     }
-    assert_eq!(failures, 3, "exactly the streak that ejects it fails, then it is skipped");
+    assert_eq!(
+        failures, 3,
+        "exactly the streak that ejects it fails, then it is skipped"
+    );
     // Back after the ejection period, once it answers again.
     let a2 = TestBackend::start_on("a", a_addr).await;
     assert!(
-        wait_until(DEADLINE, || async { get(target, "/").await.body == "backend a\n" }).await,
+        wait_until(DEADLINE, || async {
+            get(target, "/").await.body == "backend a\n"
+        })
+        .await,
         "ejected backend never came back"
     );
     assert!(a2.hits() > 0);
@@ -126,7 +167,8 @@ async fn passive_ejection_without_active_checks() {
 #[tokio::test]
 async fn five_hundreds_in_a_row_eject_too() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let extra = "retries = 0\n\n[pool.web.ejection]\nconsecutive_failures = 2\nduration = \"30s\"\n";
+    let extra =
+        "retries = 0\n\n[pool.web.ejection]\nconsecutive_failures = 2\nduration = \"30s\"\n";
     let d = start_daemon(&simple_config("round-robin", &[&a, &b], extra)).await;
     let mut c = Client::connect(addr(&d)).await;
     for _ in 0..10 {
@@ -153,7 +195,12 @@ async fn all_backends_down_gives_503_and_recovery_needs_no_restart() {
     assert_eq!(r.status, 503);
     assert!(r.headers.contains_key("retry-after"));
     b.health.store(200, Ordering::SeqCst);
-    assert!(wait_until(DEADLINE, || async { get(addr(&d), "/").await.status == 200 }).await);
+    assert!(
+        wait_until(DEADLINE, || async {
+            get(addr(&d), "/").await.status == 200
+        })
+        .await
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 

@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod proxy;
-mod cli;
 mod admin;
+mod cli;
+mod common;
 mod health;
+mod proxy;
 mod reload;
 mod tls;

@@ -26,8 +26,13 @@ async fn round_robin_over_three_backends_is_exactly_even() {
 #[tokio::test]
 async fn weights_one_to_three_split_25_75_and_interleave() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let toml = simple_config("round-robin", &[], "")
-        .replace("backends = []", &format!("backends = [\"{}\", {{ addr = \"{}\", weight = 3 }}]", a.addr, b.addr));
+    let toml = simple_config("round-robin", &[], "").replace(
+        "backends = []",
+        &format!(
+            "backends = [\"{}\", {{ addr = \"{}\", weight = 3 }}]",
+            a.addr, b.addr
+        ),
+    );
     let d = start_daemon(&toml).await;
     let mut client = Client::connect(addr(&d)).await;
     let mut order = Vec::new();
@@ -49,7 +54,10 @@ async fn weights_one_one_three_never_three_in_a_row() {
     );
     let toml = simple_config("round-robin", &[], "").replace(
         "backends = []",
-        &format!("backends = [\"{}\", \"{}\", {{ addr = \"{}\", weight = 3 }}]", a.addr, b.addr, c.addr),
+        &format!(
+            "backends = [\"{}\", \"{}\", {{ addr = \"{}\", weight = 3 }}]",
+            a.addr, b.addr, c.addr
+        ),
     );
     let d = start_daemon(&toml).await;
     let mut client = Client::connect(addr(&d)).await;
@@ -132,7 +140,10 @@ backends = ["{}"]
         }
         req.push_str("connection: close\r\n\r\n");
         let out = raw(a, req.as_bytes(), Duration::from_secs(5)).await;
-        assert!(out.contains(&format!("backend {want}")), "{host}{path} → {out}");
+        assert!(
+            out.contains(&format!("backend {want}")),
+            "{host}{path} → {out}"
+        );
     }
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
@@ -174,7 +185,10 @@ async fn forwarded_headers_added_and_hop_by_hop_dropped() {
 
 #[tokio::test]
 async fn refused_backend_gives_502() {
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let toml = simple_config("round-robin", &[], "retries = 0")
         .replace("backends = []", &format!("backends = [\"{gone}\"]"));
     let d = start_daemon(&toml).await;
@@ -187,8 +201,13 @@ async fn refused_backend_gives_502() {
 #[tokio::test]
 async fn no_available_backend_gives_503_with_retry_after() {
     let b = TestBackend::start("a").await;
-    let toml = simple_config("round-robin", &[], "")
-        .replace("backends = []", &format!("backends = [{{ addr = \"{}\", state = \"disabled\" }}]", b.addr));
+    let toml = simple_config("round-robin", &[], "").replace(
+        "backends = []",
+        &format!(
+            "backends = [{{ addr = \"{}\", state = \"disabled\" }}]",
+            b.addr
+        ),
+    );
     let d = start_daemon(&toml).await;
     let r = get(addr(&d), "/").await;
     assert_eq!(r.status, 503);
@@ -200,7 +219,12 @@ async fn no_available_backend_gives_503_with_retry_after() {
 #[tokio::test]
 async fn slow_backend_gives_504() {
     let b = TestBackend::start("a").await;
-    let d = start_daemon(&simple_config("round-robin", &[&b], "response_timeout = \"300ms\"")).await;
+    let d = start_daemon(&simple_config(
+        "round-robin",
+        &[&b],
+        "response_timeout = \"300ms\"",
+    ))
+    .await;
     let r = get(addr(&d), "/slow?ms=3000").await;
     assert_eq!(r.status, 504);
     d.shutdown(Some(Duration::from_secs(1))).await;
@@ -220,7 +244,8 @@ async fn content_length_with_transfer_encoding_is_refused_unforwarded() {
     let bare_lf = b"GET / HTTP/1.1\nHost: x\n\n";
     let out = raw(a, bare_lf, Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    let bad_chunk = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let bad_chunk =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
     let out = raw(a, bad_chunk, Duration::from_secs(5)).await;
     assert!(!out.contains("backend a"), "{out}");
     let obs_fold = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n";
@@ -231,8 +256,12 @@ async fn content_length_with_transfer_encoding_is_refused_unforwarded() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let gzip_te = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n";
     let out = raw(a, gzip_te, Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 4") || out.starts_with("HTTP/1.1 501"), "{out}");
-    let two_lengths = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+    assert!(
+        out.starts_with("HTTP/1.1 4") || out.starts_with("HTTP/1.1 501"),
+        "{out}"
+    );
+    let two_lengths =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
     let out = raw(a, two_lengths, Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(b.hits(), 0, "a malformed request reached the backend");
@@ -248,7 +277,11 @@ async fn oversized_headers_get_431() {
     let big = "x".repeat(512 * 1024);
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
     let out = raw(addr(&d), req.as_bytes(), Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(100)]);
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(100)]
+    );
     assert_eq!(b.hits(), 0);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
@@ -256,19 +289,26 @@ async fn oversized_headers_get_431() {
 #[tokio::test]
 async fn slow_header_sender_is_cut_off_and_idle_connection_closed() {
     let b = TestBackend::start("a").await;
-    let toml = simple_config("round-robin", &[&b], "")
-        .replace("pool = \"web\"\n", "pool = \"web\"\nheader_timeout = \"300ms\"\nidle_timeout = \"600ms\"\n");
+    let toml = simple_config("round-robin", &[&b], "").replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nheader_timeout = \"300ms\"\nidle_timeout = \"600ms\"\n",
+    );
     let d = start_daemon(&toml).await;
     let a = addr(&d);
     // Slowloris: half a head, then silence.
     let started = std::time::Instant::now();
     let out = raw(a, b"GET / HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10)).await;
     assert!(!out.contains("backend"), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(8), "slow head was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slow head was not cut off"
+    );
     // Idle keep-alive connection: closed after idle_timeout.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("backend a"));

@@ -44,7 +44,10 @@ async fn twenty_reloads_under_load_drop_nothing() {
     let dir = scratch_dir("reload-load");
     let path = dir.join("maitred.toml");
     let all: Vec<String> = backends.iter().map(q).collect();
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &all, "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &all, "")),
+    );
     let d = start_daemon_file(&path).await;
     let target = addr(&d);
     let stop = Arc::new(AtomicBool::new(false));
@@ -74,7 +77,11 @@ async fn twenty_reloads_under_load_drop_nothing() {
             2 => pool_toml(
                 "web",
                 "round-robin",
-                &[all[0].clone(), format!("{{ addr = {}, weight = 5 }}", all[1]), all[2].clone()],
+                &[
+                    all[0].clone(),
+                    format!("{{ addr = {}, weight = 5 }}", all[1]),
+                    all[2].clone(),
+                ],
                 "",
             ),
             _ => pool_toml("web", "round-robin", &all, ""),
@@ -82,13 +89,22 @@ async fn twenty_reloads_under_load_drop_nothing() {
         write(&path, &(head(&[("main", "web")]) + &text));
         let before = ok.load(Ordering::SeqCst);
         d.reload(false).await.unwrap();
-        assert!(wait_until(DEADLINE, || async { ok.load(Ordering::SeqCst) > before + 20 }).await);
+        assert!(
+            wait_until(DEADLINE, || async {
+                ok.load(Ordering::SeqCst) > before + 20
+            })
+            .await
+        );
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across reloads");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed across reloads"
+    );
     assert!(ok.load(Ordering::SeqCst) > 400);
     assert_eq!(d.shared().reloads_ok.load(Ordering::SeqCst), 20);
     d.shutdown(Some(Duration::from_secs(1))).await;
@@ -99,12 +115,18 @@ async fn slow_request_survives_a_reload_that_removes_its_backend() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-slow");
     let path = dir.join("maitred.toml");
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")),
+    );
     let d = start_daemon_file(&path).await;
     let target = addr(&d);
     let slow = tokio::spawn(async move { get(target, "/slow?ms=1500").await });
     assert!(wait_until(DEADLINE, || async { a.hits() == 1 }).await);
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&b)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&b)], "")),
+    );
     let report = d.reload(false).await.unwrap();
     assert_eq!(report.backends.removed.len(), 1);
     assert_eq!(get(target, "/").await.body, "backend b\n");
@@ -118,12 +140,21 @@ async fn bad_file_on_reload_keeps_the_old_config_serving() {
     let a = TestBackend::start("a").await;
     let dir = scratch_dir("reload-bad");
     let path = dir.join("maitred.toml");
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")),
+    );
     let d = start_daemon_file(&path).await;
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round_robin", &[q(&a)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round_robin", &[q(&a)], "")),
+    );
     let err = d.reload(false).await.unwrap_err();
     let msgs = err.messages();
-    assert!(msgs[0].contains("maitred.toml:") && msgs[0].contains("unknown balancer"), "{msgs:?}");
+    assert!(
+        msgs[0].contains("maitred.toml:") && msgs[0].contains("unknown balancer"),
+        "{msgs:?}"
+    );
     write(&path, "this is = = not toml");
     assert!(d.reload(false).await.is_err());
     assert_eq!(get(addr(&d), "/").await.body, "backend a\n");
@@ -137,7 +168,8 @@ async fn listeners_added_removed_and_rebound() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-listeners");
     let path = dir.join("maitred.toml");
-    let pools = pool_toml("web", "round-robin", &[q(&a)], "") + &pool_toml("other", "round-robin", &[q(&b)], "");
+    let pools = pool_toml("web", "round-robin", &[q(&a)], "")
+        + &pool_toml("other", "round-robin", &[q(&b)], "");
     write(&path, &(head(&[("main", "web")]) + &pools));
     let d = start_daemon_file(&path).await;
     let first = addr(&d);
@@ -149,7 +181,10 @@ async fn listeners_added_removed_and_rebound() {
     assert_eq!(get(second, "/").await.body, "backend b\n");
     assert!(d.listener_addr("main").is_none());
     assert!(
-        wait_until(DEADLINE, || async { tokio::net::TcpStream::connect(first).await.is_err() }).await,
+        wait_until(DEADLINE, || async {
+            tokio::net::TcpStream::connect(first).await.is_err()
+        })
+        .await,
         "removed listener still accepts"
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
@@ -161,18 +196,30 @@ async fn down_backend_stays_down_across_a_reload() {
     let dir = scratch_dir("reload-down");
     let path = dir.join("maitred.toml");
     let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 3\nfall = 1\n";
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), q(&b)], checks)));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), q(&b)], checks)),
+    );
     let d = start_daemon_file(&path).await;
     a.health.store(500, Ordering::SeqCst);
     let down = || {
         let snap = d.shared().live.load();
         let name = a.addr.to_string();
-        snap.pool("web").unwrap().backends.iter().find(|x| *x.name == *name).unwrap().live.health() == Health::Down
+        snap.pool("web")
+            .unwrap()
+            .backends
+            .iter()
+            .find(|x| *x.name == *name)
+            .unwrap()
+            .live
+            .health()
+            == Health::Down
     };
     assert!(wait_until(DEADLINE, || async { down() }).await);
     write(
         &path,
-        &(head(&[("main", "web")]) + &pool_toml("web", "least-connections", &[q(&a), q(&b)], checks)),
+        &(head(&[("main", "web")])
+            + &pool_toml("web", "least-connections", &[q(&a), q(&b)], checks)),
     );
     d.reload(false).await.unwrap();
     assert!(down(), "reload brought a down backend back");
@@ -187,10 +234,16 @@ async fn weight_change_takes_effect() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-weight");
     let path = dir.join("maitred.toml");
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), q(&b)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), q(&b)], "")),
+    );
     let d = start_daemon_file(&path).await;
     let weighted = format!("{{ addr = \"{}\", weight = 4 }}", b.addr);
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), weighted], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a), weighted], "")),
+    );
     let report = d.reload(false).await.unwrap();
     assert_eq!(report.backends.changed, vec![format!("web/{}", b.addr)]);
     let (a0, b0) = (a.hits(), b.hits());
@@ -207,9 +260,15 @@ async fn dry_run_changes_nothing_and_matches_the_real_reload() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-dry");
     let path = dir.join("maitred.toml");
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], "")),
+    );
     let d = start_daemon_file(&path).await;
-    write(&path, &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&b)], "")));
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&b)], "")),
+    );
     let dry = d.reload(true).await.unwrap();
     for _ in 0..5 {
         assert_eq!(get(addr(&d), "/").await.body, "backend a\n");

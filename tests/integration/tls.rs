@@ -45,7 +45,12 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -54,11 +59,18 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -73,7 +85,11 @@ fn make_certs() -> Certs {
     let write = |name: &str, host: &str| {
         let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
         std::fs::write(dir.join(format!("{name}.crt")), ck.cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            ck.signing_key.serialize_pem(),
+        )
+        .unwrap();
         ck.cert.der().to_vec()
     };
     let a_der = write("a", "a.test");
@@ -100,12 +116,14 @@ async fn tls_connect(
         seen: Mutex::new(None),
         provider: rustls::crypto::ring::default_provider(),
     });
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(recorder.clone())
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let stream = TlsConnector::from(Arc::new(cfg))
@@ -117,9 +135,14 @@ async fn tls_connect(
 }
 
 async fn h1_over(stream: tokio_rustls::client::TlsStream<TcpStream>) -> String {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("/").header("host", "a.test").body(Empty::<Bytes>::new()).unwrap();
+    let req = Request::get("/")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
 }
@@ -130,28 +153,44 @@ async fn sni_picks_the_certificate_and_the_first_is_the_default() {
     let certs = make_certs();
     let d = start_daemon(&tls_config(&certs.dir, &[&b], "[\"http/1.1\"]")).await;
     let (s, seen) = tls_connect(addr(&d), "x.b.test", &[]).await;
-    assert_eq!(seen.as_deref(), Some(certs.b_der.as_slice()), "SNI x.b.test should get the *.b.test certificate");
+    assert_eq!(
+        seen.as_deref(),
+        Some(certs.b_der.as_slice()),
+        "SNI x.b.test should get the *.b.test certificate"
+    );
     assert_eq!(h1_over(s).await, "backend a\n");
     let (_, seen) = tls_connect(addr(&d), "a.test", &[]).await;
     assert_eq!(seen.as_deref(), Some(certs.a_der.as_slice()));
     let (_, seen) = tls_connect(addr(&d), "unknown.test", &[]).await;
-    assert_eq!(seen.as_deref(), Some(certs.a_der.as_slice()), "no match → first certificate");
+    assert_eq!(
+        seen.as_deref(),
+        Some(certs.a_der.as_slice()),
+        "no match → first certificate"
+    );
     let r = b.last_seen().unwrap();
     assert_eq!(r.headers["x-forwarded-proto"], "https");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
-async fn h2_get_many(io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static, n: usize) -> Vec<String> {
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+async fn h2_get_many(
+    io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    n: usize,
+) -> Vec<String> {
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut tasks = Vec::new();
     for _ in 0..n {
         let mut s = sender.clone();
         tasks.push(tokio::spawn(async move {
-            let req = Request::get("http://h2.test/").body(Empty::<Bytes>::new()).unwrap();
+            let req = Request::get("http://h2.test/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
             let resp = s.send_request(req).await.unwrap();
             assert_eq!(resp.status(), 200);
-            String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+            String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+                .into_owned()
         }));
     }
     let mut out = Vec::new();
@@ -169,7 +208,12 @@ async fn http2_over_tls_spreads_streams_over_the_pool() {
         TestBackend::start("c").await,
     );
     let certs = make_certs();
-    let d = start_daemon(&tls_config(&certs.dir, &[&a, &b, &c], "[\"h2\", \"http/1.1\"]")).await;
+    let d = start_daemon(&tls_config(
+        &certs.dir,
+        &[&a, &b, &c],
+        "[\"h2\", \"http/1.1\"]",
+    ))
+    .await;
     let (s, _) = tls_connect(addr(&d), "a.test", &[b"h2"]).await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let bodies = h2_get_many(TokioIo::new(s), 30).await;
@@ -201,7 +245,11 @@ async fn websocket_is_tunnelled_both_ways() {
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
         ws.send(format!("hello {i}").into()).await.unwrap();
-        let reply = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap().unwrap().unwrap();
+        let reply = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let text = reply.into_text().unwrap();
         assert!(text.ends_with(&format!(": hello {i}")), "{text}");
     }
@@ -222,7 +270,9 @@ fn proxy_v2(src: [u8; 4], port: u16) -> Vec<u8> {
 async fn via_proxy_header(addr: SocketAddr, header: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(header).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -237,8 +287,10 @@ async fn proxy_protocol_v1_and_v2_feed_the_client_ip() {
         TestBackend::start("c").await,
     ];
     let refs: Vec<&TestBackend> = backends.iter().collect();
-    let toml = simple_config("ip-hash", &refs, "")
-        .replace("pool = \"web\"\n", "pool = \"web\"\nproxy_protocol = true\n");
+    let toml = simple_config("ip-hash", &refs, "").replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nproxy_protocol = true\n",
+    );
     let d = start_daemon(&toml).await;
     let a = addr(&d);
 
@@ -246,11 +298,18 @@ async fn proxy_protocol_v1_and_v2_feed_the_client_ip() {
     let first = via_proxy_header(a, v1).await;
     assert!(first.starts_with("backend "), "{first}");
     let all_seen: Vec<_> = backends.iter().filter_map(|b| b.last_seen()).collect();
-    assert!(all_seen.iter().any(|s| s.headers["x-forwarded-for"] == "198.51.100.7"));
+    assert!(
+        all_seen
+            .iter()
+            .any(|s| s.headers["x-forwarded-for"] == "198.51.100.7")
+    );
     // The same source, by v1 or v2, always reaches the same backend.
     for _ in 0..4 {
         assert_eq!(via_proxy_header(a, v1).await, first);
-        assert_eq!(via_proxy_header(a, &proxy_v2([198, 51, 100, 7], 40001)).await, first);
+        assert_eq!(
+            via_proxy_header(a, &proxy_v2([198, 51, 100, 7], 40001)).await,
+            first
+        );
     }
     // Many sources spread over the pool.
     let mut spread = Vec::new();
@@ -260,7 +319,12 @@ async fn proxy_protocol_v1_and_v2_feed_the_client_ip() {
     assert!(tally(&spread).len() >= 2, "{:?}", tally(&spread));
     // No header: refused, nothing forwarded.
     let hits: usize = backends.iter().map(|b| b.hits()).sum();
-    let out = raw(a, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5)).await;
+    let out = raw(
+        a,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(out.is_empty(), "{out}");
     assert_eq!(backends.iter().map(|b| b.hits()).sum::<usize>(), hits);
     d.shutdown(Some(Duration::from_secs(1))).await;
@@ -273,7 +337,11 @@ async fn bad_certificate_on_reload_keeps_the_old_one_serving() {
     let path = certs.dir.join("maitred.toml");
     std::fs::write(&path, tls_config(&certs.dir, &[&b], "[\"http/1.1\"]")).unwrap();
     let d = start_daemon_file(&path).await;
-    std::fs::write(certs.dir.join("b.crt"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        certs.dir.join("b.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let err = d.reload(false).await.unwrap_err();
     assert!(err.to_string().contains("b.crt"), "{err}");
     let (s, seen) = tls_connect(addr(&d), "x.b.test", &[]).await;
