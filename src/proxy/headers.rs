@@ -2,8 +2,8 @@
 //! dropped in both directions, X-Forwarded-For is appended, X-Forwarded-Proto and
 //! X-Forwarded-Host are set, Host is kept.
 //!
-//! One pass over the header names finds whether any hop-by-hop header is present at all,
-//! so the common request (none) pays for a scan, not for a dozen failed removals.
+//! One pass over the header names finds which hop-by-hop headers are present at all, so
+//! the common request (none) pays for a scan, not for a dozen failed removals.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -14,106 +14,159 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Whether this name is hop-by-hop by definition (RFC 9110 §7.6.1, plus the Proxy-*
-/// family and Keep-Alive that HTTP/1.0-era software still sends).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == KEEP_ALIVE
-        || name.as_str().starts_with("proxy-")
-}
 
 /// Removes hop-by-hop headers and the headers `Connection` names. With `keep_upgrade`
 /// (a WebSocket or other upgrade being tunnelled) `Upgrade` and `Connection: upgrade`
 /// stay, as the upgrade must reach the other side.
+///
+/// Allocation-free unless `Connection` names a non-standard header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        present |= hop_bit(name);
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .filter(|t| !keep_upgrade || !t.eq_ignore_ascii_case("upgrade"))
-        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(&n);
+    if present & bit::CONNECTION != 0 {
+        remove_connection_named(headers, keep_upgrade);
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .filter(|n| !(keep_upgrade && (**n == header::UPGRADE || **n == header::CONNECTION)))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(&n);
+    let fixed: [(u8, &HeaderName); 6] = [
+        (bit::CONNECTION, &header::CONNECTION),
+        (bit::TE, &header::TE),
+        (bit::TRAILER, &header::TRAILER),
+        (bit::TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (bit::UPGRADE, &header::UPGRADE),
+        (bit::KEEP_ALIVE, &KEEP_ALIVE),
+    ];
+    for (b, name) in fixed {
+        let kept = keep_upgrade && (b == bit::CONNECTION || b == bit::UPGRADE);
+        if present & b != 0 && !kept {
+            headers.remove(name);
+        }
+    }
+    if present & bit::PROXY != 0 {
+        let proxied: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for n in proxied {
+            headers.remove(&n);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers.remove(&PROXY_CONNECTION);
 }
 
-/// Adds the forwarding headers to a request bound for a backend.
-///
-/// `host` is the request's authority (HTTP/2 has no Host header; it is written as Host
-/// for the HTTP/1.1 backend).
+/// Bits for the hop-by-hop names found in one pass.
+mod bit {
+    pub const CONNECTION: u8 = 1;
+    pub const TE: u8 = 2;
+    pub const TRAILER: u8 = 4;
+    pub const TRANSFER_ENCODING: u8 = 8;
+    pub const UPGRADE: u8 = 16;
+    pub const KEEP_ALIVE: u8 = 32;
+    pub const PROXY: u8 = 64;
+}
+
+fn hop_bit(name: &HeaderName) -> u8 {
+    if *name == header::CONNECTION {
+        bit::CONNECTION
+    } else if *name == header::TE {
+        bit::TE
+    } else if *name == header::TRAILER {
+        bit::TRAILER
+    } else if *name == header::TRANSFER_ENCODING {
+        bit::TRANSFER_ENCODING
+    } else if *name == header::UPGRADE {
+        bit::UPGRADE
+    } else if *name == KEEP_ALIVE {
+        bit::KEEP_ALIVE
+    } else if name.as_str().starts_with("proxy-") {
+        bit::PROXY
+    } else {
+        0
+    }
+}
+
+/// Removes the headers `Connection` lists (RFC 9110 §7.6.1). Tokens that are
+/// themselves hop-by-hop names, or `close`, need no lookup.
+fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+    const MAX_NAMED: usize = 8;
+    let mut named: [Option<HeaderName>; MAX_NAMED] = Default::default();
+    let mut n = 0;
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim);
+    for t in tokens {
+        let standard = ["", "close", "keep-alive", "upgrade", "te", "trailer", "transfer-encoding"]
+            .iter()
+            .any(|s| t.eq_ignore_ascii_case(s));
+        if standard || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) || n == MAX_NAMED {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+            named[n] = Some(name);
+            n += 1;
+        }
+    }
+    for name in named.iter().flatten() {
+        headers.remove(name);
+    }
+}
+
+/// Adds the forwarding headers to a request bound for a backend: X-Forwarded-For gets
+/// the client appended (several lines are folded into one list first),
+/// X-Forwarded-Proto and X-Forwarded-Host are set, and `host` (the request's
+/// authority) becomes Host where the request had none (HTTP/2).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
     tls: bool,
     host: Option<HeaderValue>,
+    had_host: bool,
 ) {
-    let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), client_ip);
+    let xff = forwarded_for(headers, client_ip);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(h) = host {
-        if !headers.contains_key(header::HOST) {
+        if !had_host {
             headers.insert(header::HOST, h.clone());
         }
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
 }
 
-/// `existing, client_ip`, or `client_ip` alone; several X-Forwarded-For lines are
-/// folded into one list first.
-fn forwarded_for(existing: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
-    let mut buf = Vec::with_capacity(existing.map_or(0, |v| v.len() + 2) + 40);
-    if let Some(v) = existing {
+/// `existing, client_ip`, or `client_ip` alone, in one allocation.
+fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> HeaderValue {
+    let mut ip_buf = [0u8; 48];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+        let _ = write!(cursor, "{ip}");
+        cursor.position() as usize
+    };
+    let ip_text = &ip_buf[..ip_len];
+    let existing = headers.get_all(&X_FORWARDED_FOR);
+    let total: usize = existing.iter().map(|v| v.len() + 2).sum();
+    if total == 0 {
+        return HeaderValue::from_bytes(ip_text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    }
+    let mut buf = Vec::with_capacity(total + ip_len);
+    for v in existing.iter() {
         buf.extend_from_slice(v.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = write!(buf, "{ip}");
+    buf.extend_from_slice(ip_text);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// Folds every X-Forwarded-For line into one before appending, so the list order holds.
-pub fn fold_forwarded_for(headers: &mut HeaderMap) {
-    let mut all = headers.get_all(&X_FORWARDED_FOR).iter();
-    let (Some(first), Some(_)) = (all.next(), all.next()) else {
-        return;
-    };
-    let mut buf = first.as_bytes().to_vec();
-    for v in headers.get_all(&X_FORWARDED_FOR).iter().skip(1) {
-        buf.extend_from_slice(b", ");
-        buf.extend_from_slice(v.as_bytes());
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&buf) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
 }
 
 /// The X-Forwarded-For header name.
@@ -167,8 +220,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
-        fold_forwarded_for(&mut h);
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, None);
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, None, false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

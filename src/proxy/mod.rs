@@ -94,11 +94,13 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon and bare CR, and 431 for oversized heads.
 fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-        return Err(ProxyError::BadRequest("missing Host header\n"));
-    }
-    if req.headers().get_all(header::HOST).iter().count() > 1 {
-        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host header\n"));
+        }
+        (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header\n")),
+        _ => {}
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
@@ -131,14 +133,15 @@ async fn proxy(
 ) -> (Response<DownBody>, Option<Arc<str>>) {
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
+    let header_host = parts.headers.get(header::HOST).cloned();
+    let had_host = header_host.is_some();
     let host = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
+        .or(header_host);
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-    headers::fold_forwarded_for(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, client_ip, conn.tls, host);
+    headers::add_forwarded(&mut parts.headers, client_ip, conn.tls, host, had_host);
     if parts.uri.scheme().is_some() {
         parts.uri = origin_form(&parts.uri);
     }

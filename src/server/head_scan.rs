@@ -55,32 +55,44 @@ impl HeadScan {
         self.scanning
     }
 
-    /// Feeds bytes; returns the verdict once the head's blank line is seen.
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<Result<(), HeadProblem>> {
-        for &b in bytes {
-            if !self.scanning {
+    /// Feeds bytes; returns the verdict once the head's blank line is seen. Jumps from
+    /// line end to line end (memchr) and looks only at the start of each line.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<Result<(), HeadProblem>> {
+        if !self.scanning {
+            return None;
+        }
+        while !bytes.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', bytes) else {
+                self.take_line_bytes(bytes);
                 return None;
+            };
+            let ended_by_cr = if i > 0 { bytes[i - 1] == b'\r' } else { self.prev_cr };
+            if !ended_by_cr {
+                self.bare_lf = true;
             }
-            if b == b'\n' {
-                if !self.prev_cr {
-                    self.bare_lf = true;
-                }
-                self.end_of_line();
-                if !self.scanning {
-                    return Some(self.verdict());
-                }
-                continue;
+            self.take_line_bytes(&bytes[..i]);
+            self.end_of_line();
+            if !self.scanning {
+                return Some(self.verdict());
             }
-            self.prev_cr = b == b'\r';
-            if b != b'\r' {
-                self.empty_line = false;
-                if self.line_len < self.line.len() {
-                    self.line[self.line_len] = b.to_ascii_lowercase();
-                    self.line_len += 1;
-                }
-            }
+            bytes = &bytes[i + 1..];
         }
         None
+    }
+
+    /// Part of the current line: only its first bytes are kept (enough to recognise the
+    /// two header names), and whether it has anything but CR.
+    fn take_line_bytes(&mut self, b: &[u8]) {
+        let Some(&last) = b.last() else { return };
+        self.prev_cr = last == b'\r';
+        if self.empty_line && b.iter().any(|&c| c != b'\r') {
+            self.empty_line = false;
+        }
+        let room = self.line.len() - self.line_len;
+        for &c in b.iter().take(room) {
+            self.line[self.line_len] = c.to_ascii_lowercase();
+            self.line_len += 1;
+        }
     }
 
     fn end_of_line(&mut self) {

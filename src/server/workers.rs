@@ -96,7 +96,22 @@ impl Workers {
     }
 }
 
+/// Period of the worker's heartbeat timer.
+///
+/// tokio interrupts its driver (an eventfd write, one system call) whenever a timer is
+/// registered that is due before the driver's next planned wake-up. Every request
+/// registers a response timeout; with a heartbeat always due sooner than those, the
+/// driver is never interrupted for them. Costs two wake-ups a second per worker.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shutdown: Shutdown) {
+    tokio::spawn(async {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beat.tick().await;
+        }
+    });
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Listen { name, socket, stop } => {
