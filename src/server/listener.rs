@@ -102,12 +102,22 @@ async fn serve_connection(
         tls: tls.is_some(),
     };
     match tls {
-        None => serve_http(shared, info, stream, timeouts, shutdown).await,
+        None => {
+            let proto = match tokio::time::timeout(timeouts.0, sniff(&stream)).await {
+                Ok(Some(p)) => p,
+                _ => return,
+            };
+            serve_http(shared, info, stream, proto, timeouts, shutdown).await
+        }
         Some(config) => {
             let accept = TlsAcceptor::from(config).accept(stream);
             match tokio::time::timeout(timeouts.0, accept).await {
                 Ok(Ok(tls_stream)) => {
-                    serve_http(shared, info, tls_stream, timeouts, shutdown).await
+                    let proto = match tls_stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::Http2,
+                        _ => Proto::Http1,
+                    };
+                    serve_http(shared, info, tls_stream, proto, timeouts, shutdown).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -116,13 +126,41 @@ async fn serve_connection(
     }
 }
 
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+    /// Not known from the first bytes: let hyper-util's auto builder decide.
+    Auto,
+}
+
+/// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells HTTP/2 prior knowledge from HTTP/1 by the connection's first bytes, without
+/// consuming them, so each connection gets the one protocol's server and no per-request
+/// detection layer. `None` when the client closed without sending anything.
+async fn sniff(stream: &TcpStream) -> Option<Proto> {
+    let mut first = [0u8; 4];
+    let n = stream.peek(&mut first).await.ok()?;
+    Some(match n {
+        0 => return None,
+        4 if first[..] == H2_PREFACE[..4] => Proto::Http2,
+        4 => Proto::Http1,
+        _ if H2_PREFACE.starts_with(&first[..n]) => Proto::Auto,
+        _ => Proto::Http1,
+    })
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream.
 async fn serve_http<IO>(
     shared: Arc<Shared>,
     info: ConnInfo,
     io: IO,
-    (header_timeout, idle_timeout): (Duration, Duration),
-    mut shutdown: Shutdown,
+    proto: Proto,
+    timeouts: (Duration, Duration),
+    shutdown: Shutdown,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -142,12 +180,47 @@ async fn serve_http<IO>(
             Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().half_close(false).keep_alive(true);
-    builder.http2().max_concurrent_streams(256);
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    match proto {
+        Proto::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(false)
+                .keep_alive(true)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+        }
+        Proto::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .serve_connection(io, service);
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+        }
+        Proto::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().half_close(false).keep_alive(true);
+            builder.http2().max_concurrent_streams(MAX_STREAMS);
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+        }
+    }
+}
 
+/// Concurrent HTTP/2 streams per client connection.
+const MAX_STREAMS: u32 = 256;
+
+/// Runs a connection to its end, closing it when idle or slow (the watchdog) and
+/// finishing it gracefully on shutdown.
+async fn drive<C, E>(
+    conn: C,
+    finish: impl Fn(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    (header_timeout, idle_timeout): (Duration, Duration),
+    mut shutdown: Shutdown,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
     let mut watchdog = Box::pin(tokio::time::sleep(idle_timeout));
     let mut closing = false;
     loop {
@@ -160,7 +233,7 @@ async fn serve_http<IO>(
             }
             _ = shutdown.wait(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                finish(conn.as_mut());
             }
             _ = watchdog.as_mut(), if !closing => {
                 let now = clock_ms();
@@ -171,7 +244,7 @@ async fn serve_http<IO>(
                     }
                     Verdict::Idle => {
                         closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        finish(conn.as_mut());
                     }
                     Verdict::HeaderTimeout => return,
                 }
