@@ -145,6 +145,18 @@ pub fn add_forwarded(
     }
 }
 
+/// An IP address as text, owning its bytes inline.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl AsRef<[u8]> for IpText {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// `existing, client_ip`, or `client_ip` alone, in one allocation.
 fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> HeaderValue {
     let mut ip_buf = [0u8; 48];
@@ -157,7 +169,10 @@ fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> HeaderValue {
     let existing = headers.get_all(&X_FORWARDED_FOR);
     let total: usize = existing.iter().map(|v| v.len() + 2).sum();
     if total == 0 {
-        return HeaderValue::from_bytes(ip_text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        // Reference-counted from the start, so copies of the request share it.
+        let owned = bytes::Bytes::from_owner(IpText { buf: ip_buf, len: ip_len });
+        return HeaderValue::from_maybe_shared(owned)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     }
     let mut buf = Vec::with_capacity(total + ip_len);
     for v in existing.iter() {

@@ -11,6 +11,7 @@ pub mod conn_pool;
 pub mod error;
 pub mod forward;
 pub mod headers;
+mod replay;
 mod upgrade;
 
 use std::net::IpAddr;
@@ -196,6 +197,9 @@ async fn proxy(
         };
         match forward::send(&mut up.sender, to_send, pool.response_timeout).await {
             Ok(resp) => {
+                if let Some(kept) = req.take() {
+                    replay::recycle(kept.into_parts().0.headers);
+                }
                 let name = Arc::clone(&chosen.backend.name);
                 let resp = respond(shared, pool, chosen, up.sender, resp, client_upgrade);
                 return (resp, Some(name));
@@ -224,15 +228,12 @@ async fn proxy(
 /// A copy of a bodiless request, for replaying it on another backend if this attempt
 /// fails after sending.
 fn replay_copy(r: &Request<UpBody>) -> Request<UpBody> {
-    let mut b = Request::builder()
-        .method(r.method().clone())
-        .uri(r.uri().clone())
-        .version(r.version());
-    if let Some(h) = b.headers_mut() {
-        *h = r.headers().clone();
-    }
-    b.body(UpBody::Empty)
-        .unwrap_or_else(|_| Request::new(UpBody::Empty))
+    let mut copy = Request::new(UpBody::Empty);
+    *copy.method_mut() = r.method().clone();
+    *copy.uri_mut() = r.uri().clone();
+    *copy.version_mut() = r.version();
+    *copy.headers_mut() = replay::copy_headers(r.headers());
+    copy
 }
 
 /// The request target without scheme and authority (HTTP/2 and absolute-form requests
