@@ -1,22 +1,128 @@
-//! Cookie affinity (placeholder).
-use super::{Balancer, Limits, Pick, PickContext, Tried};
+//! `cookie-affinity`: the balancer inserts a signed cookie naming the client's backend.
+//!
+//! A valid cookie sends the client back to its backend while that backend may serve
+//! bound clients (up, and active or draining). A cookie whose backend is down, disabled
+//! or gone is re-placed by the fallback balancer and rewritten; a client without a valid
+//! cookie (none, forged, garbled, signed with another secret, expired) is placed and
+//! given one. With `max_age`, a token past half its life is re-issued on the response
+//! (sliding expiry). Bounded load and a backend at `max_connections` overflow the
+//! request elsewhere without rewriting the cookie, so the client returns when the
+//! pressure passes.
+
+use http::HeaderValue;
+
+use super::key::find_cookie;
+use super::token::{AffinityKey, Token};
+use super::{Balancer, Limits, Pick, PickContext, Placement, Tried};
 use crate::backend::Backend;
 use crate::config::{BalancerKind, PoolConfig};
+
 /// Cookie affinity.
 #[derive(Debug)]
 pub struct CookieAffinity {
+    key: AffinityKey,
+    cookie: String,
+    /// `; Path=/; Max-Age=…; Secure; HttpOnly; SameSite=…`, built once.
+    attributes: String,
+    max_age: Option<u64>,
+    /// Backend tag → index, sorted by tag.
+    by_tag: Box<[(u64, u32)]>,
+    /// Index → tag.
+    tags: Box<[u64]>,
     fallback: Box<dyn Balancer>,
+    total_weight: u32,
 }
+
 impl CookieAffinity {
-    /// Builds it.
+    /// Builds it from the pool's `[affinity]` settings.
     pub fn new(
-        _pool: &PoolConfig,
-        _backends: &[Backend],
+        pool: &PoolConfig,
+        backends: &[Backend],
         fallback: Box<dyn Balancer>,
     ) -> CookieAffinity {
-        CookieAffinity { fallback }
+        let aff = pool.affinity.as_ref();
+        let key = AffinityKey::new(aff.and_then(|a| a.secret.as_deref()), &pool.name);
+        let tags: Box<[u64]> = backends.iter().map(|b| key.backend_tag(&b.name)).collect();
+        let mut by_tag: Vec<(u64, u32)> = tags
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, i as u32))
+            .collect();
+        by_tag.sort_unstable();
+        let mut attributes = String::from("; Path=/");
+        let max_age = aff.and_then(|a| a.max_age).map(|d| d.as_secs().max(1));
+        if let Some(m) = max_age {
+            attributes.push_str(&format!("; Max-Age={m}"));
+        }
+        if aff.is_some_and(|a| a.secure) {
+            attributes.push_str("; Secure");
+        }
+        if aff.is_some_and(|a| a.http_only) {
+            attributes.push_str("; HttpOnly");
+        }
+        if let Some(s) = aff.and_then(|a| a.same_site) {
+            attributes.push_str(&format!("; SameSite={}", s.name()));
+        }
+        CookieAffinity {
+            key,
+            cookie: aff.map_or_else(|| format!("maitred_{}", pool.name), |a| a.cookie.clone()),
+            attributes,
+            max_age,
+            by_tag: by_tag.into_boxed_slice(),
+            tags,
+            fallback,
+            total_weight: backends.iter().map(|b| b.weight).sum(),
+        }
+    }
+
+    fn index_of(&self, tag: u64) -> Option<usize> {
+        self.by_tag
+            .binary_search_by_key(&tag, |e| e.0)
+            .ok()
+            .map(|i| self.by_tag[i].1 as usize)
+    }
+
+    /// The Set-Cookie value binding a client to backend `index`.
+    fn set_cookie(&self, index: usize, now: u64) -> Option<HeaderValue> {
+        let token = self.key.encode(Token {
+            backend: *self.tags.get(index)?,
+            issued: now,
+        });
+        HeaderValue::from_str(&format!("{}={}{}", self.cookie, token, self.attributes)).ok()
+    }
+
+    /// A valid, unexpired token from the request's cookie.
+    fn token(&self, ctx: &PickContext<'_>) -> Option<Token> {
+        let raw = find_cookie(ctx.headers, &self.cookie)?;
+        let t = self.key.decode(raw).ok()?;
+        let age = ctx.now_secs.saturating_sub(t.issued);
+        match self.max_age {
+            Some(m) if age > m => None,
+            _ => Some(t),
+        }
+    }
+
+    fn place(
+        &self,
+        backends: &[Backend],
+        ctx: &PickContext<'_>,
+        limits: &Limits,
+        tried: &Tried,
+        placement: Placement,
+    ) -> Option<Pick> {
+        let p = self.fallback.pick(backends, ctx, limits, tried)?;
+        let set_cookie = match placement {
+            Placement::Overflow => None,
+            _ => self.set_cookie(p.index, ctx.now_secs),
+        };
+        Some(Pick {
+            index: p.index,
+            set_cookie,
+            placement,
+        })
     }
 }
+
 impl Balancer for CookieAffinity {
     fn pick(
         &self,
@@ -25,9 +131,208 @@ impl Balancer for CookieAffinity {
         limits: &Limits,
         tried: &Tried,
     ) -> Option<Pick> {
-        self.fallback.pick(backends, ctx, limits, tried)
+        let Some(token) = self.token(ctx) else {
+            return self.place(backends, ctx, limits, tried, Placement::New);
+        };
+        let Some(i) = self.index_of(token.backend).filter(|&i| i < backends.len()) else {
+            return self.place(backends, ctx, limits, tried, Placement::Replaced);
+        };
+        let b = &backends[i];
+        if tried.contains(i) || !b.live.accepts_bound() {
+            return self.place(backends, ctx, limits, tried, Placement::Replaced);
+        }
+        if !limits.can_take_bound(b) || limits.over_bound(b, ctx.pool_in_flight, self.total_weight)
+        {
+            return self.place(backends, ctx, limits, tried, Placement::Overflow);
+        }
+        let half_life_passed = self
+            .max_age
+            .is_some_and(|m| ctx.now_secs.saturating_sub(token.issued) > m / 2);
+        Some(Pick {
+            index: i,
+            set_cookie: if half_life_passed {
+                self.set_cookie(i, ctx.now_secs)
+            } else {
+                None
+            },
+            placement: Placement::Sticky,
+        })
     }
+
     fn kind(&self) -> BalancerKind {
         BalancerKind::CookieAffinity
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::{HeaderMap, header};
+
+    use super::*;
+    use crate::backend::{BackendLive, Health};
+    use crate::balancer::LeastConnections;
+    use crate::config::{AdminState, AffinityConfig, SameSite};
+
+    fn pool(max_age: Option<u64>) -> PoolConfig {
+        PoolConfig {
+            name: "cart".into(),
+            balancer: BalancerKind::CookieAffinity,
+            key: None,
+            backends: vec![],
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            retries: 0,
+            max_connections: 0,
+            balance_factor: 0.0,
+            health: None,
+            ejection: None,
+            affinity: Some(AffinityConfig {
+                cookie: "sticky".into(),
+                max_age: max_age.map(Duration::from_secs),
+                secure: true,
+                http_only: true,
+                same_site: Some(SameSite::Lax),
+                fallback: BalancerKind::LeastConnections,
+                secret: Some("k".into()),
+            }),
+        }
+    }
+
+    fn backends(n: usize) -> Vec<Backend> {
+        (0..n)
+            .map(|i| {
+                let name = format!("10.0.0.{}:80", i + 1);
+                Backend {
+                    id: Backend::id_of(&name),
+                    addr: name.parse().unwrap(),
+                    name: name.into(),
+                    weight: 1,
+                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
+                }
+            })
+            .collect()
+    }
+
+    const NO_LIMITS: Limits = Limits {
+        max_connections: 0,
+        balance_factor: 0.0,
+    };
+
+    fn pick(c: &CookieAffinity, bs: &[Backend], cookie: Option<&str>, now: u64) -> Pick {
+        let mut h = HeaderMap::new();
+        if let Some(v) = cookie {
+            h.insert(header::COOKIE, v.parse().unwrap());
+        }
+        let uri: http::Uri = "/".parse().unwrap();
+        let ctx = PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            headers: &h,
+            uri: &uri,
+            now_secs: now,
+            pool_in_flight: 0,
+        };
+        c.pick(bs, &ctx, &NO_LIMITS, &Tried::new()).unwrap()
+    }
+
+    fn cookie_of(p: &Pick) -> String {
+        let v = p.set_cookie.as_ref().unwrap().to_str().unwrap();
+        v.split(';').next().unwrap().to_string()
+    }
+
+    fn affinity(bs: &[Backend], max_age: Option<u64>) -> CookieAffinity {
+        CookieAffinity::new(&pool(max_age), bs, Box::new(LeastConnections::new(bs)))
+    }
+
+    #[test]
+    fn new_client_gets_a_cookie_with_attributes_and_sticks() {
+        let bs = backends(3);
+        let c = affinity(&bs, Some(3600));
+        let first = pick(&c, &bs, None, 1000);
+        assert_eq!(first.placement, Placement::New);
+        let full = first
+            .set_cookie
+            .as_ref()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            full.ends_with("; Path=/; Max-Age=3600; Secure; HttpOnly; SameSite=Lax"),
+            "{full}"
+        );
+        let jar = cookie_of(&first);
+        for _ in 0..5 {
+            let p = pick(&c, &bs, Some(&jar), 1100);
+            assert_eq!((p.index, p.placement), (first.index, Placement::Sticky));
+            assert!(p.set_cookie.is_none(), "young token is not re-issued");
+        }
+    }
+
+    #[test]
+    fn half_life_reissues_and_expiry_replaces() {
+        let bs = backends(3);
+        let c = affinity(&bs, Some(3600));
+        let first = pick(&c, &bs, None, 1000);
+        let jar = cookie_of(&first);
+        let p = pick(&c, &bs, Some(&jar), 1000 + 1801);
+        assert_eq!(p.index, first.index);
+        assert!(p.set_cookie.is_some(), "past half its life: re-issued");
+        let p = pick(&c, &bs, Some(&jar), 1000 + 3601);
+        assert_eq!(
+            p.placement,
+            Placement::New,
+            "expired token counts as absent"
+        );
+    }
+
+    #[test]
+    fn down_or_disabled_backend_is_replaced_drain_keeps_holders() {
+        let bs = backends(3);
+        let c = affinity(&bs, None);
+        let first = pick(&c, &bs, None, 0);
+        let jar = cookie_of(&first);
+        bs[first.index].live.set_admin(AdminState::Drain);
+        let p = pick(&c, &bs, Some(&jar), 0);
+        assert_eq!(
+            (p.index, p.placement),
+            (first.index, Placement::Sticky),
+            "drain keeps holders"
+        );
+        let newcomer = pick(&c, &bs, None, 0);
+        assert_ne!(newcomer.index, first.index, "drain takes no new clients");
+        bs[first.index].live.set_admin(AdminState::Active);
+        bs[first.index].live.set_health(Health::Down);
+        let p = pick(&c, &bs, Some(&jar), 0);
+        assert_ne!(p.index, first.index);
+        assert_eq!(p.placement, Placement::Replaced);
+        assert!(p.set_cookie.is_some());
+    }
+
+    #[test]
+    fn forged_cookie_is_absent_and_gone_backend_replaced() {
+        let bs = backends(3);
+        let c = affinity(&bs, None);
+        let p = pick(
+            &c,
+            &bs,
+            Some("sticky=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            0,
+        );
+        assert_eq!(p.placement, Placement::New);
+        let first = pick(&c, &bs, None, 0);
+        let jar = cookie_of(&first);
+        let fewer: Vec<Backend> = backends(3)
+            .into_iter()
+            .filter(|b| *b.name != *bs[first.index].name)
+            .collect();
+        let c2 = affinity(&fewer, None);
+        assert_eq!(
+            pick(&c2, &fewer, Some(&jar), 0).placement,
+            Placement::Replaced
+        );
     }
 }

@@ -1,29 +1,208 @@
-//! Consistent hashing (placeholder).
-use super::{Balancer, KeyExtractor, Limits, Pick, PickContext, Tried};
+//! `ip-hash` and `hash`: consistent hashing of a sticky key over a Maglev [`Ring`], with
+//! failover along the ring and bounded load.
+//!
+//! A key goes to its home backend when that backend can take a new client, was not
+//! already tried by this request, and is not over the bounded-load limit; otherwise the
+//! ring walk finds the next one that is. When every backend is over the bound (a burst
+//! on a tiny pool), the bound is ignored rather than refusing the request. A request
+//! without the key is spread round-robin.
+
+use super::{
+    Balancer, KeyExtractor, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin, Tried,
+};
 use crate::backend::Backend;
 use crate::config::BalancerKind;
-/// Consistent hashing.
+
+/// Consistent hashing of a request key.
 #[derive(Debug)]
-pub struct ConsistentHash {}
+pub struct ConsistentHash {
+    ring: Ring,
+    key: KeyExtractor,
+    keyless: SmoothRoundRobin,
+    kind: BalancerKind,
+    total_weight: u32,
+}
+
 impl ConsistentHash {
-    /// Builds it.
-    pub fn new(_backends: &[Backend], _key: KeyExtractor) -> ConsistentHash {
-        ConsistentHash {}
+    /// Builds the ring for `backends`; `kind` is `IpHash` or `Hash` (as configured).
+    pub fn new(backends: &[Backend], key: KeyExtractor, kind: BalancerKind) -> ConsistentHash {
+        let named: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.name, b.weight)).collect();
+        ConsistentHash {
+            ring: Ring::new(&named),
+            key,
+            keyless: SmoothRoundRobin::new(backends),
+            kind,
+            total_weight: backends.iter().map(|b| b.weight).sum(),
+        }
     }
 }
+
 impl Balancer for ConsistentHash {
+    #[inline]
     fn pick(
         &self,
         backends: &[Backend],
-        _ctx: &PickContext<'_>,
+        ctx: &PickContext<'_>,
         limits: &Limits,
         tried: &Tried,
     ) -> Option<Pick> {
-        (0..backends.len())
-            .find(|&i| !tried.contains(i) && limits.can_take_new(&backends[i]))
-            .map(Pick::plain)
+        let Some(key) = self.key.hash(ctx) else {
+            return self.keyless.pick(backends, ctx, limits, tried);
+        };
+        let home = self.ring.home(key)?;
+        let eligible = |i: usize| !tried.contains(i) && limits.can_take_new(&backends[i]);
+        let bounded = |i: usize| {
+            eligible(i) && !limits.over_bound(&backends[i], ctx.pool_in_flight, self.total_weight)
+        };
+        let index = self
+            .ring
+            .lookup(key, bounded)
+            .or_else(|| self.ring.lookup(key, eligible))?;
+        Some(Pick {
+            index,
+            set_cookie: None,
+            placement: if index == home {
+                Placement::Sticky
+            } else {
+                Placement::Overflow
+            },
+        })
     }
+
     fn kind(&self) -> BalancerKind {
-        BalancerKind::Hash
+        self.kind
+    }
+
+    fn home_of(&self, key: u64) -> Option<usize> {
+        self.ring.home(key)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::backend::BackendLive;
+    use crate::config::AdminState;
+
+    pub(crate) fn backends(n: usize) -> Vec<Backend> {
+        (0..n)
+            .map(|i| {
+                let name = format!("10.0.0.{}:80", i + 1);
+                Backend {
+                    id: Backend::id_of(&name),
+                    addr: name.parse().unwrap(),
+                    name: name.into(),
+                    weight: 1,
+                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
+                }
+            })
+            .collect()
+    }
+
+    fn pick_for(
+        b: &ConsistentHash,
+        bs: &[Backend],
+        user: &str,
+        limits: &Limits,
+        load: u32,
+    ) -> Pick {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", user.parse().unwrap());
+        let uri: http::Uri = "/".parse().unwrap();
+        let ctx = PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            headers: &h,
+            uri: &uri,
+            now_secs: 0,
+            pool_in_flight: load,
+        };
+        b.pick(bs, &ctx, limits, &Tried::new()).unwrap()
+    }
+
+    fn header_hash(bs: &[Backend]) -> ConsistentHash {
+        let key = KeyExtractor::Header(http::HeaderName::from_static("x-user"));
+        ConsistentHash::new(bs, key, BalancerKind::Hash)
+    }
+
+    const NO_LIMITS: Limits = Limits {
+        max_connections: 0,
+        balance_factor: 0.0,
+    };
+
+    #[test]
+    fn same_key_same_backend_and_failover_returns() {
+        let bs = backends(4);
+        let h = header_hash(&bs);
+        let home = pick_for(&h, &bs, "alice", &NO_LIMITS, 0).index;
+        for _ in 0..5 {
+            assert_eq!(pick_for(&h, &bs, "alice", &NO_LIMITS, 0).index, home);
+        }
+        bs[home].live.eject(60_000);
+        let away = pick_for(&h, &bs, "alice", &NO_LIMITS, 0);
+        assert_ne!(away.index, home);
+        assert_eq!(away.placement, Placement::Overflow);
+        bs[home].live.set_health(crate::backend::Health::Up);
+        let bs2: Vec<Backend> = backends(4);
+        let h2 = header_hash(&bs2);
+        assert_eq!(
+            pick_for(&h2, &bs2, "alice", &NO_LIMITS, 0).index,
+            home,
+            "stable across rebuilds"
+        );
+    }
+
+    #[test]
+    fn hot_key_spills_over_the_bound_others_stay() {
+        let bs = backends(4);
+        let h = header_hash(&bs);
+        let limits = Limits {
+            max_connections: 0,
+            balance_factor: 1.25,
+        };
+        let hot_home = pick_for(&h, &bs, "hot", &limits, 0).index;
+        // The hot key's backend holds 8 requests; the pool holds 8 in all.
+        let _held: Vec<_> = (0..8)
+            .map(|_| bs[hot_home].live.enter(0).unwrap())
+            .collect();
+        let p = pick_for(&h, &bs, "hot", &limits, 8);
+        assert_ne!(
+            p.index, hot_home,
+            "over 1.25 × the mean, the hot key spills"
+        );
+        assert_eq!(p.placement, Placement::Overflow);
+        let mut kept = 0;
+        for u in 0..200 {
+            let user = format!("user{u}");
+            let home = pick_for(&h, &bs, &user, &NO_LIMITS, 0).index;
+            if home != hot_home {
+                kept += 1;
+                assert_eq!(pick_for(&h, &bs, &user, &limits, 8).index, home);
+            }
+        }
+        assert!(kept > 100);
+    }
+
+    #[test]
+    fn missing_key_goes_round_robin() {
+        let bs = backends(3);
+        let h = header_hash(&bs);
+        let headers = HeaderMap::new();
+        let uri: http::Uri = "/".parse().unwrap();
+        let ctx = PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            headers: &headers,
+            uri: &uri,
+            now_secs: 0,
+            pool_in_flight: 0,
+        };
+        let picks: Vec<usize> = (0..6)
+            .map(|_| h.pick(&bs, &ctx, &NO_LIMITS, &Tried::new()).unwrap().index)
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 }

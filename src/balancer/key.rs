@@ -1,14 +1,161 @@
-//! Sticky keys (placeholder).
+//! Sticky keys: what a `hash` pool hashes, read from the request in place.
+//!
+//! `client-ip`, `header:NAME`, `cookie:NAME`, `query:NAME` or `path`. Nothing is copied
+//! or decoded: cookies and query parameters are found by scanning the raw header value
+//! and query string, and the raw bytes are hashed (xxh3). A query value is hashed as
+//! sent, without percent-decoding, so `a%20b` and `a+b` are different keys. An empty
+//! value counts as no key.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, header};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::PickContext;
 use crate::config::HashKey;
-/// Extracts a key.
-#[derive(Debug, Clone)]
+
+/// Extracts and hashes a request's sticky key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyExtractor {
-    /// Client IP.
+    /// The client IP (DESIGN §4).
     ClientIp,
+    /// A header's value (the first one, when repeated).
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// A query parameter's raw value.
+    Query(String),
+    /// The request path.
+    Path,
 }
+
 impl KeyExtractor {
-    /// From config.
-    pub fn from_config(_k: &HashKey) -> KeyExtractor {
-        KeyExtractor::ClientIp
+    /// The extractor for a configured key.
+    pub fn from_config(k: &HashKey) -> KeyExtractor {
+        match k {
+            HashKey::ClientIp => KeyExtractor::ClientIp,
+            HashKey::Header(n) => KeyExtractor::Header(n.clone()),
+            HashKey::Cookie(n) => KeyExtractor::Cookie(n.clone()),
+            HashKey::Query(n) => KeyExtractor::Query(n.clone()),
+            HashKey::Path => KeyExtractor::Path,
+        }
+    }
+
+    /// The key's hash, or `None` when the request has no such key.
+    #[inline]
+    pub fn hash(&self, ctx: &PickContext<'_>) -> Option<u64> {
+        let bytes: &[u8] = match self {
+            KeyExtractor::ClientIp => return Some(hash_ip(ctx.client_ip)),
+            KeyExtractor::Header(n) => ctx.headers.get(n)?.as_bytes(),
+            KeyExtractor::Cookie(n) => find_cookie(ctx.headers, n)?,
+            KeyExtractor::Query(n) => find_query(ctx.uri.query()?, n)?,
+            KeyExtractor::Path => ctx.uri.path().as_bytes(),
+        };
+        (!bytes.is_empty()).then(|| xxh3_64(bytes))
+    }
+}
+
+/// The hash of an IP address (IPv4-mapped IPv6 hashes as the IPv4 address).
+#[inline]
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => xxh3_64(&v4.octets()),
+        IpAddr::V6(v6) => xxh3_64(&v6.octets()),
+    }
+}
+
+/// The value of cookie `name` across all Cookie headers, without allocating.
+pub(crate) fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = trim(pair);
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (trim(&pair[..eq]) == name.as_bytes()).then(|| unquote(trim(&pair[eq + 1..])))
+        })
+}
+
+/// The raw value of query parameter `name`.
+fn find_query<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v.as_bytes())
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+fn unquote(b: &[u8]) -> &[u8] {
+    match b {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => b,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(h: &'a HeaderMap, uri: &'a http::Uri) -> PickContext<'a> {
+        PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            headers: h,
+            uri,
+            now_secs: 0,
+            pool_in_flight: 0,
+        }
+    }
+
+    #[test]
+    fn cookie_found_across_headers_and_not_by_prefix() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "XJSESSIONID=nope; a=1".parse().unwrap());
+        h.append(
+            header::COOKIE,
+            "b=2;  JSESSIONID=\"abc\" ; c=".parse().unwrap(),
+        );
+        assert_eq!(find_cookie(&h, "JSESSIONID"), Some(&b"abc"[..]));
+        assert_eq!(find_cookie(&h, "a"), Some(&b"1"[..]));
+        assert_eq!(find_cookie(&h, "missing"), None);
+        let uri: http::Uri = "/".parse().unwrap();
+        let c = ctx(&h, &uri);
+        assert_eq!(
+            KeyExtractor::Cookie("c".into()).hash(&c),
+            None,
+            "empty value is no key"
+        );
+        assert!(KeyExtractor::Cookie("JSESSIONID".into()).hash(&c).is_some());
+    }
+
+    #[test]
+    fn query_header_path_and_ip_keys() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "42".parse().unwrap());
+        let uri: http::Uri = "/a/b?x=1&user=7&flag".parse().unwrap();
+        let c = ctx(&h, &uri);
+        assert_eq!(find_query("x=1&user=7&flag", "user"), Some(&b"7"[..]));
+        assert_eq!(find_query("x=1&user=7&flag", "flag"), Some(&b""[..]));
+        assert_eq!(KeyExtractor::Query("flag".into()).hash(&c), None);
+        assert_eq!(KeyExtractor::Query("nope".into()).hash(&c), None);
+        let u = KeyExtractor::Query("user".into()).hash(&c);
+        assert_eq!(u, Some(xxh3_64(b"7")));
+        let hk = KeyExtractor::Header(HeaderName::from_static("x-user"));
+        assert_eq!(hk.hash(&c), Some(xxh3_64(b"42")));
+        assert_eq!(KeyExtractor::Path.hash(&c), Some(xxh3_64(b"/a/b")));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(hash_ip(mapped), KeyExtractor::ClientIp.hash(&c).unwrap());
     }
 }

@@ -1,20 +1,48 @@
-//! Least-connections (placeholder until the balancers land).
+//! Least-connections: the backend with the fewest requests in flight relative to its
+//! weight (`in_flight / weight`, compared by cross-multiplying, as nginx does).
+//!
+//! Ties rotate: the scan starts at a cursor that advances on every pick, so an idle pool
+//! spreads evenly instead of piling onto the first backend. Up to [`EXACT_SCAN`]
+//! backends every one is looked at; beyond that a pick compares [`SAMPLES`] backends
+//! chosen pseudo-randomly (power of k choices, as Envoy and linkerd do for large pools),
+//! which keeps a pick in constant time and, by the balls-into-bins result, keeps the
+//! busiest backend within a small additive gap of the least busy.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{Balancer, Limits, Pick, PickContext, Tried};
 use crate::backend::Backend;
 use crate::config::BalancerKind;
 
+/// Pools up to this size are scanned in full.
+pub const EXACT_SCAN: usize = 32;
+/// Candidates compared per pick in larger pools.
+pub const SAMPLES: usize = 4;
+
 /// Fewest in-flight requests relative to weight.
 #[derive(Debug)]
-pub struct LeastConnections {}
+pub struct LeastConnections {
+    cursor: AtomicUsize,
+}
 
 impl LeastConnections {
-    /// Builds it.
+    /// Builds it (it keeps no per-backend table).
     pub fn new(_backends: &[Backend]) -> LeastConnections {
-        LeastConnections {}
+        LeastConnections {
+            cursor: AtomicUsize::new(0),
+        }
     }
 }
 
+/// Whether `a` is less loaded than `b` relative to weight.
+#[inline]
+fn lighter(a: &Backend, b: &Backend) -> bool {
+    u64::from(a.live.in_flight()) * u64::from(b.weight)
+        < u64::from(b.live.in_flight()) * u64::from(a.weight)
+}
+
 impl Balancer for LeastConnections {
+    #[inline]
     fn pick(
         &self,
         backends: &[Backend],
@@ -22,11 +50,135 @@ impl Balancer for LeastConnections {
         limits: &Limits,
         tried: &Tried,
     ) -> Option<Pick> {
-        (0..backends.len())
-            .find(|&i| !tried.contains(i) && limits.can_take_new(&backends[i]))
-            .map(Pick::plain)
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let ok = |i: usize| !tried.contains(i) && limits.can_take_new(&backends[i]);
+        let better = |i: usize, best: Option<usize>| {
+            ok(i) && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
+        };
+        let mut best: Option<usize> = None;
+        if n > EXACT_SCAN {
+            let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
+            for _ in 0..SAMPLES {
+                let i = (x % n as u64) as usize;
+                if better(i, best) {
+                    best = Some(i);
+                }
+                x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+        }
+        if best.is_none() {
+            for k in 0..n {
+                let i = (start + k) % n;
+                if better(i, best) {
+                    best = Some(i);
+                }
+            }
+        }
+        best.map(Pick::plain)
     }
+
     fn kind(&self) -> BalancerKind {
         BalancerKind::LeastConnections
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::backend::BackendLive;
+    use crate::config::AdminState;
+
+    fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let name = format!("10.0.0.{}:80", i + 1);
+                Backend {
+                    id: Backend::id_of(&name),
+                    addr: name.parse().unwrap(),
+                    name: name.into(),
+                    weight: w,
+                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
+                }
+            })
+            .collect()
+    }
+
+    fn pick(lc: &LeastConnections, bs: &[Backend], tried: &Tried) -> Option<usize> {
+        let h = HeaderMap::new();
+        let uri: http::Uri = "/".parse().unwrap();
+        let ctx = PickContext {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            headers: &h,
+            uri: &uri,
+            now_secs: 0,
+            pool_in_flight: 0,
+        };
+        let limits = Limits {
+            max_connections: 0,
+            balance_factor: 0.0,
+        };
+        lc.pick(bs, &ctx, &limits, tried).map(|p| p.index)
+    }
+
+    #[test]
+    fn idle_pool_spreads_evenly() {
+        let bs = backends(&[1, 1, 1]);
+        let lc = LeastConnections::new(&bs);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[pick(&lc, &bs, &Tried::new()).unwrap()] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+    }
+
+    #[test]
+    fn busier_backend_and_weights() {
+        let bs = backends(&[1, 1, 3]);
+        let lc = LeastConnections::new(&bs);
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            let i = pick(&lc, &bs, &Tried::new()).unwrap();
+            held.push(bs[i].live.enter(0).unwrap());
+        }
+        let loads: Vec<u32> = bs.iter().map(|b| b.live.in_flight()).collect();
+        assert_eq!(loads, vec![10, 10, 30], "in flight follows weight 1:1:3");
+    }
+
+    #[test]
+    fn skips_tried_and_ineligible() {
+        let bs = backends(&[1, 1, 1]);
+        let lc = LeastConnections::new(&bs);
+        let mut tried = Tried::new();
+        tried.insert(0);
+        bs[1].live.set_admin(AdminState::Disabled);
+        for _ in 0..5 {
+            assert_eq!(pick(&lc, &bs, &tried), Some(2));
+        }
+        tried.insert(2);
+        assert_eq!(pick(&lc, &bs, &tried), None);
+    }
+
+    #[test]
+    fn large_pools_sample_and_stay_close() {
+        let bs = backends(&[1; 100]);
+        let lc = LeastConnections::new(&bs);
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            let i = pick(&lc, &bs, &Tried::new()).unwrap();
+            held.push(bs[i].live.enter(0).unwrap());
+        }
+        let max = bs.iter().map(|b| b.live.in_flight()).max().unwrap();
+        assert!(max <= 20 + 4, "busiest holds {max} with a mean of 20");
     }
 }

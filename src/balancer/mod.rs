@@ -29,7 +29,7 @@ pub use key::KeyExtractor;
 pub use least_conn::LeastConnections;
 pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
-pub use token::{AffinityKey, Token, TokenError};
+pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError};
 
 /// What a balancer may read about a request.
 #[derive(Debug, Clone, Copy)]
@@ -216,14 +216,18 @@ fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Bo
     match kind {
         BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
         BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
-        BalancerKind::IpHash => Box::new(ConsistentHash::new(backends, KeyExtractor::ClientIp)),
+        BalancerKind::IpHash => Box::new(ConsistentHash::new(
+            backends,
+            KeyExtractor::ClientIp,
+            BalancerKind::IpHash,
+        )),
         BalancerKind::Hash => {
             let key = pool
                 .key
                 .as_ref()
                 .map(KeyExtractor::from_config)
                 .unwrap_or(KeyExtractor::ClientIp);
-            Box::new(ConsistentHash::new(backends, key))
+            Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
         }
         BalancerKind::CookieAffinity => {
             let fallback_kind = pool

@@ -1,10 +1,206 @@
-//! Cookie tokens (placeholder).
-/// Key.
-#[derive(Debug)]
-pub struct AffinityKey {}
-/// Token.
-#[derive(Debug)]
-pub struct Token {}
-/// Error.
-#[derive(Debug)]
-pub struct TokenError {}
+//! The affinity cookie's token: which backend, since when, signed.
+//!
+//! `base64url(version ‖ backend tag ‖ issued ‖ HMAC-SHA-256 tag)`, 49 bytes before
+//! encoding. The backend tag is a keyed hash of the backend's address (its identity
+//! across reorderings and reloads), so the cookie names no address, and without the key
+//! one cannot tell which backend a cookie points at or forge one for another backend.
+//! Instances configured with the same secret derive the same key and read each other's
+//! cookies. The MAC is checked in constant time (`ring::hmac::verify`); any failure
+//! (length, encoding, version, MAC) is just "no valid token".
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+
+const VERSION: u8 = 1;
+const SIGNED: usize = 1 + 8 + 8;
+const RAW: usize = SIGNED + 32;
+/// Length of an encoded token: 49 bytes in unpadded base64url.
+pub const ENCODED_LEN: usize = 66;
+
+/// A verified token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    /// The backend's keyed tag ([`AffinityKey::backend_tag`]).
+    pub backend: u64,
+    /// Unix seconds when it was issued.
+    pub issued: u64,
+}
+
+/// Why a cookie value is not a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Wrong length or not base64url.
+    #[error("malformed token")]
+    Malformed,
+    /// A version this build does not know.
+    #[error("unknown token version")]
+    Version,
+    /// The MAC does not verify: edited, forged, or signed with another secret.
+    #[error("bad token signature")]
+    BadSignature,
+}
+
+/// The key that signs a pool's tokens.
+#[derive(Debug, Clone)]
+pub struct AffinityKey {
+    key: hmac::Key,
+}
+
+impl AffinityKey {
+    /// From the configured `secret`, or, without one, a key derived from the pool's name
+    /// (stable across restarts and instances, but not secret).
+    pub fn new(secret: Option<&str>, pool: &str) -> AffinityKey {
+        let material = match secret {
+            Some(s) => format!("maitred affinity v1 secret:{s}"),
+            None => format!("maitred affinity v1 pool:{pool}"),
+        };
+        AffinityKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, material.as_bytes()),
+        }
+    }
+
+    /// The keyed tag that stands for a backend in tokens.
+    pub fn backend_tag(&self, backend_name: &str) -> u64 {
+        let tag = hmac::sign(&self.key, format!("backend:{backend_name}").as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// Encodes and signs a token.
+    pub fn encode(&self, t: Token) -> String {
+        let mut raw = [0u8; RAW];
+        raw[0] = VERSION;
+        raw[1..9].copy_from_slice(&t.backend.to_be_bytes());
+        raw[9..17].copy_from_slice(&t.issued.to_be_bytes());
+        let mac = hmac::sign(&self.key, &raw[..SIGNED]);
+        raw[SIGNED..].copy_from_slice(mac.as_ref());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Decodes and verifies a cookie value, without allocating.
+    pub fn decode(&self, value: &[u8]) -> Result<Token, TokenError> {
+        if value.len() != ENCODED_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut raw = [0u8; RAW + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(value, &mut raw)
+            .map_err(|_| TokenError::Malformed)?;
+        if n != RAW {
+            return Err(TokenError::Malformed);
+        }
+        if raw[0] != VERSION {
+            return Err(TokenError::Version);
+        }
+        hmac::verify(&self.key, &raw[..SIGNED], &raw[SIGNED..RAW])
+            .map_err(|_| TokenError::BadSignature)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[1..9]);
+        let backend = u64::from_be_bytes(b);
+        b.copy_from_slice(&raw[9..17]);
+        Ok(Token {
+            backend,
+            issued: u64::from_be_bytes(b),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xxhash_rust::xxh3::xxh3_64;
+
+    fn key() -> AffinityKey {
+        AffinityKey::new(Some("s3cret"), "cart")
+    }
+
+    #[test]
+    fn round_trip_and_opaque() {
+        let k = key();
+        let t = Token {
+            backend: k.backend_tag("10.0.0.1:8000"),
+            issued: 1_800_000_000,
+        };
+        let s = k.encode(t);
+        assert_eq!(s.len(), ENCODED_LEN);
+        assert!(!s.contains("10.0.0.1"));
+        assert_eq!(k.decode(s.as_bytes()), Ok(t));
+    }
+
+    #[test]
+    fn other_secret_or_pool_default_rejects() {
+        let t = Token {
+            backend: 7,
+            issued: 9,
+        };
+        let s = key().encode(t);
+        assert_eq!(
+            AffinityKey::new(Some("other"), "cart").decode(s.as_bytes()),
+            Err(TokenError::BadSignature)
+        );
+        assert!(AffinityKey::new(None, "cart").decode(s.as_bytes()).is_err());
+        let d = AffinityKey::new(None, "cart").encode(t);
+        assert_eq!(
+            AffinityKey::new(None, "cart").decode(d.as_bytes()),
+            Ok(t),
+            "derived key is stable"
+        );
+        assert_ne!(
+            key().backend_tag("a:1"),
+            AffinityKey::new(Some("other"), "cart").backend_tag("a:1")
+        );
+    }
+
+    #[test]
+    fn any_single_byte_edit_is_rejected() {
+        let k = key();
+        let s = k
+            .encode(Token {
+                backend: 42,
+                issued: 1234,
+            })
+            .into_bytes();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for i in 0..s.len() {
+            for &c in alphabet.iter().step_by(7) {
+                if c == s[i] {
+                    continue;
+                }
+                let mut e = s.clone();
+                e[i] = c;
+                assert!(
+                    k.decode(&e).is_err(),
+                    "edit at {i} to {} accepted",
+                    c as char
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_strings_never_decode() {
+        let k = key();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for i in 0..100_000u64 {
+            let h = xxh3_64(&i.to_le_bytes());
+            let len = if i % 2 == 0 {
+                ENCODED_LEN
+            } else {
+                (h % 100) as usize
+            };
+            let bytes: Vec<u8> = (0..len)
+                .map(|j| {
+                    let r = xxh3_64(&(h ^ j as u64).to_le_bytes());
+                    if i % 4 == 0 {
+                        (r & 0xff) as u8
+                    } else {
+                        alphabet[(r % 64) as usize]
+                    }
+                })
+                .collect();
+            assert!(k.decode(&bytes).is_err(), "random input {i} decoded");
+        }
+    }
+}

@@ -104,9 +104,17 @@ fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|s| s.split(','))
         .map(str::trim);
     for t in tokens {
-        let standard = ["", "close", "keep-alive", "upgrade", "te", "trailer", "transfer-encoding"]
-            .iter()
-            .any(|s| t.eq_ignore_ascii_case(s));
+        let standard = [
+            "",
+            "close",
+            "keep-alive",
+            "upgrade",
+            "te",
+            "trailer",
+            "transfer-encoding",
+        ]
+        .iter()
+        .any(|s| t.eq_ignore_ascii_case(s));
         if standard || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) || n == MAX_NAMED {
             continue;
         }
@@ -170,7 +178,10 @@ fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> HeaderValue {
     let total: usize = existing.iter().map(|v| v.len() + 2).sum();
     if total == 0 {
         // Reference-counted from the start, so copies of the request share it.
-        let owned = bytes::Bytes::from_owner(IpText { buf: ip_buf, len: ip_len });
+        let owned = bytes::Bytes::from_owner(IpText {
+            buf: ip_buf,
+            len: ip_len,
+        });
         return HeaderValue::from_maybe_shared(owned)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     }

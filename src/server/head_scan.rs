@@ -66,7 +66,11 @@ impl HeadScan {
                 self.take_line_bytes(bytes);
                 return None;
             };
-            let ended_by_cr = if i > 0 { bytes[i - 1] == b'\r' } else { self.prev_cr };
+            let ended_by_cr = if i > 0 {
+                bytes[i - 1] == b'\r'
+            } else {
+                self.prev_cr
+            };
             if !ended_by_cr {
                 self.bare_lf = true;
             }

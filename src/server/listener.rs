@@ -187,20 +187,41 @@ async fn serve_http<IO>(
                 .keep_alive(true)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                timeouts,
+                shutdown,
+            )
+            .await;
         }
         Proto::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(MAX_STREAMS)
                 .serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                timeouts,
+                shutdown,
+            )
+            .await;
         }
         Proto::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().half_close(false).keep_alive(true);
             builder.http2().max_concurrent_streams(MAX_STREAMS);
             let conn = builder.serve_connection_with_upgrades(io, service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, shutdown).await;
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                timeouts,
+                shutdown,
+            )
+            .await;
         }
     }
 }
