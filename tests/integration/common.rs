@@ -66,6 +66,8 @@ pub struct TestBackend {
     pub hits: Arc<AtomicUsize>,
     pub health: Arc<AtomicU16>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Milliseconds every request waits before it is answered.
+    pub delay: Arc<std::sync::atomic::AtomicU64>,
     tasks: Arc<Mutex<JoinSet<()>>>,
     stopped: Arc<AtomicBool>,
 }
@@ -98,19 +100,29 @@ impl TestBackend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let (n, h, hl, s, t) = (
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (n, h, hl, s, t, dl) = (
             name.to_string(),
             hits.clone(),
             health.clone(),
             seen.clone(),
             tasks.clone(),
+            delay.clone(),
         );
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, hl, s) = (n.clone(), h.clone(), hl.clone(), s.clone());
+                let (n, h, hl, s, dl) = (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
                 let conn = async move {
-                    let svc = service_fn(move |req| {
-                        respond(n.clone(), h.clone(), hl.clone(), s.clone(), req)
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (n, h, hl, s, dl) =
+                            (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
+                        async move {
+                            let wait = dl.load(Ordering::SeqCst);
+                            if wait > 0 && req.uri().path() != "/healthz" {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            respond(n, h, hl, s, req).await
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -126,6 +138,7 @@ impl TestBackend {
             hits,
             health,
             seen,
+            delay,
             tasks,
             stopped,
         }
