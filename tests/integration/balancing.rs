@@ -227,7 +227,7 @@ async fn hot_key_spills_over_bounded_load_while_others_stay() {
     let counts = tally(&served);
     let at_home = counts.get(&hot_home).copied().unwrap_or(0);
     assert!(
-        at_home < 12 && at_home >= 2,
+        (2..12).contains(&at_home),
         "hot key did not spill: {counts:?}"
     );
     for (user, home) in &cool {
