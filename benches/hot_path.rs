@@ -1,2 +1,255 @@
-//! Hot-path micro-benchmarks (placeholder).
-fn main() {}
+//! Hot-path micro-benchmarks: a balancer pick per request for every balancer at 3, 30
+//! and 300 backends, the affinity token codec, routing, building a Maglev table, and
+//! building a whole snapshot the way a reload does.
+//!
+//! `cargo bench --bench hot_path` (add `-- --quick` for a short run). Inputs are prepared
+//! outside the timed closures; names carry the size (`pick/least_connections/300`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, Uri, header};
+use maitred::backend::{Backend, BackendLive};
+use maitred::balancer::{self, AffinityKey, Limits, PickContext, Ring, Token, Tried};
+use maitred::config::{self, AdminState, BalancerKind, Config, PoolConfig};
+use maitred::router::Router;
+use maitred::snapshot::Snapshot;
+
+const SIZES: [usize; 3] = [3, 30, 300];
+
+fn backends(n: usize) -> Vec<Backend> {
+    (0..n)
+        .map(|i| {
+            let name = format!("10.{}.{}.{}:8000", i / 65536, (i / 256) % 256, i % 256);
+            Backend {
+                id: Backend::id_of(&name),
+                addr: name.parse().unwrap(),
+                name: name.into(),
+                weight: 1 + (i % 3) as u32,
+                live: Arc::new(BackendLive::new(false, AdminState::Active)),
+            }
+        })
+        .collect()
+}
+
+fn pool_config(kind: BalancerKind, backends: &[Backend]) -> PoolConfig {
+    let text = format!(
+        "[pool.p]\nbalancer = \"{}\"\n{}backends = [{}]\n{}",
+        kind.name(),
+        if kind == BalancerKind::Hash {
+            "key = \"header:x-user\"\n"
+        } else {
+            ""
+        },
+        backends
+            .iter()
+            .map(|b| format!("{{ addr = \"{}\", weight = {} }}", b.name, b.weight))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if kind == BalancerKind::CookieAffinity {
+            "[pool.p.affinity]\ncookie = \"srv\"\nsecret = \"bench\"\nmax_age = \"1h\"\n"
+        } else {
+            ""
+        }
+    );
+    let cfg = config::parse(&text, "bench.toml", std::path::Path::new(".")).unwrap();
+    cfg.pools[0].clone()
+}
+
+fn picks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let limits = Limits {
+        max_connections: 0,
+        balance_factor: 0.0,
+    };
+    let uri: Uri = "/cart/items?user=42".parse().unwrap();
+    for kind in [
+        BalancerKind::RoundRobin,
+        BalancerKind::LeastConnections,
+        BalancerKind::IpHash,
+        BalancerKind::Hash,
+        BalancerKind::CookieAffinity,
+    ] {
+        for n in SIZES {
+            let bs = backends(n);
+            let cfg = pool_config(kind, &bs);
+            let b = balancer::build(&cfg, &bs);
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user", "user-1234".parse().unwrap());
+            if kind == BalancerKind::CookieAffinity {
+                let key = AffinityKey::new(Some("bench"), "p");
+                let token = key.encode(Token {
+                    backend: key.backend_tag(&bs[n / 2].name),
+                    issued: 1_900_000_000,
+                });
+                headers.insert(
+                    header::COOKIE,
+                    format!("theme=dark; srv={token}").parse().unwrap(),
+                );
+            }
+            let ctx = PickContext {
+                client_ip: "198.51.100.23".parse().unwrap(),
+                headers: &headers,
+                uri: &uri,
+                now_secs: 1_900_000_100,
+                pool_in_flight: 0,
+            };
+            let tried = Tried::new();
+            let name = kind.name().replace('-', "_");
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+                bench.iter(|| black_box(b.pick(&bs, black_box(&ctx), &limits, &tried)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn tokens(c: &mut Criterion) {
+    let mut g = c.benchmark_group("token");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let key = AffinityKey::new(Some("bench"), "p");
+    let t = Token {
+        backend: key.backend_tag("10.0.0.1:8000"),
+        issued: 1_900_000_000,
+    };
+    let encoded = key.encode(t);
+    g.bench_function("encode", |b| b.iter(|| black_box(key.encode(black_box(t)))));
+    g.bench_function("decode", |b| {
+        b.iter(|| black_box(key.decode(black_box(encoded.as_bytes()))))
+    });
+    g.finish();
+}
+
+fn rings(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring_build");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for n in [3usize, 1000] {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+            .collect();
+        let input: Vec<(&str, u32)> = names.iter().map(|s| (s.as_str(), 1)).collect();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| black_box(Ring::new(black_box(&input))))
+        });
+    }
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let text = r#"
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[listener.route]]
+host = "api.example.com"
+pool = "api"
+
+[[listener.route]]
+host = "*.shop.example.com"
+path_prefix = "/cart"
+pool = "cart"
+
+[[listener.route]]
+header = { name = "x-tenant", value = "beta" }
+pool = "beta"
+
+[pool.web]
+balancer = "round-robin"
+backends = ["127.0.0.1:1"]
+
+[pool.api]
+balancer = "round-robin"
+backends = ["127.0.0.1:2"]
+
+[pool.cart]
+balancer = "round-robin"
+backends = ["127.0.0.1:3"]
+
+[pool.beta]
+balancer = "round-robin"
+backends = ["127.0.0.1:4"]
+"#;
+    let cfg = config::parse(text, "bench.toml", std::path::Path::new(".")).unwrap();
+    let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
+    let router = Router::new(&cfg.listeners[0].routes, 0, |n| {
+        names.iter().position(|x| *x == n)
+    });
+    let uri: Uri = "/cart/items".parse().unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::HOST, "eu.shop.example.com".parse().unwrap());
+    c.bench_function("route/3_routes", |b| {
+        b.iter(|| black_box(router.route(black_box(&uri), black_box(&headers))))
+    });
+}
+
+/// 1,000 backends in 50 pools: what a reload builds.
+fn big_config() -> String {
+    let mut s = String::from("[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p0\"\n");
+    for p in 0..50 {
+        let kind = [
+            "round-robin",
+            "least-connections",
+            "hash",
+            "cookie-affinity",
+            "ip-hash",
+        ][p % 5];
+        s.push_str(&format!("\n[pool.p{p}]\nbalancer = \"{kind}\"\n"));
+        if kind == "hash" {
+            s.push_str("key = \"cookie:sid\"\n");
+        }
+        let list: Vec<String> = (0..20).map(|b| format!("\"127.{p}.{b}.1:8000\"")).collect();
+        s.push_str(&format!("backends = [{}]\n", list.join(", ")));
+        s.push_str(
+            "[pool.p{p}.health]\npath = \"/healthz\"\n"
+                .replace("{p}", &p.to_string())
+                .as_str(),
+        );
+        if kind == "cookie-affinity" {
+            s.push_str(&format!("[pool.p{p}.affinity]\ncookie = \"c{p}\"\n"));
+        }
+    }
+    s
+}
+
+fn reload(c: &mut Criterion) {
+    let text = big_config();
+    let mut g = c.benchmark_group("reload");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    let cfg: Config = config::parse(&text, "big.toml", std::path::Path::new(".")).unwrap();
+    let previous = Snapshot::build(Arc::new(cfg.clone()), None).unwrap();
+    // The usual reload: most pools unchanged, their balancers kept.
+    g.bench_function(
+        "parse_validate_build/1000_backends_50_pools/unchanged",
+        |b| {
+            b.iter(|| {
+                let cfg =
+                    config::parse(black_box(&text), "big.toml", std::path::Path::new(".")).unwrap();
+                black_box(Snapshot::build(Arc::new(cfg), Some(&previous)).unwrap())
+            })
+        },
+    );
+    // The worst case: every pool's balancer rebuilt (20 Maglev tables among them).
+    g.bench_function(
+        "parse_validate_build/1000_backends_50_pools/all_rebuilt",
+        |b| {
+            b.iter(|| {
+                let cfg =
+                    config::parse(black_box(&text), "big.toml", std::path::Path::new(".")).unwrap();
+                black_box(Snapshot::build(Arc::new(cfg), None).unwrap())
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, picks, tokens, rings, routing, reload);
+criterion_main!(benches);

@@ -19,7 +19,7 @@ pub struct Pool {
     pub name: Arc<str>,
     /// Backends in config order.
     pub backends: Vec<Backend>,
-    balancer: Box<dyn Balancer>,
+    balancer: Arc<dyn Balancer>,
     /// Limits every pick honours.
     pub limits: Limits,
     /// Upstream connect timeout.
@@ -55,9 +55,12 @@ pub struct Chosen<'a> {
 
 impl Pool {
     /// Builds a pool from its config, reusing live state where `live_for` has it.
+    /// `unchanged` is the previous snapshot's pool when its config is identical: its
+    /// balancer (hash table, round-robin cycle) is kept instead of rebuilt.
     pub fn build(
         cfg: &PoolConfig,
         stats: Arc<PoolStats>,
+        unchanged: Option<&Pool>,
         mut live_for: impl FnMut(&str) -> Option<Arc<BackendLive>>,
     ) -> Pool {
         let checked = cfg.health.is_some();
@@ -73,7 +76,10 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(BackendLive::new(checked, b.state))),
             })
             .collect();
-        let balancer = balancer::build(cfg, &backends);
+        let balancer = match unchanged {
+            Some(old) => Arc::clone(&old.balancer),
+            None => Arc::from(balancer::build(cfg, &backends)),
+        };
         Pool {
             name: Arc::from(cfg.name.as_str()),
             total_weight: backends.iter().map(|b| b.weight).sum(),

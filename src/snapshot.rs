@@ -73,7 +73,8 @@ impl Snapshot {
                 let old_pool = previous.and_then(|s| s.pool(&pc.name));
                 let old_cfg = previous.and_then(|s| s.config.pool(&pc.name));
                 let stats = old_pool.map(|p| Arc::clone(&p.stats)).unwrap_or_default();
-                Arc::new(Pool::build(pc, stats, |addr| {
+                let unchanged = old_pool.filter(|_| old_cfg == Some(pc)).map(|p| &**p);
+                Arc::new(Pool::build(pc, stats, unchanged, |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
                     let live = Arc::clone(&old.live);
                     let old_state = old_cfg

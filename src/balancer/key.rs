@@ -69,12 +69,25 @@ pub(crate) fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a 
     headers
         .get_all(header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = trim(pair);
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (trim(&pair[..eq]) == name.as_bytes()).then(|| unquote(trim(&pair[eq + 1..])))
-        })
+        .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
+}
+
+/// Finds `name=value` in one `a=1; b=2` list: jumps from `;` to `;`.
+fn cookie_in<'a>(mut list: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    loop {
+        let end = memchr::memchr(b';', list).unwrap_or(list.len());
+        let pair = trim(&list[..end]);
+        if pair.len() > name.len() && pair.starts_with(name) {
+            let rest = trim(&pair[name.len()..]);
+            if let Some(value) = rest.strip_prefix(b"=") {
+                return Some(unquote(trim(value)));
+            }
+        }
+        if end >= list.len() {
+            return None;
+        }
+        list = &list[end + 1..];
+    }
 }
 
 /// The raw value of query parameter `name`.

@@ -15,7 +15,7 @@ use crate::backend::Backend;
 use crate::config::BalancerKind;
 
 /// Pools up to this size are scanned in full.
-pub const EXACT_SCAN: usize = 32;
+pub const EXACT_SCAN: usize = 16;
 /// Candidates compared per pick in larger pools.
 pub const SAMPLES: usize = 4;
 
@@ -71,8 +71,8 @@ impl Balancer for LeastConnections {
             }
         }
         if best.is_none() {
-            for k in 0..n {
-                let i = (start + k) % n;
+            let first = start % n;
+            for i in (first..n).chain(0..first) {
                 if better(i, best) {
                     best = Some(i);
                 }
