@@ -56,7 +56,9 @@ impl Ring {
             .collect();
         let max_w = weights.iter().copied().max().unwrap_or(1);
         let mut table = vec![u32::MAX; m as usize];
-        let mut next = vec![0u64; n];
+        // Each backend's position in its permutation (offset + j·skip mod m), advanced
+        // by addition instead of a multiplication and a division per probe.
+        let mut pos: Vec<u64> = perms.iter().map(|p| p.0).collect();
         let mut credit = vec![0u64; n];
         let mut filled = 0u64;
         'fill: loop {
@@ -64,10 +66,13 @@ impl Ring {
                 credit[i] += weights[i];
                 while credit[i] >= max_w {
                     credit[i] -= max_w;
-                    let (offset, skip) = perms[i];
+                    let skip = perms[i].1;
                     loop {
-                        let slot = ((offset + next[i] * skip) % m) as usize;
-                        next[i] += 1;
+                        let slot = pos[i] as usize;
+                        pos[i] += skip;
+                        if pos[i] >= m {
+                            pos[i] -= m;
+                        }
                         if table[slot] == u32::MAX {
                             table[slot] = i as u32;
                             filled += 1;
