@@ -72,22 +72,20 @@ mod bit {
 }
 
 fn hop_bit(name: &HeaderName) -> u8 {
-    if *name == header::CONNECTION {
-        bit::CONNECTION
-    } else if *name == header::TE {
-        bit::TE
-    } else if *name == header::TRAILER {
-        bit::TRAILER
-    } else if *name == header::TRANSFER_ENCODING {
-        bit::TRANSFER_ENCODING
-    } else if *name == header::UPGRADE {
-        bit::UPGRADE
-    } else if *name == KEEP_ALIVE {
-        bit::KEEP_ALIVE
-    } else if name.as_str().starts_with("proxy-") {
-        bit::PROXY
-    } else {
-        0
+    let s = name.as_str();
+    match s.as_bytes().first() {
+        Some(b'c' | b't' | b'u' | b'k' | b'p') => {}
+        _ => return 0,
+    }
+    match s {
+        "connection" => bit::CONNECTION,
+        "te" => bit::TE,
+        "trailer" => bit::TRAILER,
+        "transfer-encoding" => bit::TRANSFER_ENCODING,
+        "upgrade" => bit::UPGRADE,
+        "keep-alive" => bit::KEEP_ALIVE,
+        _ if s.starts_with("proxy-") => bit::PROXY,
+        _ => 0,
     }
 }
 
@@ -271,7 +269,14 @@ mod tests {
 
     #[test]
     fn writes_ip_addresses() {
-        for text in ["0.0.0.0", "1.2.3.4", "10.20.30.40", "192.168.100.255", "::1", "2001:db8::7"] {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "192.168.100.255",
+            "::1",
+            "2001:db8::7",
+        ] {
             let mut buf = [0u8; 48];
             let n = write_ip(&mut buf, text.parse().unwrap());
             assert_eq!(&buf[..n], text.as_bytes());

@@ -92,7 +92,16 @@ impl HeadScan {
         if self.empty_line && b.iter().any(|&c| c != b'\r') {
             self.empty_line = false;
         }
-        let room = self.line.len() - self.line_len;
+        // Only Content-Length and Transfer-Encoding lines matter: other lines are not
+        // copied past their first byte.
+        if self.line_len > 0 && !matches!(self.line[0], b'c' | b't') {
+            return;
+        }
+        let room = if self.line_len == 0 && !matches!(b[0].to_ascii_lowercase(), b'c' | b't') {
+            1
+        } else {
+            self.line.len() - self.line_len
+        };
         for &c in b.iter().take(room) {
             self.line[self.line_len] = c.to_ascii_lowercase();
             self.line_len += 1;
