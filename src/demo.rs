@@ -52,30 +52,34 @@ pub async fn start() -> Result<Demo, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Demo { daemon, backends })
 }
 
-/// Prints what to try.
+/// Prints what to try (to stdout; a closed stdout is not an error worth dying for).
 pub fn print_banner(demo: &Demo) {
+    use std::fmt::Write as _;
     let Some(addr) = demo.daemon.listener_addr("demo") else {
         return;
     };
-    println!("maitred demo is running.");
+    let mut text = String::from("maitred demo is running.\n");
     for (i, b) in demo.backends.iter().enumerate() {
-        println!("  backend {} on http://{b}", i + 1);
+        let _ = writeln!(text, "  backend {} on http://{b}", i + 1);
     }
-    println!("  balancer on http://{addr}");
+    let _ = writeln!(text, "  balancer on http://{addr}");
     if let Some(a) = demo.daemon.admin_addr() {
-        println!(
+        let _ = writeln!(
+            text,
             "  dashboard on http://{a}/  (status: http://{a}/status, metrics: http://{a}/metrics)"
         );
     }
-    println!();
-    println!("Stateless (round-robin) — each request may land on another backend:");
-    println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done");
-    println!("Sticky (cookie-affinity) — the cookie jar keeps you on one backend:");
-    println!(
-        "  for i in 1 2 3 4 5 6; do curl -s -b /tmp/maitred-demo.jar -c /tmp/maitred-demo.jar http://{addr}/sticky; done"
+    let _ = writeln!(
+        text,
+        "\nStateless (round-robin): each request may land on another backend:\n  \
+         for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done\n\
+         Sticky (cookie-affinity): the cookie jar keeps you on one backend:\n  \
+         for i in 1 2 3 4 5 6; do curl -s -b /tmp/maitred-demo.jar -c /tmp/maitred-demo.jar http://{addr}/sticky; done\n\n\
+         Ctrl-C stops it."
     );
-    println!();
-    println!("Ctrl-C stops it.");
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 async fn free_or_any(preferred: &str) -> std::io::Result<SocketAddr> {

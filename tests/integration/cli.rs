@@ -392,3 +392,104 @@ async fn access_log_writes_one_line_per_request() {
     assert!(fields[7].parse::<f64>().is_ok());
     assert_eq!(fields[8], "10");
 }
+
+#[tokio::test]
+async fn second_sigterm_exits_at_once() {
+    let b = TestBackend::start("a").await;
+    let port = free_port();
+    let dir = scratch_dir("sigterm2");
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nthreads = 1\ngrace_period = \"60s\"\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let mut p = Proc::start(&path);
+    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(a).await;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(a).await;
+        c.send("GET", "/slow?ms=30000", &[], Bytes::new()).await
+    });
+    assert!(wait_until(DEADLINE, || async { b.hits() == 1 }).await);
+    p.signal("TERM");
+    // The first signal starts a 60 s grace period; the second ends it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited before the grace period"
+    );
+    p.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || p.wait_exit(DEADLINE))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(maitred::signals::FORCED_EXIT));
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut-off request cannot have completed"
+    );
+}
+
+#[tokio::test]
+async fn demo_serves_round_robin_and_sticky_pools() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Keep draining stdout (the access log goes there) so the demo never blocks on it.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.trim().strip_prefix("balancer on http://") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        }
+    });
+    let balancer = tokio::time::timeout(DEADLINE, rx)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let proc = Proc { child };
+    let target: SocketAddr = balancer
+        .expect("demo printed no balancer URL")
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(target).await;
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        plain.push(c.get("/", &[]).await.body);
+    }
+    assert_eq!(
+        tally(&plain).len(),
+        3,
+        "round-robin over three demo backends: {plain:?}"
+    );
+    let first = c.get("/sticky", &[]).await;
+    let cookie = first.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..5 {
+        assert_eq!(
+            c.get("/sticky", &[("cookie", &cookie)]).await.body,
+            first.body
+        );
+    }
+    drop(proc);
+}

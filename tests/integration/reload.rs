@@ -279,3 +279,143 @@ async fn dry_run_changes_nothing_and_matches_the_real_reload() {
     assert_eq!(get(addr(&d), "/").await.body, "backend b\n");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+fn with_admin(body: &str) -> String {
+    body.replacen(
+        "log_level = \"warn\"\n",
+        "log_level = \"warn\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn admin_reload_answers_with_the_report_and_refuses_bad_files() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let dir = scratch_dir("reload-admin");
+    let path = dir.join("maitred.toml");
+    let sticky = |list: &[String]| pool_toml("sessions", "hash", list, "key = \"cookie:sid\"");
+    write(
+        &path,
+        &with_admin(
+            &(head(&[("main", "web")])
+                + &pool_toml("web", "round-robin", &[q(&a)], "")
+                + &sticky(&[q(&a)])),
+        ),
+    );
+    let d = start_daemon_file(&path).await;
+    let admin = d.admin_addr().unwrap();
+    write(
+        &path,
+        &with_admin(
+            &(head(&[("main", "web")])
+                + &pool_toml("web", "round-robin", &[q(&b)], "")
+                + &sticky(&[q(&a), q(&b)])),
+        ),
+    );
+    let mut c = Client::connect(admin).await;
+    let dry = c
+        .send("POST", "/reload?dry_run=true", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let dry: serde_json::Value = serde_json::from_str(&dry.body).unwrap();
+    assert_eq!(dry["applied"], false);
+    assert_eq!(
+        get(addr(&d), "/").await.body,
+        "backend a\n",
+        "dry run applied something"
+    );
+    let report = &dry["report"];
+    assert_eq!(
+        report["backends"]["added"],
+        serde_json::json!([format!("sessions/{}", b.addr), format!("web/{}", b.addr)])
+    );
+    assert_eq!(
+        report["pools"]["changed"],
+        serde_json::json!(["sessions", "web"])
+    );
+    let moved = report["sticky_moved"]["sessions"].as_f64().unwrap();
+    assert!((0.3..0.7).contains(&moved), "1 → 2 backends moved {moved}");
+    assert!(
+        report["sticky_moved"].get("web").is_none(),
+        "round-robin pools have no entry"
+    );
+
+    let real = c
+        .send("POST", "/reload", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(real.status, 200);
+    let real: serde_json::Value = serde_json::from_str(&real.body).unwrap();
+    assert_eq!(real["applied"], true);
+    assert_eq!(
+        real["report"], dry["report"],
+        "the real reload reports what the dry run did"
+    );
+    assert_eq!(get(addr(&d), "/").await.body, "backend b\n");
+
+    write(
+        &path,
+        "[[listener]]\nname = 1\n\n[pool.x]\nbalancer = \"nope\"\nbackends = []\n",
+    );
+    let bad = c
+        .send("POST", "/reload", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 422);
+    let bad: serde_json::Value = serde_json::from_str(&bad.body).unwrap();
+    assert_eq!(bad["applied"], false);
+    let first = bad["errors"][0].as_str().unwrap();
+    assert!(first.contains("maitred.toml:2:"), "{first}");
+    assert_eq!(
+        get(addr(&d), "/").await.body,
+        "backend b\n",
+        "a bad file changed what is served"
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn backend_added_to_a_checked_pool_waits_for_its_first_pass() {
+    let (a, healthy, sick) = (
+        TestBackend::start("a").await,
+        TestBackend::start("new").await,
+        TestBackend::start("sick").await,
+    );
+    sick.health.store(500, Ordering::SeqCst);
+    let dir = scratch_dir("reload-new-checked");
+    let path = dir.join("maitred.toml");
+    let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+    write(
+        &path,
+        &(head(&[("main", "web")]) + &pool_toml("web", "round-robin", &[q(&a)], checks)),
+    );
+    let d = start_daemon_file(&path).await;
+    write(
+        &path,
+        &(head(&[("main", "web")])
+            + &pool_toml(
+                "web",
+                "round-robin",
+                &[q(&a), q(&healthy), q(&sick)],
+                checks,
+            )),
+    );
+    d.reload(false).await.unwrap();
+    assert!(
+        wait_until(DEADLINE, || async {
+            get(addr(&d), "/").await.body == "backend new\n"
+        })
+        .await,
+        "a passing new backend never took traffic"
+    );
+    for _ in 0..12 {
+        get(addr(&d), "/").await;
+    }
+    assert_eq!(
+        sick.hits(),
+        0,
+        "a new backend that never passed a check took traffic"
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
