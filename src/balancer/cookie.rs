@@ -167,14 +167,14 @@ impl Balancer for CookieAffinity {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use http::{HeaderMap, header};
 
     use super::*;
-    use crate::backend::{BackendLive, Health};
+    use crate::backend::Health;
     use crate::balancer::LeastConnections;
+    use crate::balancer::testing::{NO_LIMITS, backends, ctx};
     use crate::config::{AdminState, AffinityConfig, SameSite};
 
     fn pool(max_age: Option<u64>) -> PoolConfig {
@@ -202,40 +202,14 @@ mod tests {
         }
     }
 
-    fn backends(n: usize) -> Vec<Backend> {
-        (0..n)
-            .map(|i| {
-                let name = format!("10.0.0.{}:80", i + 1);
-                Backend {
-                    id: Backend::id_of(&name),
-                    addr: name.parse().unwrap(),
-                    name: name.into(),
-                    weight: 1,
-                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
-                }
-            })
-            .collect()
-    }
-
-    const NO_LIMITS: Limits = Limits {
-        max_connections: 0,
-        balance_factor: 0.0,
-    };
-
     fn pick(c: &CookieAffinity, bs: &[Backend], cookie: Option<&str>, now: u64) -> Pick {
         let mut h = HeaderMap::new();
         if let Some(v) = cookie {
             h.insert(header::COOKIE, v.parse().unwrap());
         }
         let uri: http::Uri = "/".parse().unwrap();
-        let ctx = PickContext {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            headers: &h,
-            uri: &uri,
-            now_secs: now,
-            pool_in_flight: 0,
-        };
-        c.pick(bs, &ctx, &NO_LIMITS, &Tried::new()).unwrap()
+        c.pick(bs, &ctx(&h, &uri, now, 0), &NO_LIMITS, &Tried::new())
+            .unwrap()
     }
 
     fn cookie_of(p: &Pick) -> String {
@@ -249,7 +223,7 @@ mod tests {
 
     #[test]
     fn new_client_gets_a_cookie_with_attributes_and_sticks() {
-        let bs = backends(3);
+        let bs = backends(&[1; 3]);
         let c = affinity(&bs, Some(3600));
         let first = pick(&c, &bs, None, 1000);
         assert_eq!(first.placement, Placement::New);
@@ -274,7 +248,7 @@ mod tests {
 
     #[test]
     fn half_life_reissues_and_expiry_replaces() {
-        let bs = backends(3);
+        let bs = backends(&[1; 3]);
         let c = affinity(&bs, Some(3600));
         let first = pick(&c, &bs, None, 1000);
         let jar = cookie_of(&first);
@@ -291,7 +265,7 @@ mod tests {
 
     #[test]
     fn down_or_disabled_backend_is_replaced_drain_keeps_holders() {
-        let bs = backends(3);
+        let bs = backends(&[1; 3]);
         let c = affinity(&bs, None);
         let first = pick(&c, &bs, None, 0);
         let jar = cookie_of(&first);
@@ -314,7 +288,7 @@ mod tests {
 
     #[test]
     fn forged_cookie_is_absent_and_gone_backend_replaced() {
-        let bs = backends(3);
+        let bs = backends(&[1; 3]);
         let c = affinity(&bs, None);
         let p = pick(
             &c,
@@ -325,7 +299,7 @@ mod tests {
         assert_eq!(p.placement, Placement::New);
         let first = pick(&c, &bs, None, 0);
         let jar = cookie_of(&first);
-        let fewer: Vec<Backend> = backends(3)
+        let fewer: Vec<Backend> = backends(&[1; 3])
             .into_iter()
             .filter(|b| *b.name != *bs[first.index].name)
             .collect();

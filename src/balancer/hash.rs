@@ -81,28 +81,10 @@ impl Balancer for ConsistentHash {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
-
     use http::HeaderMap;
 
     use super::*;
-    use crate::backend::BackendLive;
-    use crate::config::AdminState;
-
-    pub(crate) fn backends(n: usize) -> Vec<Backend> {
-        (0..n)
-            .map(|i| {
-                let name = format!("10.0.0.{}:80", i + 1);
-                Backend {
-                    id: Backend::id_of(&name),
-                    addr: name.parse().unwrap(),
-                    name: name.into(),
-                    weight: 1,
-                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
-                }
-            })
-            .collect()
-    }
+    use crate::balancer::testing::{NO_LIMITS, backends, ctx};
 
     fn pick_for(
         b: &ConsistentHash,
@@ -114,14 +96,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user", user.parse().unwrap());
         let uri: http::Uri = "/".parse().unwrap();
-        let ctx = PickContext {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            headers: &h,
-            uri: &uri,
-            now_secs: 0,
-            pool_in_flight: load,
-        };
-        b.pick(bs, &ctx, limits, &Tried::new()).unwrap()
+        b.pick(bs, &ctx(&h, &uri, 0, load), limits, &Tried::new())
+            .unwrap()
     }
 
     fn header_hash(bs: &[Backend]) -> ConsistentHash {
@@ -129,14 +105,9 @@ mod tests {
         ConsistentHash::new(bs, key, BalancerKind::Hash)
     }
 
-    const NO_LIMITS: Limits = Limits {
-        max_connections: 0,
-        balance_factor: 0.0,
-    };
-
     #[test]
     fn same_key_same_backend_and_failover_returns() {
-        let bs = backends(4);
+        let bs = backends(&[1; 4]);
         let h = header_hash(&bs);
         let home = pick_for(&h, &bs, "alice", &NO_LIMITS, 0).index;
         for _ in 0..5 {
@@ -147,7 +118,7 @@ mod tests {
         assert_ne!(away.index, home);
         assert_eq!(away.placement, Placement::Overflow);
         bs[home].live.set_health(crate::backend::Health::Up);
-        let bs2: Vec<Backend> = backends(4);
+        let bs2: Vec<Backend> = backends(&[1; 4]);
         let h2 = header_hash(&bs2);
         assert_eq!(
             pick_for(&h2, &bs2, "alice", &NO_LIMITS, 0).index,
@@ -158,7 +129,7 @@ mod tests {
 
     #[test]
     fn hot_key_spills_over_the_bound_others_stay() {
-        let bs = backends(4);
+        let bs = backends(&[1; 4]);
         let h = header_hash(&bs);
         let limits = Limits {
             max_connections: 0,
@@ -189,17 +160,11 @@ mod tests {
 
     #[test]
     fn missing_key_goes_round_robin() {
-        let bs = backends(3);
+        let bs = backends(&[1; 3]);
         let h = header_hash(&bs);
         let headers = HeaderMap::new();
         let uri: http::Uri = "/".parse().unwrap();
-        let ctx = PickContext {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            headers: &headers,
-            uri: &uri,
-            now_secs: 0,
-            pool_in_flight: 0,
-        };
+        let ctx = ctx(&headers, &uri, 0, 0);
         let picks: Vec<usize> = (0..6)
             .map(|_| h.pick(&bs, &ctx, &NO_LIMITS, &Tried::new()).unwrap().index)
             .collect();

@@ -123,13 +123,7 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(h: &'a HeaderMap, uri: &'a http::Uri) -> PickContext<'a> {
-        PickContext {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            headers: h,
-            uri,
-            now_secs: 0,
-            pool_in_flight: 0,
-        }
+        crate::balancer::testing::ctx(h, uri, 0, 0)
     }
 
     #[test]

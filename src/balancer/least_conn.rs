@@ -89,46 +89,17 @@ impl Balancer for LeastConnections {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
-
     use http::HeaderMap;
 
     use super::*;
-    use crate::backend::BackendLive;
+    use crate::balancer::testing::{NO_LIMITS, backends, ctx};
     use crate::config::AdminState;
-
-    fn backends(weights: &[u32]) -> Vec<Backend> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let name = format!("10.0.0.{}:80", i + 1);
-                Backend {
-                    id: Backend::id_of(&name),
-                    addr: name.parse().unwrap(),
-                    name: name.into(),
-                    weight: w,
-                    live: Arc::new(BackendLive::new(false, AdminState::Active)),
-                }
-            })
-            .collect()
-    }
 
     fn pick(lc: &LeastConnections, bs: &[Backend], tried: &Tried) -> Option<usize> {
         let h = HeaderMap::new();
         let uri: http::Uri = "/".parse().unwrap();
-        let ctx = PickContext {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            headers: &h,
-            uri: &uri,
-            now_secs: 0,
-            pool_in_flight: 0,
-        };
-        let limits = Limits {
-            max_connections: 0,
-            balance_factor: 0.0,
-        };
-        lc.pick(bs, &ctx, &limits, tried).map(|p| p.index)
+        lc.pick(bs, &ctx(&h, &uri, 0, 0), &NO_LIMITS, tried)
+            .map(|p| p.index)
     }
 
     #[test]

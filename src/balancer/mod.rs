@@ -13,6 +13,8 @@ mod key;
 mod least_conn;
 mod ring;
 mod round_robin;
+#[cfg(test)]
+mod testing;
 mod token;
 
 use std::fmt::Debug;

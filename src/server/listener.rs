@@ -40,16 +40,21 @@ pub async fn accept_loop(
     shutdown: Shutdown,
 ) {
     let mut shutting = shutdown.clone();
+    let retired = stop.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let close = CloseSignals {
+                        shutdown: shutdown.clone(),
+                        retired: retired.clone(),
+                    };
                     let conn = serve_connection(
                         Arc::clone(&shared),
                         Arc::clone(&name),
                         stream,
                         peer,
-                        shutdown.clone(),
+                        close,
                     );
                     tokio::spawn(conn);
                 }
@@ -64,13 +69,30 @@ pub async fn accept_loop(
     }
 }
 
+/// What makes an open client connection finish gracefully: the daemon shutting down,
+/// or its listener removed by a reload.
+#[derive(Debug, Clone)]
+struct CloseSignals {
+    shutdown: Shutdown,
+    retired: watch::Receiver<bool>,
+}
+
+impl CloseSignals {
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.shutdown.wait() => {}
+            _ = crate::shutdown::flag_set(&mut self.retired) => {}
+        }
+    }
+}
+
 /// Serves one client connection to its end.
 async fn serve_connection(
     shared: Arc<Shared>,
     listener: Arc<str>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    shutdown: Shutdown,
+    close: CloseSignals,
 ) {
     let _tracked = shared.tracker.track();
     let _ = stream.set_nodelay(true);
@@ -107,7 +129,7 @@ async fn serve_connection(
                 Ok(Some(p)) => p,
                 _ => return,
             };
-            serve_http(shared, info, stream, proto, timeouts, shutdown).await
+            serve_http(shared, info, stream, proto, timeouts, close).await
         }
         Some(config) => {
             let accept = TlsAcceptor::from(config).accept(stream);
@@ -117,7 +139,7 @@ async fn serve_connection(
                         Some(b"h2") => Proto::Http2,
                         _ => Proto::Http1,
                     };
-                    serve_http(shared, info, tls_stream, proto, timeouts, shutdown).await
+                    serve_http(shared, info, tls_stream, proto, timeouts, close).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -160,7 +182,7 @@ async fn serve_http<IO>(
     io: IO,
     proto: Proto,
     timeouts: (Duration, Duration),
-    shutdown: Shutdown,
+    close: CloseSignals,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -187,41 +209,20 @@ async fn serve_http<IO>(
                 .keep_alive(true)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &activity,
-                timeouts,
-                shutdown,
-            )
-            .await;
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
         }
         Proto::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(MAX_STREAMS)
                 .serve_connection(io, service);
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &activity,
-                timeouts,
-                shutdown,
-            )
-            .await;
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
         }
         Proto::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().half_close(false).keep_alive(true);
             builder.http2().max_concurrent_streams(MAX_STREAMS);
             let conn = builder.serve_connection_with_upgrades(io, service);
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &activity,
-                timeouts,
-                shutdown,
-            )
-            .await;
+            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
         }
     }
 }
@@ -230,13 +231,13 @@ async fn serve_http<IO>(
 const MAX_STREAMS: u32 = 256;
 
 /// Runs a connection to its end, closing it when idle or slow (the watchdog) and
-/// finishing it gracefully on shutdown.
+/// finishing it gracefully on shutdown or when its listener is removed.
 async fn drive<C, E>(
     conn: C,
     finish: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
     (header_timeout, idle_timeout): (Duration, Duration),
-    mut shutdown: Shutdown,
+    mut close: CloseSignals,
 ) where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -252,7 +253,7 @@ async fn drive<C, E>(
                 }
                 return;
             }
-            _ = shutdown.wait(), if !closing => {
+            _ = close.wait(), if !closing => {
                 closing = true;
                 finish(conn.as_mut());
             }

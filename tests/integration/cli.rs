@@ -10,6 +10,14 @@ use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maitred");
 
+/// A config file: one listener on `port` in front of one backend, one worker thread,
+/// with `server` added to `[server]`.
+fn one_pool_config(port: u16, backend: SocketAddr, server: &str) -> String {
+    format!(
+        "[server]\nthreads = 1\n{server}\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{backend}\"]\n"
+    )
+}
+
 /// A port free right now on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -148,10 +156,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let path = dir.join("maitred.toml");
     std::fs::write(
         &path,
-        format!(
-            "[server]\nthreads = 1\ngrace_period = \"10s\"\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
-            b.addr
-        ),
+        one_pool_config(port, b.addr, "grace_period = \"10s\"\naccess_log = \"off\""),
     )
     .unwrap();
     let mut p = Proc::start(&path);
@@ -175,14 +180,7 @@ async fn twenty_mib_streams_without_buffering_in_the_daemon() {
     let port = free_port();
     let dir = scratch_dir("stream");
     let path = dir.join("maitred.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nthreads = 1\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
-            b.addr
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, one_pool_config(port, b.addr, "access_log = \"off\"")).unwrap();
     let p = Proc::start(&path);
     let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(a).await;
@@ -331,11 +329,7 @@ async fn sighup_reloads_the_file() {
     let port = free_port();
     let dir = scratch_dir("sighup");
     let path = dir.join("maitred.toml");
-    let conf = |backend: SocketAddr| {
-        format!(
-            "[server]\nthreads = 1\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{backend}\"]\n"
-        )
-    };
+    let conf = |backend: SocketAddr| one_pool_config(port, backend, "access_log = \"off\"");
     std::fs::write(&path, conf(a.addr)).unwrap();
     let p = Proc::start(&path);
     let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -366,11 +360,7 @@ async fn access_log_writes_one_line_per_request() {
     let path = dir.join("maitred.toml");
     std::fs::write(
         &path,
-        format!(
-            "[server]\nthreads = 1\naccess_log = \"{}\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
-            log.display(),
-            b.addr
-        ),
+        one_pool_config(port, b.addr, &format!("access_log = \"{}\"", log.display())),
     )
     .unwrap();
     let _p = Proc::start(&path);
@@ -401,10 +391,7 @@ async fn second_sigterm_exits_at_once() {
     let path = dir.join("maitred.toml");
     std::fs::write(
         &path,
-        format!(
-            "[server]\nthreads = 1\ngrace_period = \"60s\"\naccess_log = \"off\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
-            b.addr
-        ),
+        one_pool_config(port, b.addr, "grace_period = \"60s\"\naccess_log = \"off\""),
     )
     .unwrap();
     let mut p = Proc::start(&path);

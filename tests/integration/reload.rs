@@ -173,6 +173,14 @@ async fn listeners_added_removed_and_rebound() {
     write(&path, &(head(&[("main", "web")]) + &pools));
     let d = start_daemon_file(&path).await;
     let first = addr(&d);
+    // A keep-alive client of the listener about to go.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kept = tokio::net::TcpStream::connect(first).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(kept.read(&mut buf).await.unwrap() > 0);
     write(&path, &(head(&[("second", "other")]) + &pools));
     let report = d.reload(false).await.unwrap();
     assert_eq!(report.listeners.added, vec!["second".to_string()]);
