@@ -418,11 +418,6 @@ impl Daemon {
         }
         clean
     }
-
-    /// Whether shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.trigger.subscribe().is_triggered()
-    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

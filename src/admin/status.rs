@@ -52,6 +52,7 @@ pub fn backend_action(pool: &str, b: &Backend) -> Value {
         "state": b.live.admin().name(),
         "health": health(b),
         "in_flight": b.live.in_flight(),
+        "idle_connections": b.live.conns.idle(),
     })
 }
 

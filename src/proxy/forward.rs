@@ -19,33 +19,19 @@ use super::body::UpBody;
 use super::error::ProxyError;
 use crate::backend::Backend;
 
-/// An upstream connection ready for one request.
-#[derive(Debug)]
-pub struct Upstream {
-    /// The request handle.
-    pub sender: SendRequest<UpBody>,
-    /// Whether it came from the idle pool (a closed one may surface only on send).
-    pub reused: bool,
-}
-
-/// Takes a ready idle connection to `backend`, or opens one.
+/// Takes a ready idle connection to `backend`, or opens one. An idle connection the
+/// backend has closed is dropped here; one that closes while the request is being sent
+/// hands the request back (see [`send`]).
 pub async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
-) -> Result<Upstream, ProxyError> {
+) -> Result<SendRequest<UpBody>, ProxyError> {
     while let Some(mut sender) = backend.live.conns.take() {
         if sender.is_ready() || sender.ready().await.is_ok() {
-            return Ok(Upstream {
-                sender,
-                reused: true,
-            });
+            return Ok(sender);
         }
     }
-    let sender = connect(backend, connect_timeout).await?;
-    Ok(Upstream {
-        sender,
-        reused: false,
-    })
+    connect(backend, connect_timeout).await
 }
 
 /// Opens a new HTTP/1.1 connection to `backend`.

@@ -177,8 +177,8 @@ async fn proxy(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut up = match forward::checkout(chosen.backend, pool.connect_timeout).await {
-            Ok(up) => up,
+        let mut sender = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+            Ok(sender) => sender,
             Err(e) => {
                 note_failure(pool, &chosen, &e);
                 last_err = e;
@@ -195,13 +195,13 @@ async fn proxy(
             (_, Some(r)) => r,
             (_, None) => break,
         };
-        match forward::send(&mut up.sender, to_send, pool.response_timeout).await {
+        match forward::send(&mut sender, to_send, pool.response_timeout).await {
             Ok(resp) => {
                 if let Some(kept) = req.take() {
                     replay::recycle(kept.into_parts().0.headers);
                 }
                 let name = Arc::clone(&chosen.backend.name);
-                let resp = respond(shared, pool, chosen, up.sender, resp, client_upgrade);
+                let resp = respond(shared, pool, chosen, sender, resp, client_upgrade);
                 return (resp, Some(name));
             }
             Err((e, unsent)) => {
