@@ -53,7 +53,12 @@ pub async fn handle(
         return ProxyError::ListenerGone.response();
     };
     let client_ip = client_ip::resolve(conn.peer_ip, &listener.trusted_proxies, req.headers());
-    let pool = &snap.pools[listener.router.route(req.uri(), req.headers())];
+    let Some(pool) = snap
+        .pools
+        .get(listener.router.route(req.uri(), req.headers()))
+    else {
+        return ProxyError::NoBackend.response();
+    };
     let mut log = shared.access_log.load().as_ref().map(|l| {
         Pending::new(
             l,
