@@ -17,7 +17,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::access_log::{AccessLog, FLUSH_INTERVAL};
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, AccessLogTarget, Config, ConfigErrors};
 use crate::health::HealthCheckers;
 use crate::reload_report::ReloadReport;
 use crate::server::workers::Workers;
@@ -237,8 +237,19 @@ impl Daemon {
         if dry_run {
             return Ok(report);
         }
+        if config.server.threads != old.config.server.threads {
+            tracing::warn!(
+                "server.threads changed from {} to {}: this takes effect at the next restart",
+                old.config.server.threads,
+                config.server.threads
+            );
+        }
         let fresh = self.bind_changed(&config)?;
-        let access_log = if config.server.access_log != old.config.server.access_log {
+        // A file target is reopened on every reload, so log rotation (move the file,
+        // then SIGHUP) needs nothing else; stdout and off are reopened only on change.
+        let reopen = matches!(config.server.access_log, AccessLogTarget::File(_))
+            || config.server.access_log != old.config.server.access_log;
+        let access_log = if reopen {
             Some(
                 AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
                     what: "cannot open access log".into(),

@@ -480,3 +480,33 @@ async fn demo_serves_round_robin_and_sticky_pools() {
     }
     drop(proc);
 }
+
+#[tokio::test]
+async fn access_log_follows_rotation_on_sighup() {
+    let b = TestBackend::start("a").await;
+    let dir = scratch_dir("rotate");
+    let log = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let port = free_port();
+    let path = dir.join("maitred.toml");
+    let server = format!("access_log = \"{}\"", log.display());
+    std::fs::write(&path, one_pool_config(port, b.addr, &server)).unwrap();
+    let p = Proc::start(&path);
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(target).await;
+    get(target, "/before").await;
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
+    assert!(wait_until(DEADLINE, || async { read(&log).contains("/before") }).await);
+    std::fs::rename(&log, &rotated).unwrap();
+    p.signal("HUP");
+    // Requests until one lands in the new file: the reopen happens on the reload.
+    assert!(
+        wait_until(DEADLINE, || async {
+            get(target, "/after").await;
+            read(&log).contains("/after")
+        })
+        .await,
+        "the access log was not reopened after rotation"
+    );
+    assert!(read(&rotated).contains("/before"));
+}

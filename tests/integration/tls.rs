@@ -349,3 +349,55 @@ async fn bad_certificate_on_reload_keeps_the_old_one_serving() {
     assert_eq!(h1_over(s).await, "backend a\n");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_open_tunnels_then_closes_them() {
+    let a = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&a], "")).await;
+    let tcp = TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", addr(&d)), tcp)
+        .await
+        .unwrap();
+    ws.send("hi".into()).await.unwrap();
+    assert!(
+        tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The tunnel is still open when the grace period ends: not a clean shutdown.
+    assert!(!d.shutdown(Some(Duration::from_millis(300))).await);
+    // After it, the tunnel is closed.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return true,
+                Some(Ok(m)) if m.is_close() => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true));
+}
+
+#[tokio::test]
+async fn shutdown_is_clean_when_tunnels_finish_within_the_grace_period() {
+    let a = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&a], "")).await;
+    let tcp = TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", addr(&d)), tcp)
+        .await
+        .unwrap();
+    let closer = tokio::spawn(async move {
+        ws.send("bye".into()).await.unwrap();
+        let _ = ws.next().await;
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    assert!(
+        d.shutdown(Some(DEADLINE)).await,
+        "shutdown did not see the tunnel end"
+    );
+    closer.await.unwrap();
+}
