@@ -83,6 +83,20 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     init_logging(&cfg.server.log_level);
+    let path = path.to_path_buf();
+    on_control_runtime(async move {
+        let daemon = Daemon::start(cfg, Some(path.clone()))
+            .await
+            .map_err(|e| format!("maitred: {e}"))?;
+        tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
+        Ok(daemon)
+    })
+}
+
+/// Starts a daemon on the control runtime, then serves signals until it has shut down.
+fn on_control_runtime(
+    start: impl std::future::Future<Output = Result<std::sync::Arc<Daemon>, String>>,
+) -> ExitCode {
     let rt = match control_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -91,14 +105,13 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let daemon = match Daemon::start(cfg, Some(path.to_path_buf())).await {
+        let daemon = match start.await {
             Ok(d) => d,
-            Err(e) => {
-                eprintln!("maitred: {e}");
+            Err(message) => {
+                eprintln!("{message}");
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
         match maitred::signals::run(daemon).await {
             Ok(0) => ExitCode::SUCCESS,
             Ok(code) => ExitCode::from(code as u8),
@@ -162,29 +175,11 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
 
 fn demo() -> ExitCode {
     init_logging("info");
-    let rt = match control_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("maitred: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
-        let demo = match maitred::demo::start().await {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("maitred demo: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    on_control_runtime(async {
+        let demo = maitred::demo::start()
+            .await
+            .map_err(|e| format!("maitred demo: {e}"))?;
         maitred::demo::print_banner(&demo);
-        match maitred::signals::run(demo.daemon).await {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(code) => ExitCode::from(code as u8),
-            Err(e) => {
-                eprintln!("maitred: signals: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        Ok(demo.daemon)
     })
 }
