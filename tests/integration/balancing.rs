@@ -428,3 +428,54 @@ async fn websocket_follows_cookie_affinity() {
     }
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn ip_hash_uses_x_forwarded_for_only_from_trusted_proxies() {
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
+    let refs: Vec<&TestBackend> = backends.iter().collect();
+    let trusted = simple_config("ip-hash", &refs, "").replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let d = start_daemon(&trusted).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let mut spread = Vec::new();
+    for i in 0..30 {
+        let client = format!("203.0.113.{i}");
+        let first = c.get("/", &[("x-forwarded-for", &client)]).await.body;
+        for _ in 0..2 {
+            assert_eq!(
+                c.get("/", &[("x-forwarded-for", &client)]).await.body,
+                first
+            );
+        }
+        spread.push(first);
+    }
+    assert!(
+        tally(&spread).len() >= 2,
+        "clients behind a trusted proxy all hashed alike"
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+
+    // Untrusted peer: X-Forwarded-For is ignored, every request hashes the peer.
+    let untrusted = start_daemon(&simple_config("ip-hash", &refs, "")).await;
+    let mut c = Client::connect(addr(&untrusted)).await;
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        seen.push(
+            c.get("/", &[("x-forwarded-for", &format!("198.51.100.{i}"))])
+                .await
+                .body,
+        );
+    }
+    assert_eq!(
+        tally(&seen).len(),
+        1,
+        "a forged X-Forwarded-For moved an untrusted client"
+    );
+    untrusted.shutdown(Some(Duration::from_secs(1))).await;
+}
