@@ -28,7 +28,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
-    if present & bit::CONNECTION != 0 {
+    if present & bit::CONNECTION != 0 && !connection_is_plain(headers) {
         remove_connection_named(headers, keep_upgrade);
     }
     let fixed: [(u8, &HeaderName); 6] = [
@@ -86,6 +86,19 @@ fn hop_bit(name: &HeaderName) -> u8 {
         "keep-alive" => bit::KEEP_ALIVE,
         _ if s.starts_with("proxy-") => bit::PROXY,
         _ => 0,
+    }
+}
+
+/// `Connection: keep-alive` or `close` alone (what most peers send) names no other
+/// header, so there is nothing to look up.
+fn connection_is_plain(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
     }
 }
 
