@@ -161,7 +161,11 @@ async fn proxy(
     };
     let mut req = Some(Request::from_parts(parts, up_body));
 
-    let now = now_secs();
+    // Only affinity tokens need the wall clock.
+    let now = match pool.balancer_kind() {
+        crate::config::BalancerKind::CookieAffinity => now_secs(),
+        _ => 0,
+    };
     let mut tried = Tried::new();
     let mut last_err = ProxyError::NoBackend;
     for attempt in 0..=pool.retries {
