@@ -151,7 +151,7 @@ fn empty_sections_get_their_defaults() {
             max_age: None,
             secure: false,
             http_only: true,
-            same_site: None,
+            same_site: Some(SameSite::Lax),
             fallback: BalancerKind::LeastConnections,
             secret: None,
         })

@@ -297,8 +297,9 @@ fn affinity_section(ctx: &mut Ctx<'_>, raw: &RawAffinity) -> Option<AffinityConf
             .parse(v, |s| values::positive_duration("max_age", s))
             .map(Some),
     };
+    // DESIGN §3: an omitted key takes the value its example shows, `Lax` here.
     let same_site = match &raw.same_site {
-        None => Some(None),
+        None => Some(Some(crate::config::SameSite::Lax)),
         Some(v) => ctx.parse(v, values::same_site).map(Some),
     };
     let fallback = ctx.parse_or(
