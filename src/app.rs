@@ -78,6 +78,10 @@ impl ReloadError {
     }
 }
 
+/// Applies a new `server.log_level` to the process's logging (set by the binary, which
+/// owns the tracing subscriber).
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// A bound client listener.
 #[derive(Debug)]
 struct Bound {
@@ -87,7 +91,6 @@ struct Bound {
 }
 
 /// A running maitred.
-#[derive(Debug)]
 pub struct Daemon {
     shared: Arc<Shared>,
     trigger: ShutdownTrigger,
@@ -98,6 +101,16 @@ pub struct Daemon {
     admin_stop: Mutex<Option<watch::Sender<bool>>>,
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
+    log_level_hook: Mutex<Option<LogLevelHook>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config_path", &self.config_path)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -135,6 +148,7 @@ impl Daemon {
             admin_stop: Mutex::new(None),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
+            log_level_hook: Mutex::new(None),
         });
         let first_round = daemon.restart_health();
         first_round.await;
@@ -160,6 +174,22 @@ impl Daemon {
         }
         spawn_log_flusher(&shared, daemon.trigger.subscribe());
         Ok(daemon)
+    }
+
+    /// Lets reloads apply a changed `server.log_level`.
+    pub fn set_log_level_hook(&self, hook: LogLevelHook) {
+        if let Ok(mut h) = self.log_level_hook.lock() {
+            *h = Some(hook);
+        }
+    }
+
+    fn apply_log_level(&self, level: &str) {
+        let Ok(hook) = self.log_level_hook.lock() else {
+            return;
+        };
+        if let Some(Err(e)) = hook.as_ref().map(|apply| apply(level)) {
+            tracing::warn!("log_level {level:?} not applied: {e}");
+        }
     }
 
     /// Shared state (snapshot, counters) for the admin listener and tests.
@@ -260,6 +290,9 @@ impl Daemon {
             None
         };
         self.shared.live.store(Arc::new(next));
+        if config.server.log_level != old.config.server.log_level {
+            self.apply_log_level(&config.server.log_level);
+        }
         if let Some(log) = access_log {
             if let Some(old_log) = self.shared.access_log.swap(log) {
                 old_log.flush();

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use maitred::app::LogLevelHook;
 
 use maitred::app::Daemon;
 use maitred::config::{self, Config};
@@ -57,14 +61,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+/// Sets up logging to stderr at `level` (or `RUST_LOG`); returns the hook that applies a
+/// reloaded `server.log_level`, or `None` when `RUST_LOG` rules.
+fn init_logging(level: &str) -> Option<LogLevelHook> {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_rules = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .try_init();
+    if env_rules {
+        return None;
+    }
+    Some(Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
 fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -82,12 +98,15 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg.server.log_level);
+    let log_hook = init_logging(&cfg.server.log_level);
     let path = path.to_path_buf();
     on_control_runtime(async move {
         let daemon = Daemon::start(cfg, Some(path.clone()))
             .await
             .map_err(|e| format!("maitred: {e}"))?;
+        if let Some(hook) = log_hook {
+            daemon.set_log_level_hook(hook);
+        }
         tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
         Ok(daemon)
     })
@@ -174,7 +193,7 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
 }
 
 fn demo() -> ExitCode {
-    init_logging("info");
+    let _ = init_logging("info");
     on_control_runtime(async {
         let demo = maitred::demo::start()
             .await

@@ -510,3 +510,44 @@ async fn access_log_follows_rotation_on_sighup() {
     );
     assert!(read(&rotated).contains("/before"));
 }
+
+#[tokio::test]
+async fn log_level_change_applies_on_sighup() {
+    let b = TestBackend::start("a").await;
+    let dir = scratch_dir("loglevel");
+    let port = free_port();
+    let path = dir.join("maitred.toml");
+    let with_level = |level: &str| {
+        one_pool_config(
+            port,
+            b.addr,
+            &format!("access_log = \"off\"\nlog_level = \"{level}\""),
+        )
+    };
+    std::fs::write(&path, with_level("error")).unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    let p = Proc { child };
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(target).await;
+    let read = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        !read().contains("INFO"),
+        "info lines logged at log_level = error"
+    );
+    std::fs::write(&path, with_level("info")).unwrap();
+    p.signal("HUP");
+    assert!(
+        wait_until(DEADLINE, || async { read().contains("reload: listeners") }).await,
+        "the reload line was not logged after switching to info: {}",
+        read()
+    );
+}
