@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous and is never forwarded.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A transfer coding other than chunked: never forwarded (nginx does the same).
+    #[error("transfer coding not implemented")]
+    UnsupportedCoding,
     /// The listener is gone from the config (reload removed it while this connection
     /// was open).
     #[error("listener no longer configured")]
@@ -43,6 +46,7 @@ impl ProxyError {
             }
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -67,6 +71,7 @@ impl ProxyError {
             }
             ProxyError::ResponseTimeout => "gateway timeout\n",
             ProxyError::BadRequest(why) => why,
+            ProxyError::UnsupportedCoding => "transfer coding not implemented\n",
         };
         let mut r = local_response(status, text);
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -98,7 +98,8 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 
 /// Requests that are refused before any backend sees them (DESIGN §6). hyper's parser
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
-/// before a colon and bare CR, and 431 for oversized heads.
+/// before a colon, bare CR and a last transfer coding other than chunked, and 431 for
+/// oversized heads.
 fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -110,6 +111,19 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
+    }
+    // hyper has refused a Transfer-Encoding whose last coding is not chunked; any coding
+    // before it (`gzip, chunked`) would reach the backend undeclared, so it is refused.
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let plain = codings.next().is_none()
+            && first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked");
+        if !plain {
+            return Err(ProxyError::UnsupportedCoding);
+        }
     }
     Ok(())
 }

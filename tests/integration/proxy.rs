@@ -260,6 +260,9 @@ async fn content_length_with_transfer_encoding_is_refused_unforwarded() {
         out.starts_with("HTTP/1.1 4") || out.starts_with("HTTP/1.1 501"),
         "{out}"
     );
+    let coded = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+    let out = raw(a, coded, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
     let two_lengths =
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
     let out = raw(a, two_lengths, Duration::from_secs(5)).await;
@@ -337,5 +340,12 @@ async fn bodies_stream_both_ways() {
     assert_eq!(r.body.len(), body.len());
     let r = c.get("/big?mb=4", &[]).await;
     assert_eq!(r.body.len(), 4 * 1024 * 1024);
+    // A chunked upload is forwarded (re-chunked), not refused.
+    let chunked = b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let out = raw(addr(&d), chunked, Duration::from_secs(5)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("11\n"),
+        "{out}"
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
