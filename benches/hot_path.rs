@@ -26,7 +26,6 @@ fn backends(n: usize) -> Vec<Backend> {
         .map(|i| {
             let name = format!("10.{}.{}.{}:8000", i / 65536, (i / 256) % 256, i % 256);
             Backend {
-                id: Backend::id_of(&name),
                 addr: name.parse().unwrap(),
                 name: name.into(),
                 weight: 1 + (i % 3) as u32,

@@ -207,11 +207,6 @@ impl Daemon {
         *self.admin_addr.lock().ok()?
     }
 
-    /// The file reloads read.
-    pub fn config_path(&self) -> Option<&PathBuf> {
-        self.config_path.as_ref()
-    }
-
     /// Reloads from the config file: the one path SIGHUP and `POST /reload` share.
     /// With `dry_run`, validates and reports without applying.
     ///

@@ -24,17 +24,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Relative share of new work.
     pub weight: u32,
-    /// A stable 64-bit identity derived from `name` (hash rings, cookie tokens).
-    pub id: u64,
     /// State shared with health checks, the admin API and older snapshots.
     pub live: Arc<BackendLive>,
-}
-
-impl Backend {
-    /// Hashes a backend name into its stable identity.
-    pub fn id_of(name: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), 0x6d61_6974_7265_6421)
-    }
 }
 
 /// Health as published by the checker and passive ejection.

@@ -32,8 +32,6 @@ pub struct Pool {
     pub ejection: Option<(u32, Duration)>,
     /// Whether active health checks run for this pool.
     pub checked: bool,
-    /// Sum of the backends' weights (bounded load).
-    total_weight: u32,
     /// Counters, carried over reloads by pool name.
     pub stats: Arc<PoolStats>,
 }
@@ -71,7 +69,6 @@ impl Pool {
                 name: Arc::from(b.addr.as_str()),
                 addr: b.socket,
                 weight: b.weight,
-                id: Backend::id_of(&b.addr),
                 live: live_for(&b.addr)
                     .unwrap_or_else(|| Arc::new(BackendLive::new(checked, b.state))),
             })
@@ -82,7 +79,6 @@ impl Pool {
         };
         Pool {
             name: Arc::from(cfg.name.as_str()),
-            total_weight: backends.iter().map(|b| b.weight).sum(),
             backends,
             balancer,
             limits: Limits {
@@ -143,10 +139,5 @@ impl Pool {
             }
         }
         None
-    }
-
-    /// Weighted total, for bounded-load arithmetic and reports.
-    pub fn total_weight(&self) -> u32 {
-        self.total_weight
     }
 }

@@ -41,11 +41,6 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// Whether shutdown has begun.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Resolves when shutdown begins (at once if it already has).
     pub async fn wait(&mut self) {
         flag_set(&mut self.rx).await;

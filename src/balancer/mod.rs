@@ -115,12 +115,6 @@ impl Tried {
             self.len += 1;
         }
     }
-
-    /// Whether nothing was tried.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// A balancer's choice.

@@ -92,11 +92,6 @@ impl Ring {
         }
     }
 
-    /// Table size (a prime).
-    pub fn size(&self) -> usize {
-        self.table.len()
-    }
-
     /// The key's own backend, all backends healthy.
     #[inline]
     pub fn home(&self, key: u64) -> Option<usize> {

@@ -23,7 +23,6 @@ pub fn backends(weights: &[u32]) -> Vec<Backend> {
         .map(|(i, &weight)| {
             let name = format!("10.0.0.{}:80", i + 1);
             Backend {
-                id: Backend::id_of(&name),
                 addr: name.parse().unwrap_or_else(|_| unreachable!()),
                 name: name.into(),
                 weight,
