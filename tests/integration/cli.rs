@@ -82,6 +82,16 @@ impl Drop for Proc {
     }
 }
 
+/// Writes `config` to `path`, runs the binary on it, and waits until it listens on
+/// `port`.
+async fn run_binary(path: &std::path::Path, port: u16, config: &str) -> (Proc, SocketAddr) {
+    std::fs::write(path, config).unwrap();
+    let p = Proc::start(path);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr).await;
+    (p, addr)
+}
+
 pub async fn wait_listening(addr: SocketAddr) {
     let up = wait_until(DEADLINE, || async move {
         tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -154,14 +164,12 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let port = free_port();
     let dir = scratch_dir("sigterm");
     let path = dir.join("maitred.toml");
-    std::fs::write(
+    let (mut p, a) = run_binary(
         &path,
-        one_pool_config(port, b.addr, "grace_period = \"10s\"\naccess_log = \"off\""),
+        port,
+        &one_pool_config(port, b.addr, "grace_period = \"10s\"\naccess_log = \"off\""),
     )
-    .unwrap();
-    let mut p = Proc::start(&path);
-    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(a).await;
+    .await;
     let slow = tokio::spawn(async move { get(a, "/slow?ms=1500").await });
     assert!(wait_until(DEADLINE, || async { b.hits() == 1 }).await);
     p.signal("TERM");
@@ -180,10 +188,12 @@ async fn twenty_mib_streams_without_buffering_in_the_daemon() {
     let port = free_port();
     let dir = scratch_dir("stream");
     let path = dir.join("maitred.toml");
-    std::fs::write(&path, one_pool_config(port, b.addr, "access_log = \"off\"")).unwrap();
-    let p = Proc::start(&path);
-    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(a).await;
+    let (p, a) = run_binary(
+        &path,
+        port,
+        &one_pool_config(port, b.addr, "access_log = \"off\""),
+    )
+    .await;
     let mut c = Client::connect(a).await;
     // Warm up so allocator arenas and buffers exist before measuring.
     assert_eq!(c.get("/big?mb=1", &[]).await.status, 200);
@@ -330,10 +340,7 @@ async fn sighup_reloads_the_file() {
     let dir = scratch_dir("sighup");
     let path = dir.join("maitred.toml");
     let conf = |backend: SocketAddr| one_pool_config(port, backend, "access_log = \"off\"");
-    std::fs::write(&path, conf(a.addr)).unwrap();
-    let p = Proc::start(&path);
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target).await;
+    let (p, target) = run_binary(&path, port, &conf(a.addr)).await;
     assert_eq!(get(target, "/").await.body, "backend a\n");
     std::fs::write(&path, conf(b.addr)).unwrap();
     p.signal("HUP");
@@ -358,14 +365,12 @@ async fn access_log_writes_one_line_per_request() {
     let log = dir.join("access.log");
     let port = free_port();
     let path = dir.join("maitred.toml");
-    std::fs::write(
+    let (_p, target) = run_binary(
         &path,
-        one_pool_config(port, b.addr, &format!("access_log = \"{}\"", log.display())),
+        port,
+        &one_pool_config(port, b.addr, &format!("access_log = \"{}\"", log.display())),
     )
-    .unwrap();
-    let _p = Proc::start(&path);
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target).await;
+    .await;
     let mut c = Client::connect(target).await;
     c.get("/first?x=1", &[]).await;
     c.get("/second", &[]).await;
@@ -389,14 +394,12 @@ async fn second_sigterm_exits_at_once() {
     let port = free_port();
     let dir = scratch_dir("sigterm2");
     let path = dir.join("maitred.toml");
-    std::fs::write(
+    let (mut p, a) = run_binary(
         &path,
-        one_pool_config(port, b.addr, "grace_period = \"60s\"\naccess_log = \"off\""),
+        port,
+        &one_pool_config(port, b.addr, "grace_period = \"60s\"\naccess_log = \"off\""),
     )
-    .unwrap();
-    let mut p = Proc::start(&path);
-    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(a).await;
+    .await;
     let slow = tokio::spawn(async move {
         let mut c = Client::connect(a).await;
         c.send("GET", "/slow?ms=30000", &[], Bytes::new()).await
@@ -490,10 +493,7 @@ async fn access_log_follows_rotation_on_sighup() {
     let port = free_port();
     let path = dir.join("maitred.toml");
     let server = format!("access_log = \"{}\"", log.display());
-    std::fs::write(&path, one_pool_config(port, b.addr, &server)).unwrap();
-    let p = Proc::start(&path);
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target).await;
+    let (p, target) = run_binary(&path, port, &one_pool_config(port, b.addr, &server)).await;
     get(target, "/before").await;
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
     assert!(wait_until(DEADLINE, || async { read(&log).contains("/before") }).await);
