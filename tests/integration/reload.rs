@@ -49,7 +49,7 @@ async fn twenty_reloads_under_load_drop_nothing() {
     let dir = scratch_dir("reload-load");
     let path = dir.join("maitred.toml");
     let all: Vec<String> = backends.iter().map(q).collect();
-    write(&path, &(web_pool("round-robin", &all, "")));
+    write(&path, &web_pool("round-robin", &all, ""));
     let d = start_daemon_file(&path).await;
     let target = addr(&d);
     let stop = Arc::new(AtomicBool::new(false));
@@ -117,12 +117,12 @@ async fn slow_request_survives_a_reload_that_removes_its_backend() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-slow");
     let path = dir.join("maitred.toml");
-    write(&path, &(web_pool("round-robin", &[q(&a)], "")));
+    write(&path, &web_pool("round-robin", &[q(&a)], ""));
     let d = start_daemon_file(&path).await;
     let target = addr(&d);
     let slow = tokio::spawn(async move { get(target, "/slow?ms=1500").await });
     assert!(wait_until(DEADLINE, || async { a.hits() == 1 }).await);
-    write(&path, &(web_pool("round-robin", &[q(&b)], "")));
+    write(&path, &web_pool("round-robin", &[q(&b)], ""));
     let report = d.reload(false).await.unwrap();
     assert_eq!(report.backends.removed.len(), 1);
     assert_eq!(get(target, "/").await.body, "backend b\n");
@@ -136,9 +136,9 @@ async fn bad_file_on_reload_keeps_the_old_config_serving() {
     let a = TestBackend::start("a").await;
     let dir = scratch_dir("reload-bad");
     let path = dir.join("maitred.toml");
-    write(&path, &(web_pool("round-robin", &[q(&a)], "")));
+    write(&path, &web_pool("round-robin", &[q(&a)], ""));
     let d = start_daemon_file(&path).await;
-    write(&path, &(web_pool("round_robin", &[q(&a)], "")));
+    write(&path, &web_pool("round_robin", &[q(&a)], ""));
     let err = d.reload(false).await.unwrap_err();
     let msgs = err.messages();
     assert!(
@@ -194,7 +194,7 @@ async fn down_backend_stays_down_across_a_reload() {
     let dir = scratch_dir("reload-down");
     let path = dir.join("maitred.toml");
     let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 3\nfall = 1\n";
-    write(&path, &(web_pool("round-robin", &[q(&a), q(&b)], checks)));
+    write(&path, &web_pool("round-robin", &[q(&a), q(&b)], checks));
     let d = start_daemon_file(&path).await;
     a.health.store(500, Ordering::SeqCst);
     let down = || {
@@ -229,10 +229,10 @@ async fn weight_change_takes_effect() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-weight");
     let path = dir.join("maitred.toml");
-    write(&path, &(web_pool("round-robin", &[q(&a), q(&b)], "")));
+    write(&path, &web_pool("round-robin", &[q(&a), q(&b)], ""));
     let d = start_daemon_file(&path).await;
     let weighted = format!("{{ addr = \"{}\", weight = 4 }}", b.addr);
-    write(&path, &(web_pool("round-robin", &[q(&a), weighted], "")));
+    write(&path, &web_pool("round-robin", &[q(&a), weighted], ""));
     let report = d.reload(false).await.unwrap();
     assert_eq!(report.backends.changed, vec![format!("web/{}", b.addr)]);
     let (a0, b0) = (a.hits(), b.hits());
@@ -249,9 +249,9 @@ async fn dry_run_changes_nothing_and_matches_the_real_reload() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-dry");
     let path = dir.join("maitred.toml");
-    write(&path, &(web_pool("round-robin", &[q(&a)], "")));
+    write(&path, &web_pool("round-robin", &[q(&a)], ""));
     let d = start_daemon_file(&path).await;
-    write(&path, &(web_pool("round-robin", &[q(&b)], "")));
+    write(&path, &web_pool("round-robin", &[q(&b)], ""));
     let dry = d.reload(true).await.unwrap();
     for _ in 0..5 {
         assert_eq!(get(addr(&d), "/").await.body, "backend a\n");
@@ -369,7 +369,7 @@ async fn backend_added_to_a_checked_pool_waits_for_its_first_pass() {
     let dir = scratch_dir("reload-new-checked");
     let path = dir.join("maitred.toml");
     let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
-    write(&path, &(web_pool("round-robin", &[q(&a)], checks)));
+    write(&path, &web_pool("round-robin", &[q(&a)], checks));
     let d = start_daemon_file(&path).await;
     write(
         &path,
