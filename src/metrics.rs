@@ -33,6 +33,9 @@ use crate::stats::LATENCY_BUCKETS;
 /// prometheus-client's own server examples send it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The label set of a daemon-wide sample.
+const NO_LABELS: [(&str, &str); 0] = [];
+
 /// Status-class label values, in the order of `BackendLive::status_classes`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -43,6 +46,8 @@ pub fn render(daemon: &Daemon) -> Result<String, fmt::Error> {
         snapshot: shared.live.load_full(),
         reloads_ok: shared.reloads_ok.load(Ordering::Relaxed),
         reloads_failed: shared.reloads_failed.load(Ordering::Relaxed),
+        connections: shared.tracker.running(),
+        parked: shared.parked.load(Ordering::Relaxed),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -58,6 +63,10 @@ struct Scrape {
     snapshot: Arc<Snapshot>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// Client connections and tunnels open.
+    connections: usize,
+    /// Of those, idle connections parked.
+    parked: usize,
 }
 
 impl Collector for Scrape {
@@ -130,6 +139,18 @@ impl Collector for Scrape {
             "maitred_unavailable",
             "Requests answered 503 because no backend of the pool could take them.",
             per_pool(|p| p.stats.unavailable.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "maitred_client_connections",
+            "Client connections (and WebSocket tunnels) open.",
+            std::iter::once((NO_LABELS, ConstGauge::new(self.connections as i64))),
+        )?;
+        family(
+            &mut enc,
+            "maitred_client_connections_parked",
+            "Idle client connections parked, holding only their socket.",
+            std::iter::once((NO_LABELS, ConstGauge::new(self.parked as i64))),
         )?;
         let reloads = [("ok", self.reloads_ok), ("failed", self.reloads_failed)];
         family(

@@ -2,7 +2,7 @@
 //! daemon-wide counters and the tracker that graceful shutdown waits on.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use arc_swap::ArcSwapOption;
 
@@ -23,6 +23,8 @@ pub struct Shared {
     pub reloads_failed: AtomicU64,
     /// Client connections and tunnels still running; shutdown waits for them.
     pub tracker: Tracker,
+    /// Idle HTTP/1 client connections parked (holding only their socket).
+    pub parked: AtomicUsize,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             tracker: Tracker::new(),
+            parked: AtomicUsize::new(0),
         }
     }
 }

@@ -41,6 +41,7 @@ pub fn status(daemon: &Daemon) -> Value {
             "failed": shared.reloads_failed.load(Relaxed),
         },
         "connections": shared.tracker.running(),
+        "parked_connections": shared.parked.load(Relaxed),
     })
 }
 

@@ -6,11 +6,15 @@
 //! notes when the first byte of a new request arrives, the service notes when a request
 //! starts and its response body ends, and one watchdog per connection sleeps until the
 //! next deadline. A request costs two clock reads and a few relaxed stores.
+//!
+//! The same watchdog says when an idle HTTP/1 connection should be parked: after
+//! [`PARK_AFTER`] without a request its hyper state (read and write buffers, about
+//! 20 KiB) is dropped and only the socket is kept until the client speaks again.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +39,19 @@ pub struct Activity {
     /// [`clock_ms`] of the first byte of a request whose head is incomplete; 0 = none.
     head_started: AtomicU64,
     /// The head scanner's verdict on the current head: 0 = fine, else a [`HeadProblem`].
-    head_problem: std::sync::atomic::AtomicU8,
+    head_problem: AtomicU8,
+    /// The last write to the client could not complete: hyper still holds bytes to send.
+    write_blocked: AtomicBool,
+    /// The connection is being parked: shutting the I/O down must leave it open.
+    parking: AtomicBool,
 }
+
+/// How long an HTTP/1 connection stays idle before it is parked.
+///
+/// Short enough that idle keep-alive connections hold almost nothing (nginx frees its
+/// buffers at once); long enough that a busy connection, whose next request follows
+/// within milliseconds, never pays for rebuilding its HTTP state.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// What the watchdog should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +60,8 @@ pub enum Verdict {
     WaitUntil(u64),
     /// Idle too long: close gracefully.
     Idle,
+    /// Idle long enough to give back the HTTP state; keep the socket.
+    Park,
     /// A request head took too long: close at once.
     HeaderTimeout,
 }
@@ -56,7 +73,9 @@ impl Activity {
             active: AtomicU32::new(0),
             last_end: AtomicU64::new(clock_ms()),
             head_started: AtomicU64::new(0),
-            head_problem: std::sync::atomic::AtomicU8::new(0),
+            head_problem: AtomicU8::new(0),
+            write_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         })
     }
 
@@ -90,6 +109,12 @@ impl Activity {
         false
     }
 
+    /// A write to the client completed (`false`) or must wait (`true`).
+    #[inline]
+    fn note_write(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
     /// A request's head is complete and the service runs.
     #[inline]
     pub fn begin(self: &Arc<Self>) -> RequestActive {
@@ -100,11 +125,31 @@ impl Activity {
         }
     }
 
-    /// The watchdog's decision at `now` for these timeouts.
-    pub fn verdict(&self, now: u64, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    /// Marks the connection as being parked (or no longer), which makes the I/O
+    /// wrapper's shutdown a no-op so hyper can finish without closing the socket.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    /// [`clock_ms`] when the last request ended (or the connection opened).
+    pub fn last_end(&self) -> u64 {
+        self.last_end.load(Ordering::Relaxed)
+    }
+
+    /// The watchdog's decision at `now` for these timeouts; `park` says whether this
+    /// connection may be parked (HTTP/1).
+    pub fn verdict(
+        &self,
+        now: u64,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        park: bool,
+    ) -> Verdict {
         let idle_ms = idle_timeout.as_millis() as u64;
+        let park_ms = PARK_AFTER.as_millis() as u64;
         if self.active.load(Ordering::Relaxed) > 0 {
-            return Verdict::WaitUntil(now + idle_ms);
+            let next = if park { park_ms.min(idle_ms) } else { idle_ms };
+            return Verdict::WaitUntil(now + next);
         }
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 {
@@ -115,12 +160,22 @@ impl Activity {
                 Verdict::WaitUntil(deadline)
             };
         }
-        let deadline = self.last_end.load(Ordering::Relaxed) + idle_ms;
+        let last_end = self.last_end.load(Ordering::Relaxed);
+        let deadline = last_end + idle_ms;
         if now >= deadline {
-            Verdict::Idle
-        } else {
-            Verdict::WaitUntil(deadline)
+            return Verdict::Idle;
         }
+        if park {
+            if self.write_blocked.load(Ordering::Relaxed) {
+                return Verdict::WaitUntil(deadline.min(now + park_ms));
+            }
+            let park_at = last_end + park_ms;
+            if now >= park_at {
+                return Verdict::Park;
+            }
+            return Verdict::WaitUntil(park_at);
+        }
+        Verdict::WaitUntil(deadline)
     }
 }
 
@@ -143,16 +198,30 @@ pub struct TimedIo<T> {
     io: T,
     activity: Arc<Activity>,
     scan: HeadScan,
+    /// Bytes read from the client before a park, to be read again first.
+    replay: Bytes,
 }
 
 impl<T> TimedIo<T> {
     /// Wraps a client stream.
     pub fn new(io: T, activity: Arc<Activity>) -> TimedIo<T> {
+        TimedIo::resume(io, activity, Bytes::new())
+    }
+
+    /// Wraps a client stream again after a park; `replay` (bytes the previous HTTP
+    /// state had read but not parsed) is read first.
+    pub fn resume(io: T, activity: Arc<Activity>, replay: Bytes) -> TimedIo<T> {
         TimedIo {
             io,
             activity,
             scan: HeadScan::default(),
+            replay,
         }
+    }
+
+    /// The client stream.
+    pub fn into_inner(self) -> T {
+        self.io
     }
 }
 
@@ -164,7 +233,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let r = if this.replay.is_empty() {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if buf.filled().len() > before {
             if this.activity.on_read() {
                 this.scan.start();
@@ -186,7 +261,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.activity.note_write(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -194,7 +272,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.activity.note_write(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -202,11 +283,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.activity.note_write(r.is_pending());
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.activity.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -261,19 +349,55 @@ mod tests {
         let a = Activity::new();
         let (hdr, idle) = (Duration::from_millis(100), Duration::from_millis(1000));
         let now = clock_ms();
-        assert!(matches!(a.verdict(now, hdr, idle), Verdict::WaitUntil(_)));
-        assert_eq!(a.verdict(now + 2000, hdr, idle), Verdict::Idle);
+        assert!(matches!(
+            a.verdict(now, hdr, idle, false),
+            Verdict::WaitUntil(_)
+        ));
+        assert_eq!(a.verdict(now + 2000, hdr, idle, false), Verdict::Idle);
         assert!(a.on_read());
         assert_eq!(
-            a.verdict(clock_ms() + 200, hdr, idle),
+            a.verdict(clock_ms() + 200, hdr, idle, false),
             Verdict::HeaderTimeout
         );
         let g = a.begin();
         assert!(matches!(
-            a.verdict(now + 5000, hdr, idle),
+            a.verdict(now + 5000, hdr, idle, false),
             Verdict::WaitUntil(_)
         ));
         drop(g);
-        assert_eq!(a.verdict(clock_ms() + 2000, hdr, idle), Verdict::Idle);
+        assert_eq!(
+            a.verdict(clock_ms() + 2000, hdr, idle, false),
+            Verdict::Idle
+        );
+    }
+
+    #[test]
+    fn idle_http1_connections_park_after_a_quarter_second_unless_a_write_waits() {
+        let a = Activity::new();
+        let (hdr, idle) = (Duration::from_millis(100), Duration::from_secs(60));
+        let end = a.last_end();
+        let park_ms = PARK_AFTER.as_millis() as u64;
+        assert_eq!(
+            a.verdict(end + 1, hdr, idle, true),
+            Verdict::WaitUntil(end + park_ms)
+        );
+        assert_eq!(a.verdict(end + park_ms, hdr, idle, true), Verdict::Park);
+        assert!(matches!(
+            a.verdict(end + park_ms, hdr, idle, false),
+            Verdict::WaitUntil(_)
+        ));
+        a.note_write(true);
+        assert!(matches!(
+            a.verdict(end + park_ms, hdr, idle, true),
+            Verdict::WaitUntil(_)
+        ));
+        a.note_write(false);
+        let g = a.begin();
+        assert!(matches!(
+            a.verdict(end + 10 * park_ms, hdr, idle, true),
+            Verdict::WaitUntil(_)
+        ));
+        drop(g);
+        assert_eq!(a.verdict(end + 60_000, hdr, idle, true), Verdict::Idle);
     }
 }

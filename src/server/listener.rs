@@ -11,18 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn_clock::{Activity, ConnBody, TimedIo, Verdict};
+use super::http_conn::serve_http;
 use super::proxy_protocol;
-use crate::backend::clock_ms;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy::ConnInfo;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 
@@ -72,13 +67,14 @@ pub async fn accept_loop(
 /// What makes an open client connection finish gracefully: the daemon shutting down,
 /// or its listener removed by a reload.
 #[derive(Debug, Clone)]
-struct CloseSignals {
+pub(super) struct CloseSignals {
     shutdown: Shutdown,
     retired: watch::Receiver<bool>,
 }
 
 impl CloseSignals {
-    async fn wait(&mut self) {
+    /// Resolves once the connection should finish.
+    pub(super) async fn wait(&mut self) {
         tokio::select! {
             _ = self.shutdown.wait() => {}
             _ = crate::shutdown::flag_set(&mut self.retired) => {}
@@ -132,14 +128,16 @@ async fn serve_connection(
             serve_http(shared, info, stream, proto, timeouts, close).await
         }
         Some(config) => {
-            let accept = TlsAcceptor::from(config).accept(stream);
+            // Boxed, as is the TLS connection's service below: a TLS state is large and
+            // would otherwise size the task of every plain connection too.
+            let accept = Box::pin(TlsAcceptor::from(config).accept(stream));
             match tokio::time::timeout(timeouts.0, accept).await {
                 Ok(Ok(tls_stream)) => {
                     let proto = match tls_stream.get_ref().1.alpn_protocol() {
                         Some(b"h2") => Proto::Http2,
                         _ => Proto::Http1,
                     };
-                    serve_http(shared, info, tls_stream, proto, timeouts, close).await
+                    Box::pin(serve_http(shared, info, tls_stream, proto, timeouts, close)).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -150,7 +148,7 @@ async fn serve_connection(
 
 /// Which HTTP a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
+pub(super) enum Proto {
     Http1,
     Http2,
     /// Not known from the first bytes: let hyper-util's auto builder decide.
@@ -173,104 +171,4 @@ async fn sniff(stream: &TcpStream) -> Option<Proto> {
         _ if H2_PREFACE.starts_with(&first[..n]) => Proto::Auto,
         _ => Proto::Http1,
     })
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream.
-async fn serve_http<IO>(
-    shared: Arc<Shared>,
-    info: ConnInfo,
-    io: IO,
-    proto: Proto,
-    timeouts: (Duration, Duration),
-    close: CloseSignals,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Activity::new();
-    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
-    let svc_activity = Arc::clone(&activity);
-    let service = service_fn(move |req| {
-        let head_problem = svc_activity.head_problem();
-        let active = svc_activity.begin();
-        let shared = Arc::clone(&shared);
-        let info = info.clone();
-        async move {
-            let resp = match head_problem {
-                Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
-                _ => proxy::handle(&shared, &info, req).await,
-            };
-            Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
-        }
-    });
-    match proto {
-        Proto::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .half_close(false)
-                .keep_alive(true)
-                .serve_connection(io, service)
-                .with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
-        }
-        Proto::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(MAX_STREAMS)
-                .serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
-        }
-        Proto::Auto => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().half_close(false).keep_alive(true);
-            builder.http2().max_concurrent_streams(MAX_STREAMS);
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, timeouts, close).await;
-        }
-    }
-}
-
-/// Concurrent HTTP/2 streams per client connection.
-const MAX_STREAMS: u32 = 256;
-
-/// Runs a connection to its end, closing it when idle or slow (the watchdog) and
-/// finishing it gracefully on shutdown or when its listener is removed.
-async fn drive<C, E>(
-    conn: C,
-    finish: impl Fn(std::pin::Pin<&mut C>),
-    activity: &Activity,
-    (header_timeout, idle_timeout): (Duration, Duration),
-    mut close: CloseSignals,
-) where
-    C: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    let mut watchdog = Box::pin(tokio::time::sleep(idle_timeout));
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = close.wait(), if !closing => {
-                closing = true;
-                finish(conn.as_mut());
-            }
-            _ = watchdog.as_mut(), if !closing => {
-                let now = clock_ms();
-                match activity.verdict(now, header_timeout, idle_timeout) {
-                    Verdict::WaitUntil(t) => {
-                        let wait = Duration::from_millis(t.saturating_sub(now).max(1));
-                        watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
-                    }
-                    Verdict::Idle => {
-                        closing = true;
-                        finish(conn.as_mut());
-                    }
-                    Verdict::HeaderTimeout => return,
-                }
-            }
-        }
-    }
 }

@@ -172,6 +172,34 @@ async fn sni_picks_the_certificate_and_the_first_is_the_default() {
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
+#[tokio::test]
+async fn idle_tls_connection_is_parked_and_serves_again() {
+    let b = TestBackend::start("a").await;
+    let certs = make_certs();
+    let d = start_daemon(&tls_config(&certs.dir, &[&b], "[\"http/1.1\"]")).await;
+    let (s, _) = tls_connect(addr(&d), "a.test", &[]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let parked = || d.shared().parked.load(std::sync::atomic::Ordering::Relaxed);
+    for round in 0..3 {
+        sender.ready().await.unwrap();
+        let req = Request::get("/")
+            .header("host", "a.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "backend a\n", "round {round}");
+        assert!(
+            wait_until(DEADLINE, || async { parked() == 1 }).await,
+            "TLS connection not parked"
+        );
+    }
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
 async fn h2_get_many(
     io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     n: usize,

@@ -1,0 +1,344 @@
+//! Serving HTTP on one established client connection.
+//!
+//! hyper drives the protocol; beside it a watchdog enforces the header and idle
+//! timeouts and close signals (shutdown, listener retired) finish the connection
+//! gracefully. Both are polled through a [`Gate`], only when they fire, not on each of
+//! the several wake-ups a request causes.
+//!
+//! An HTTP/1 connection idle for [`PARK_AFTER`] is parked, as nginx frees an idle
+//! keep-alive connection's buffers: hyper's state (its read and write buffers, about
+//! 20 KiB) is dropped and only the socket is kept, with a task that waits for the
+//! client's next bytes, the idle timeout or a close signal. When the client speaks
+//! again a fresh hyper connection takes over the same socket, reading first whatever
+//! the previous one had read but not parsed.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{HttpService, service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use super::conn_clock::{Activity, ConnBody, TimedIo, Verdict};
+use super::listener::{CloseSignals, Proto};
+use super::wake_gate::Gate;
+use crate::backend::clock_ms;
+use crate::proxy::{self, ConnInfo};
+use crate::shared::Shared;
+
+/// Concurrent HTTP/2 streams per client connection.
+const MAX_STREAMS: u32 = 256;
+
+/// How long closing a parked connection may take (a TLS close_notify, a FIN).
+const PARKED_CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// A client stream maitred serves HTTP on: plain TCP or TLS over TCP.
+pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath, waited on while the connection is parked.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl ClientStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// The connection's timeouts: `header_timeout` and `idle_timeout`.
+pub(super) type Timeouts = (Duration, Duration);
+
+/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends.
+pub(super) async fn serve_http<IO: ClientStream>(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    io: IO,
+    proto: Proto,
+    timeouts: Timeouts,
+    mut close: CloseSignals,
+) {
+    let activity = Activity::new();
+    let daemon = Arc::clone(&shared);
+    let svc_activity = Arc::clone(&activity);
+    let service = service_fn(move |req| {
+        let head_problem = svc_activity.head_problem();
+        let active = svc_activity.begin();
+        let shared = Arc::clone(&shared);
+        let info = info.clone();
+        async move {
+            let resp = match head_problem {
+                Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
+                _ => proxy::handle(&shared, &info, req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
+        }
+    });
+    // Due at once: its first verdict sets the deadline that applies.
+    let mut watchdog = Box::pin(tokio::time::sleep(Duration::ZERO));
+    match proto {
+        Proto::Http1 => {
+            let on = Watch {
+                activity: &activity,
+                timeouts,
+                park: true,
+            };
+            serve_http1(io, service, on, &daemon.parked, close, watchdog).await
+        }
+        Proto::Http2 => {
+            let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .serve_connection(io, service);
+            let conn = pin!(conn);
+            let on = Watch {
+                activity: &activity,
+                timeouts,
+                park: false,
+            };
+            on.drive(conn, |c| c.graceful_shutdown(), &mut close, &mut watchdog)
+                .await;
+        }
+        Proto::Auto => {
+            let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().half_close(false).keep_alive(true);
+            builder.http2().max_concurrent_streams(MAX_STREAMS);
+            let conn = pin!(builder.serve_connection_with_upgrades(io, service));
+            let on = Watch {
+                activity: &activity,
+                timeouts,
+                park: false,
+            };
+            on.drive(conn, |c| c.graceful_shutdown(), &mut close, &mut watchdog)
+                .await;
+        }
+    }
+}
+
+/// Serves HTTP/1.1, parking the connection whenever it idles for [`PARK_AFTER`].
+async fn serve_http1<IO, S>(
+    mut io: IO,
+    mut service: S,
+    on: Watch<'_>,
+    parked_count: &AtomicUsize,
+    mut close: CloseSignals,
+    mut watchdog: Pin<Box<Sleep>>,
+) where
+    IO: ClientStream,
+    S: HttpService<Incoming, ResBody = ConnBody> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    builder.half_close(false).keep_alive(true);
+    let activity = on.activity;
+    let mut replay = Bytes::new();
+    loop {
+        let timed = TimedIo::resume(io, Arc::clone(activity), replay);
+        // Boxed so that a parked connection holds none of hyper's state.
+        let mut conn = Box::new(
+            builder
+                .serve_connection(TokioIo::new(timed), service)
+                .with_upgrades(),
+        );
+        let ended = on
+            .drive(
+                Pin::new(&mut *conn),
+                |c| c.graceful_shutdown(),
+                &mut close,
+                &mut watchdog,
+            )
+            .await;
+        if ended == Ended::Done {
+            return;
+        }
+        activity.set_parking(false);
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner().into_inner();
+        service = parts.service;
+        replay = parts.read_buf;
+        if replay.is_empty()
+            && !on
+                .parked(&io, parked_count, &mut close, &mut watchdog)
+                .await
+        {
+            let _ = tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown()).await;
+            return;
+        }
+    }
+}
+
+/// What a side event asks of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// Finish gracefully: shutdown, listener retired, or idle too long.
+    Finish,
+    /// Close at once: a request head took too long.
+    Abort,
+    /// Idle long enough to park.
+    Park,
+}
+
+/// How driving a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The connection is over.
+    Done,
+    /// hyper finished without closing the socket: take its parts and park.
+    Parked,
+}
+
+/// One connection's watchdog settings.
+#[derive(Debug, Clone, Copy)]
+struct Watch<'a> {
+    activity: &'a Arc<Activity>,
+    timeouts: Timeouts,
+    /// Whether an idle connection may be parked (HTTP/1 only).
+    park: bool,
+}
+
+impl Watch<'_> {
+    /// Runs hyper's connection `conn` until it ends, or (HTTP/1) until it is idle long
+    /// enough to park; `finish` starts hyper's graceful shutdown.
+    async fn drive<C, E>(
+        self,
+        mut conn: Pin<&mut C>,
+        finish: impl Fn(Pin<&mut C>),
+        close: &mut CloseSignals,
+        watchdog: &mut Pin<Box<Sleep>>,
+    ) -> Ended
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut side = pin!(self.side_events(close, watchdog));
+        let gate = Gate::new();
+        let mut closing = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                    return Poll::Ready(Ended::Done);
+                }
+                if closing {
+                    return Poll::Pending;
+                }
+                match gate.poll(side.as_mut(), cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Event::Abort) => return Poll::Ready(Ended::Done),
+                    Poll::Ready(Event::Finish) => {
+                        closing = true;
+                        finish(conn.as_mut());
+                    }
+                    Poll::Ready(Event::Park) => {
+                        // hyper closes an idle connection at once on graceful shutdown;
+                        // with `parking` set, the I/O's shutdown leaves the socket open.
+                        // A connection that is not idle after all (a request body still
+                        // arriving after its response) finishes its exchange and closes.
+                        self.activity.set_parking(true);
+                        finish(conn.as_mut());
+                        match conn.as_mut().poll(cx) {
+                            Poll::Ready(Ok(())) => return Poll::Ready(Ended::Parked),
+                            Poll::Ready(Err(e)) => {
+                                tracing::debug!(error = %e, "client connection ended with an error");
+                                return Poll::Ready(Ended::Done);
+                            }
+                            Poll::Pending => {
+                                self.activity.set_parking(false);
+                                closing = true;
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The connection's side events: close signals and the watchdog's verdicts.
+    async fn side_events(self, close: &mut CloseSignals, watchdog: &mut Pin<Box<Sleep>>) -> Event {
+        let (header_timeout, idle_timeout) = self.timeouts;
+        loop {
+            tokio::select! {
+                _ = close.wait() => return Event::Finish,
+                _ = watchdog.as_mut() => {
+                    let now = clock_ms();
+                    match self.activity.verdict(now, header_timeout, idle_timeout, self.park) {
+                        Verdict::WaitUntil(t) => {
+                            let wait = Duration::from_millis(t.saturating_sub(now).max(1));
+                            watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
+                        }
+                        Verdict::Idle => return Event::Finish,
+                        Verdict::HeaderTimeout => return Event::Abort,
+                        Verdict::Park => return Event::Park,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits, holding only the socket, until the client sends again (`true`) or the
+    /// connection should close: idle timeout, shutdown, listener retired (`false`).
+    async fn parked<IO: ClientStream>(
+        self,
+        io: &IO,
+        parked_count: &AtomicUsize,
+        close: &mut CloseSignals,
+        watchdog: &mut Pin<Box<Sleep>>,
+    ) -> bool {
+        let _counted = Counted::new(parked_count);
+        let idle_ms = self.timeouts.1.as_millis() as u64;
+        let deadline = self.activity.last_end() + idle_ms;
+        let now = clock_ms();
+        if now >= deadline {
+            return false;
+        }
+        let wait = Duration::from_millis(deadline - now);
+        watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
+        let resume = tokio::select! {
+            r = io.socket().readable() => r.is_ok(),
+            _ = close.wait() => false,
+            _ = watchdog.as_mut() => false,
+        };
+        // Due at once: the next drive looks at the new request's head deadline as
+        // soon as hyper has read its first bytes.
+        watchdog.as_mut().reset(tokio::time::Instant::now());
+        resume
+    }
+}
+
+/// One parked connection counted in the daemon's gauge while it lives.
+#[derive(Debug)]
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

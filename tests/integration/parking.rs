@@ -1,0 +1,173 @@
+//! Idle HTTP/1 keep-alive connections are parked (their HTTP state dropped, only the
+//! socket kept) and serve again when the client speaks: the same connection, the same
+//! answers, with header and idle timeouts and shutdown still applying.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// Parked connections of the daemon now.
+fn parked(d: &maitred::app::Daemon) -> usize {
+    d.shared().parked.load(Ordering::Relaxed)
+}
+
+async fn wait_parked(d: &maitred::app::Daemon, n: usize) {
+    assert!(
+        wait_until(DEADLINE, || async { parked(d) == n }).await,
+        "parked connections: {} (want {n})",
+        parked(d)
+    );
+}
+
+/// Reads one response (the test backend answers with Content-Length) from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let done = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let len = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        out.len() >= head_end + 4 + len
+    };
+    tokio::time::timeout(DEADLINE, async {
+        while !done(&out) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("response within the deadline");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits until the server closes `s`; returns what it sent before closing.
+async fn read_until_closed(s: &mut TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let ok = tokio::time::timeout(DEADLINE, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    ok.ok().map(|_| String::from_utf8_lossy(&out).into_owned())
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn idle_connection_is_parked_and_serves_again_on_the_same_socket() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+    for round in 0..3 {
+        s.write_all(GET).await.unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.contains("backend a"), "round {round}: {resp}");
+        wait_parked(&d, 1).await;
+    }
+    // Two pipelined requests in one write after a park: both answered, in order.
+    s.write_all(&[GET, GET].concat()).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.contains("backend a"), "{first}");
+    let second = read_response(&mut s).await;
+    assert!(second.contains("backend a"), "{second}");
+    assert_eq!(b.hits.load(Ordering::Relaxed), 5);
+    wait_parked(&d, 1).await;
+    drop(s);
+    wait_parked(&d, 0).await;
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn a_request_split_across_the_park_delay_is_served_whole() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&d, 1).await;
+    // Half a head, a pause longer than the park delay, the rest: one request.
+    s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
+    wait_parked(&d, 0).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(parked(&d), 0, "a connection with half a head was parked");
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.hits.load(Ordering::Relaxed), 2);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn header_and_idle_timeouts_apply_to_parked_connections() {
+    let b = TestBackend::start("a").await;
+    let toml = simple_config("round-robin", &[&b], "").replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nheader_timeout = \"400ms\"\nidle_timeout = \"1500ms\"\n",
+    );
+    let d = start_daemon(&toml).await;
+
+    // Slowloris after a park: half a head, then silence, is cut off.
+    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&d, 1).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let rest = read_until_closed(&mut s).await;
+    assert_eq!(
+        rest.as_deref(),
+        Some(""),
+        "slow head after a park not cut off"
+    );
+
+    // A parked connection that stays silent is closed at the idle timeout.
+    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&d, 1).await;
+    assert_eq!(read_until_closed(&mut s).await.as_deref(), Some(""));
+    wait_parked(&d, 0).await;
+    assert_eq!(b.hits.load(Ordering::Relaxed), 2);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_at_once() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+        s.write_all(GET).await.unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    wait_parked(&d, 4).await;
+    let clean = d.shutdown(Some(Duration::from_secs(30))).await;
+    assert!(clean, "parked connections held up shutdown");
+    for s in &mut conns {
+        assert_eq!(read_until_closed(s).await.as_deref(), Some(""));
+    }
+}
