@@ -447,6 +447,12 @@ impl Daemon {
     pub async fn shutdown(&self, grace: Option<Duration>) -> bool {
         let grace = grace.unwrap_or_else(|| self.shared.live.load().config.server.grace_period);
         self.trigger.trigger();
+        // Open client connections watch their listener's stop flag only.
+        if let Ok(map) = self.listeners.lock() {
+            for b in map.values() {
+                let _ = b.stop.send(true);
+            }
+        }
         let clean = self.shared.tracker.wait_idle(grace).await;
         let workers = self.workers.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = workers {

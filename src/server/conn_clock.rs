@@ -51,7 +51,7 @@ pub struct Activity {
 /// Short enough that idle keep-alive connections hold almost nothing (nginx frees its
 /// buffers at once); long enough that a busy connection, whose next request follows
 /// within milliseconds, never pays for rebuilding its HTTP state.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// What the watchdog should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_http1_connections_park_after_a_quarter_second_unless_a_write_waits() {
+    fn idle_http1_connections_park_after_the_delay_unless_a_write_waits() {
         let a = Activity::new();
         let (hdr, idle) = (Duration::from_millis(100), Duration::from_secs(60));
         let end = a.last_end();

@@ -64,124 +64,171 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 pub(super) type Timeouts = (Duration, Duration);
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends.
-pub(super) async fn serve_http<IO: ClientStream>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
+pub(super) fn serve_http<IO: ClientStream>(
     shared: Arc<Shared>,
     info: ConnInfo,
     io: IO,
     proto: Proto,
     timeouts: Timeouts,
     mut close: CloseSignals,
-) {
-    let activity = Activity::new();
-    let daemon = Arc::clone(&shared);
-    let svc_activity = Arc::clone(&activity);
-    let service = service_fn(move |req| {
-        let head_problem = svc_activity.head_problem();
-        let active = svc_activity.begin();
-        let shared = Arc::clone(&shared);
-        let info = info.clone();
-        async move {
-            let resp = match head_problem {
-                Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
-                _ => proxy::handle(&shared, &info, req).await,
-            };
-            Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
-        }
-    });
-    // Due at once: its first verdict sets the deadline that applies.
-    let mut watchdog = Box::pin(tokio::time::sleep(Duration::ZERO));
-    match proto {
-        Proto::Http1 => {
-            let on = Watch {
-                activity: &activity,
-                timeouts,
-                park: true,
-            };
-            serve_http1(io, service, on, &daemon.parked, close, watchdog).await
-        }
-        Proto::Http2 => {
-            let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(MAX_STREAMS)
-                .serve_connection(io, service);
-            let conn = pin!(conn);
-            let on = Watch {
-                activity: &activity,
-                timeouts,
-                park: false,
-            };
-            on.drive(conn, |c| c.graceful_shutdown(), &mut close, &mut watchdog)
-                .await;
-        }
-        Proto::Auto => {
-            let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().half_close(false).keep_alive(true);
-            builder.http2().max_concurrent_streams(MAX_STREAMS);
-            let conn = pin!(builder.serve_connection_with_upgrades(io, service));
-            let on = Watch {
-                activity: &activity,
-                timeouts,
-                park: false,
-            };
-            on.drive(conn, |c| c.graceful_shutdown(), &mut close, &mut watchdog)
-                .await;
+) -> impl Future<Output = ()> {
+    // A plain fn around an async block: its arguments are stored once, not twice as an
+    // async fn's are, which keeps every connection's task smaller.
+    async move {
+        let activity = Activity::new();
+        let daemon = Arc::clone(&shared);
+        let svc_activity = Arc::clone(&activity);
+        let service = service_fn(move |req| {
+            let head_problem = svc_activity.head_problem();
+            let active = svc_activity.begin();
+            let shared = Arc::clone(&shared);
+            let info = info.clone();
+            async move {
+                let resp = match head_problem {
+                    Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
+                    _ => proxy::handle(&shared, &info, req).await,
+                };
+                Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
+            }
+        });
+        // Due at once: its first verdict sets the deadline that applies.
+        let mut watchdog = Box::pin(tokio::time::sleep(Duration::ZERO));
+        match proto {
+            Proto::Http1 => {
+                let on = Watch {
+                    activity: &activity,
+                    timeouts,
+                    park: true,
+                };
+                serve_http1(io, service, on, &daemon.parked, close, watchdog).await
+            }
+            // Boxed whole: inline, HTTP/2's state would size the task of every HTTP/1
+            // connection too.
+            Proto::Http2 => {
+                Box::pin(async move {
+                    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(MAX_STREAMS)
+                        .serve_connection(io, service);
+                    let on = Watch {
+                        activity: &activity,
+                        timeouts,
+                        park: false,
+                    };
+                    on.drive(
+                        pin!(conn),
+                        |c| c.graceful_shutdown(),
+                        &mut close,
+                        &mut watchdog,
+                    )
+                    .await;
+                })
+                .await
+            }
+            Proto::Auto => {
+                Box::pin(async move {
+                    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().half_close(false).keep_alive(true);
+                    builder.http2().max_concurrent_streams(MAX_STREAMS);
+                    let conn = builder.serve_connection_with_upgrades(io, service);
+                    let on = Watch {
+                        activity: &activity,
+                        timeouts,
+                        park: false,
+                    };
+                    on.drive(
+                        pin!(conn),
+                        |c| c.graceful_shutdown(),
+                        &mut close,
+                        &mut watchdog,
+                    )
+                    .await;
+                })
+                .await
+            }
         }
     }
 }
 
 /// Serves HTTP/1.1, parking the connection whenever it idles for [`PARK_AFTER`].
-async fn serve_http1<IO, S>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
+fn serve_http1<IO, S>(
     mut io: IO,
     mut service: S,
     on: Watch<'_>,
     parked_count: &AtomicUsize,
     mut close: CloseSignals,
     mut watchdog: Pin<Box<Sleep>>,
-) where
+) -> impl Future<Output = ()>
+where
     IO: ClientStream,
     S: HttpService<Incoming, ResBody = ConnBody> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = http1::Builder::new();
-    builder.half_close(false).keep_alive(true);
-    let activity = on.activity;
-    let mut replay = Bytes::new();
-    loop {
-        let timed = TimedIo::resume(io, Arc::clone(activity), replay);
-        // Boxed so that a parked connection holds none of hyper's state.
-        let mut conn = Box::new(
-            builder
-                .serve_connection(TokioIo::new(timed), service)
-                .with_upgrades(),
-        );
-        let ended = on
-            .drive(
+    // A plain fn around an async block: its arguments are stored once, not twice as an
+    // async fn's are, which keeps every connection's task smaller.
+    async move {
+        let activity = on.activity;
+        let mut replay = Bytes::new();
+        loop {
+            let timed = TimedIo::resume(io, Arc::clone(activity), replay);
+            // Boxed so that a parked connection holds none of hyper's state.
+            let mut conn = Box::new(
+                http1::Builder::new()
+                    .half_close(false)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(timed), service)
+                    .with_upgrades(),
+            );
+            // The driving future is boxed too: the task keeps only what parking needs.
+            let ended = Box::pin(on.drive(
                 Pin::new(&mut *conn),
                 |c| c.graceful_shutdown(),
                 &mut close,
                 &mut watchdog,
-            )
+            ))
             .await;
-        if ended == Ended::Done {
-            return;
-        }
-        activity.set_parking(false);
-        let Some(parts) = conn.into_parts() else {
-            return;
-        };
-        io = parts.io.into_inner().into_inner();
-        service = parts.service;
-        replay = parts.read_buf;
-        if replay.is_empty()
-            && !on
-                .parked(&io, parked_count, &mut close, &mut watchdog)
-                .await
-        {
-            let _ = tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown()).await;
-            return;
+            if ended == Ended::Done {
+                return;
+            }
+            activity.set_parking(false);
+            // In a function, so that nothing of hyper's parts stays in this future's state.
+            (io, service, replay) = match take_parts(*conn) {
+                Some(parts) => parts,
+                None => return,
+            };
+            if replay.is_empty()
+                && !on
+                    .parked(&io, parked_count, &mut close, &mut watchdog)
+                    .await
+            {
+                let _ = Box::pin(tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown())).await;
+                return;
+            }
         }
     }
+}
+
+/// The socket, service and unparsed bytes of a finished hyper HTTP/1 connection;
+/// `None` if it was upgraded.
+fn take_parts<IO, S>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<TokioIo<TimedIo<IO>>, S>,
+) -> Option<(IO, S, Bytes)>
+where
+    IO: ClientStream,
+    S: HttpService<Incoming, ResBody = ConnBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let parts = conn.into_parts()?;
+    // The unparsed bytes are a view of hyper's whole read buffer: copied (or dropped
+    // when empty) so that the buffer itself is freed.
+    let replay = match parts.read_buf.is_empty() {
+        true => Bytes::new(),
+        false => Bytes::copy_from_slice(&parts.read_buf),
+    };
+    Some((parts.io.into_inner().into_inner(), parts.service, replay))
 }
 
 /// What a side event asks of the connection.
@@ -314,11 +361,19 @@ impl Watch<'_> {
         }
         let wait = Duration::from_millis(deadline - now);
         watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
-        let resume = tokio::select! {
-            r = io.socket().readable() => r.is_ok(),
-            _ = close.wait() => false,
-            _ = watchdog.as_mut() => false,
-        };
+        // Polled by hand, not through `readable()` and `select!`: what this waits with
+        // is most of what a parked connection costs.
+        let mut closing = pin!(close.wait());
+        let resume = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = io.socket().poll_read_ready(cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if closing.as_mut().poll(cx).is_ready() || watchdog.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await;
         // Due at once: the next drive looks at the new request's head deadline as
         // soon as hyper has read its first bytes.
         watchdog.as_mut().reset(tokio::time::Instant::now());
