@@ -145,12 +145,12 @@ fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// authority) becomes Host where the request had none (HTTP/2).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client: Client<'_>,
     tls: bool,
     host: Option<HeaderValue>,
     had_host: bool,
 ) {
-    let xff = forwarded_for(headers, client_ip);
+    let xff = forwarded_for(headers, client);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -208,22 +208,38 @@ impl AsRef<[u8]> for IpText {
     }
 }
 
-/// `existing, client_ip`, or `client_ip` alone, in one allocation.
-fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> HeaderValue {
-    let mut ip_buf = [0u8; 48];
-    let ip_len = write_ip(&mut ip_buf, ip);
-    let ip_text = &ip_buf[..ip_len];
+/// The client a request is forwarded for.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// Its address.
+    pub ip: IpAddr,
+    /// The address as a header value, when one is at hand (the connection's peer).
+    pub text: Option<&'a HeaderValue>,
+}
+
+/// An IP address as a header value, reference-counted from the start so that copies
+/// share it.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let len = write_ip(&mut buf, ip);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(IpText { buf, len }))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// `existing, client`, or the client alone: shared when its text is at hand, else in
+/// one allocation.
+fn forwarded_for(headers: &HeaderMap, client: Client<'_>) -> HeaderValue {
     let existing = headers.get_all(&X_FORWARDED_FOR);
     let total: usize = existing.iter().map(|v| v.len() + 2).sum();
     if total == 0 {
-        // Reference-counted from the start, so copies of the request share it.
-        let owned = bytes::Bytes::from_owner(IpText {
-            buf: ip_buf,
-            len: ip_len,
-        });
-        return HeaderValue::from_maybe_shared(owned)
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        return match client.text {
+            Some(text) => text.clone(),
+            None => ip_value(client.ip),
+        };
     }
+    let mut ip_buf = [0u8; 48];
+    let ip_len = write_ip(&mut ip_buf, client.ip);
+    let ip_text = &ip_buf[..ip_len];
     let mut buf = Vec::with_capacity(total + ip_len);
     for v in existing.iter() {
         buf.extend_from_slice(v.as_bytes());
@@ -301,8 +317,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, None, false);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let text = ip_value(ip);
+        let client = Client {
+            ip,
+            text: Some(&text),
+        };
+        add_forwarded(&mut h, client, false, None, false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        // Without an incoming list: the connection's text, or one made for the client.
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, client, true, None, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let mut h = HeaderMap::new();
+        let other = Client {
+            ip: "2001:db8::1".parse().unwrap(),
+            text: None,
+        };
+        add_forwarded(&mut h, other, false, None, false);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 }

@@ -39,6 +39,21 @@ pub struct ConnInfo {
     pub peer_ip: IpAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// `peer_ip` as a header value, made once per connection: X-Forwarded-For of a
+    /// request that arrives without one shares it instead of allocating.
+    pub peer_text: HeaderValue,
+}
+
+impl ConnInfo {
+    /// What the proxy keeps about a new client connection.
+    pub fn new(listener: Arc<str>, peer_ip: IpAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            listener,
+            peer_ip,
+            tls,
+            peer_text: headers::ip_value(peer_ip),
+        }
+    }
 }
 
 /// Handles one client request.
@@ -161,7 +176,11 @@ async fn proxy(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or(header_host);
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-    headers::add_forwarded(&mut parts.headers, client_ip, conn.tls, host, had_host);
+    let client = headers::Client {
+        ip: client_ip,
+        text: (client_ip == conn.peer_ip).then_some(&conn.peer_text),
+    };
+    headers::add_forwarded(&mut parts.headers, client, conn.tls, host, had_host);
     if parts.uri.scheme().is_some() {
         parts.uri = origin_form(&parts.uri);
     }

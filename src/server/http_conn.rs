@@ -79,11 +79,12 @@ pub(super) fn serve_http<IO: ClientStream>(
         let activity = Activity::new();
         let daemon = Arc::clone(&shared);
         let svc_activity = Arc::clone(&activity);
+        let info = Arc::new(info);
         let service = service_fn(move |req| {
             let head_problem = svc_activity.head_problem();
             let active = svc_activity.begin();
             let shared = Arc::clone(&shared);
-            let info = info.clone();
+            let info = Arc::clone(&info);
             async move {
                 let resp = match head_problem {
                     Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),

@@ -116,11 +116,7 @@ fn serve_connection(
                 }
             }
         }
-        let info = ConnInfo {
-            listener,
-            peer_ip,
-            tls: tls.is_some(),
-        };
+        let info = ConnInfo::new(listener, peer_ip, tls.is_some());
         match tls {
             None => {
                 let proto = match tokio::time::timeout(timeouts.0, sniff(&stream)).await {
