@@ -6,19 +6,24 @@
 //! response into the same allocation, which then becomes the client's response, which
 //! hyper recycles for the next request), so the only cost left would be allocating the
 //! copy: the copy is made into a per-thread spare map, and the original, once no longer
-//! needed, becomes the next spare.
+//! needed, becomes the next spare. A worker keeps as many spares as it has had requests
+//! in flight at once (up to [`MAX_SPARES`]), so concurrency does not bring the
+//! allocations back.
 
 use std::cell::RefCell;
 
 use http::HeaderMap;
 
+/// Spare maps kept per worker thread, at most.
+pub const MAX_SPARES: usize = 512;
+
 thread_local! {
-    static SPARE: RefCell<Option<HeaderMap>> = const { RefCell::new(None) };
+    static SPARES: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A copy of `src` in a recycled map (header values are reference-counted, not copied).
 pub fn copy_headers(src: &HeaderMap) -> HeaderMap {
-    let mut map = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    let mut map = SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default();
     map.clear();
     map.reserve(src.len());
     for (name, value) in src {
@@ -30,7 +35,12 @@ pub fn copy_headers(src: &HeaderMap) -> HeaderMap {
 /// Gives a map back for the next copy.
 pub fn recycle(mut map: HeaderMap) {
     map.clear();
-    SPARE.with(|s| *s.borrow_mut() = Some(map));
+    SPARES.with(|s| {
+        let mut spares = s.borrow_mut();
+        if spares.len() < MAX_SPARES {
+            spares.push(map);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -49,5 +59,25 @@ mod tests {
         recycle(c);
         let again = copy_headers(&h);
         assert_eq!(again, h);
+    }
+
+    #[test]
+    fn concurrent_copies_reuse_their_maps() {
+        let mut h = HeaderMap::new();
+        h.append("a", "1".parse().unwrap());
+        let copies: Vec<HeaderMap> = (0..8).map(|_| copy_headers(&h)).collect();
+        let capacities: Vec<usize> = copies.iter().map(HeaderMap::capacity).collect();
+        for c in copies {
+            recycle(c);
+        }
+        // All eight come back: eight copies at once need no new map.
+        let again: Vec<HeaderMap> = (0..8).map(|_| copy_headers(&h)).collect();
+        assert!(again.iter().all(|c| *c == h));
+        let mut before = capacities;
+        let mut after: Vec<usize> = again.iter().map(HeaderMap::capacity).collect();
+        before.sort_unstable();
+        after.sort_unstable();
+        assert_eq!(before, after);
+        SPARES.with(|s| assert!(s.borrow().is_empty()));
     }
 }
