@@ -9,6 +9,10 @@
 //! request elsewhere without rewriting the cookie, so the client returns when the
 //! pressure passes.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 use http::HeaderValue;
 
 use super::key::find_cookie;
@@ -31,6 +35,32 @@ pub struct CookieAffinity {
     tags: Box<[u64]>,
     fallback: Box<dyn Balancer>,
     total_weight: u32,
+    /// Tells this balancer's entries in the per-thread [`ISSUED`] cache from those of
+    /// other pools and of earlier configs.
+    instance: u64,
+}
+
+/// Source of [`CookieAffinity::instance`].
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// Slots in each thread's cache of Set-Cookie values issued this second.
+const ISSUED_SLOTS: usize = 64;
+
+/// A Set-Cookie value issued in one second for one backend.
+#[derive(Debug, Clone)]
+struct Issued {
+    instance: u64,
+    index: usize,
+    second: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    /// A token holds only its backend and the second it was issued, so every client
+    /// placed on the same backend within one second gets the same one: it is signed
+    /// and formatted once per backend per second per thread, then shared.
+    static ISSUED: RefCell<[Option<Issued>; ISSUED_SLOTS]> =
+        const { RefCell::new([const { None }; ISSUED_SLOTS]) };
 }
 
 impl CookieAffinity {
@@ -72,6 +102,7 @@ impl CookieAffinity {
             tags,
             fallback,
             total_weight: backends.iter().map(|b| b.weight).sum(),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -84,11 +115,45 @@ impl CookieAffinity {
 
     /// The Set-Cookie value binding a client to backend `index`.
     fn set_cookie(&self, index: usize, now: u64) -> Option<HeaderValue> {
-        let token = self.key.encode(Token {
+        let slot = (self.instance as usize)
+            .wrapping_mul(31)
+            .wrapping_add(index)
+            % ISSUED_SLOTS;
+        let cached = ISSUED.with(|c| {
+            c.borrow()[slot]
+                .as_ref()
+                .filter(|e| e.instance == self.instance && e.index == index && e.second == now)
+                .map(|e| e.value.clone())
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let value = self.make_set_cookie(index, now)?;
+        ISSUED.with(|c| {
+            c.borrow_mut()[slot] = Some(Issued {
+                instance: self.instance,
+                index,
+                second: now,
+                value: value.clone(),
+            });
+        });
+        Some(value)
+    }
+
+    /// Signs a token for backend `index` issued at `now` and formats the Set-Cookie
+    /// value around it, in one allocation.
+    fn make_set_cookie(&self, index: usize, now: u64) -> Option<HeaderValue> {
+        let token = Token {
             backend: *self.tags.get(index)?,
             issued: now,
-        });
-        HeaderValue::from_str(&format!("{}={}{}", self.cookie, token, self.attributes)).ok()
+        };
+        let len = self.cookie.len() + 1 + super::token::ENCODED_LEN + self.attributes.len();
+        let mut s = String::with_capacity(len);
+        s.push_str(&self.cookie);
+        s.push('=');
+        self.key.encode_into(token, &mut s);
+        s.push_str(&self.attributes);
+        HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
     }
 
     /// A valid, unexpired token from the request's cookie.
@@ -244,6 +309,36 @@ mod tests {
             assert_eq!((p.index, p.placement), (first.index, Placement::Sticky));
             assert!(p.set_cookie.is_none(), "young token is not re-issued");
         }
+    }
+
+    #[test]
+    fn set_cookie_is_made_once_per_backend_per_second_and_per_pool() {
+        let bs = backends(&[1; 3]);
+        let c = affinity(&bs, Some(3600));
+        let a = c.set_cookie(1, 5000).unwrap();
+        let again = c.set_cookie(1, 5000).unwrap();
+        assert_eq!(a, again, "same backend, same second: the same value");
+        assert_eq!(
+            a,
+            c.make_set_cookie(1, 5000).unwrap(),
+            "cached = freshly made"
+        );
+        let next = c.set_cookie(1, 5001).unwrap();
+        assert_ne!(a, next, "a new second signs a new token");
+        let other = c.set_cookie(2, 5000).unwrap();
+        assert_ne!(a, other);
+        // Another pool (another instance, same secret): never served from this one's cache.
+        let mut p2 = pool(Some(60));
+        if let Some(aff) = p2.affinity.as_mut() {
+            aff.cookie = "other".into();
+        }
+        let c2 = CookieAffinity::new(&p2, &bs, Box::new(LeastConnections::new(&bs)));
+        let v2 = c2.set_cookie(1, 5000).unwrap();
+        assert!(v2.to_str().unwrap().starts_with("other="), "{v2:?}");
+        // And the cached value still carries a valid token for its backend.
+        let jar = a.to_str().unwrap().split(';').next().unwrap().to_string();
+        let p = pick(&c, &bs, Some(&jar), 5001);
+        assert_eq!((p.index, p.placement), (1, Placement::Sticky));
     }
 
     #[test]

@@ -95,13 +95,20 @@ impl AffinityKey {
 
     /// Encodes and signs a token.
     pub fn encode(&self, t: Token) -> String {
+        let mut out = String::with_capacity(ENCODED_LEN);
+        self.encode_into(t, &mut out);
+        out
+    }
+
+    /// Encodes and signs a token, appending it to `out`.
+    pub fn encode_into(&self, t: Token, out: &mut String) {
         let mut raw = [0u8; RAW];
         raw[0] = VERSION;
         raw[1..9].copy_from_slice(&t.backend.to_be_bytes());
         raw[9..17].copy_from_slice(&t.issued.to_be_bytes());
         let mac = hmac::sign(&self.key, &raw[..SIGNED]);
         raw[SIGNED..].copy_from_slice(mac.as_ref());
-        URL_SAFE_NO_PAD.encode(raw)
+        URL_SAFE_NO_PAD.encode_string(raw, out);
     }
 
     /// Decodes and verifies a cookie value, without allocating.
