@@ -106,46 +106,29 @@ pub(super) fn serve_http<IO: ClientStream>(
             }
             // Boxed whole: inline, HTTP/2's state would size the task of every HTTP/1
             // connection too.
-            Proto::Http2 => {
+            multiplexed => {
                 Box::pin(async move {
                     let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(MAX_STREAMS)
-                        .serve_connection(io, service);
                     let on = Watch {
                         activity: &activity,
                         timeouts,
                         park: false,
                     };
-                    on.drive(
-                        pin!(conn),
-                        |c| c.graceful_shutdown(),
-                        &mut close,
-                        &mut watchdog,
-                    )
-                    .await;
-                })
-                .await
-            }
-            Proto::Auto => {
-                Box::pin(async move {
-                    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&activity)));
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().half_close(false).keep_alive(true);
-                    builder.http2().max_concurrent_streams(MAX_STREAMS);
-                    let conn = builder.serve_connection_with_upgrades(io, service);
-                    let on = Watch {
-                        activity: &activity,
-                        timeouts,
-                        park: false,
-                    };
-                    on.drive(
-                        pin!(conn),
-                        |c| c.graceful_shutdown(),
-                        &mut close,
-                        &mut watchdog,
-                    )
-                    .await;
+                    let (close, watchdog) = (&mut close, &mut watchdog);
+                    if multiplexed == Proto::Http2 {
+                        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .max_concurrent_streams(MAX_STREAMS)
+                            .serve_connection(io, service);
+                        on.drive(pin!(conn), |c| c.graceful_shutdown(), close, watchdog)
+                            .await;
+                    } else {
+                        let mut builder = auto::Builder::new(TokioExecutor::new());
+                        builder.http1().half_close(false).keep_alive(true);
+                        builder.http2().max_concurrent_streams(MAX_STREAMS);
+                        let conn = builder.serve_connection_with_upgrades(io, service);
+                        on.drive(pin!(conn), |c| c.graceful_shutdown(), close, watchdog)
+                            .await;
+                    }
                 })
                 .await
             }
