@@ -171,3 +171,40 @@ async fn shutdown_closes_parked_connections_at_once() {
         assert_eq!(read_until_closed(s).await.as_deref(), Some(""));
     }
 }
+
+#[tokio::test]
+async fn uploads_and_upgrades_work_on_a_connection_that_was_parked() {
+    use futures_util::{SinkExt, StreamExt};
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&d, 1).await;
+
+    // A request with a body, after the park: the body reaches the backend whole.
+    let body = vec![b'x'; 100_000];
+    let head = format!(
+        "POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.trim_end().ends_with("\r\n\r\n100000"), "{resp}");
+    wait_parked(&d, 1).await;
+
+    // Then a WebSocket upgrade on the same socket: tunnelled both ways.
+    let url = format!("ws://{}/ws", addr(&d));
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, s).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send("after a park".into()).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(reply.into_text().unwrap().ends_with(": after a park"));
+    ws.close(None).await.unwrap();
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
