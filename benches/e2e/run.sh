@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end comparison: maitred (round-robin, cookie-affinity, access log on) against
-# nginx, HAProxy and Caddy under the same load, through ../shared/bench/peers.sh, and
-# the per-request counts through instr.sh. Run from the repository root, as root (the
+# nginx, HAProxy and Caddy under the same load, through ../shared/bench/peers.sh (small
+# bodies and 10,000 idle connections, then 16 KiB and 1 MiB bodies), and the
+# per-request counts through instr.sh. Run from the repository root, as root (the
 # harness installs the peers with apt). Extra arguments go to peers.sh, e.g. --quick.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +16,10 @@ bash "$bench/peers.sh" --out target/peers \
   --candidate "maitred=$bin run -c {BENCH}/configs/maitred.toml" \
   --candidate "maitred-cookie=$bin run -c $e2e/maitred-cookie.toml" \
   --candidate "maitred-log=$bin run -c $e2e/maitred-accesslog.toml" "$@"
+# Larger bodies: 16 KiB against nginx, 1 MiB against HAProxy.
+bash "$bench/peers.sh" --out target/peers-bodies --quick --scenarios 16k:64,1m:16 \
+  --idle-conns 0 --pin on --targets nginx,haproxy \
+  --candidate "maitred=$bin run -c {BENCH}/configs/maitred.toml"
 bash "$bench/instr.sh" --out target/instr \
   --candidate "maitred=$bin run -c {BENCH}/configs/maitred.toml" \
   --candidate "maitred-cookie=$bin run -c $e2e/maitred-cookie.toml"
