@@ -76,6 +76,15 @@ async fn read_until_closed(s: &mut TcpStream) -> Option<String> {
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
+/// A connection that has served one request and is now the daemon's only parked one.
+async fn parked_connection(d: &maitred::app::Daemon) -> TcpStream {
+    let mut s = TcpStream::connect(addr(d)).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(d, 1).await;
+    s
+}
+
 #[tokio::test]
 async fn idle_connection_is_parked_and_serves_again_on_the_same_socket() {
     let b = TestBackend::start("a").await;
@@ -104,10 +113,7 @@ async fn idle_connection_is_parked_and_serves_again_on_the_same_socket() {
 async fn a_request_split_across_the_park_delay_is_served_whole() {
     let b = TestBackend::start("a").await;
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
-    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    read_response(&mut s).await;
-    wait_parked(&d, 1).await;
+    let mut s = parked_connection(&d).await;
     // Half a head, a pause longer than the park delay, the rest: one request.
     s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
     wait_parked(&d, 0).await;
@@ -130,10 +136,7 @@ async fn header_and_idle_timeouts_apply_to_parked_connections() {
     let d = start_daemon(&toml).await;
 
     // Slowloris after a park: half a head, then silence, is cut off.
-    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    read_response(&mut s).await;
-    wait_parked(&d, 1).await;
+    let mut s = parked_connection(&d).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let rest = read_until_closed(&mut s).await;
     assert_eq!(
@@ -143,10 +146,7 @@ async fn header_and_idle_timeouts_apply_to_parked_connections() {
     );
 
     // A parked connection that stays silent is closed at the idle timeout.
-    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    read_response(&mut s).await;
-    wait_parked(&d, 1).await;
+    let mut s = parked_connection(&d).await;
     assert_eq!(read_until_closed(&mut s).await.as_deref(), Some(""));
     wait_parked(&d, 0).await;
     assert_eq!(b.hits.load(Ordering::Relaxed), 2);
@@ -177,10 +177,7 @@ async fn uploads_and_upgrades_work_on_a_connection_that_was_parked() {
     use futures_util::{SinkExt, StreamExt};
     let b = TestBackend::start("a").await;
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
-    let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    read_response(&mut s).await;
-    wait_parked(&d, 1).await;
+    let mut s = parked_connection(&d).await;
 
     // A request with a body, after the park: the body reaches the backend whole.
     let body = vec![b'x'; 100_000];
