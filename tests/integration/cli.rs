@@ -86,15 +86,34 @@ impl Drop for Proc {
 /// `port`.
 async fn run_binary(path: &std::path::Path, port: u16, config: &str) -> (Proc, SocketAddr) {
     std::fs::write(path, config).unwrap();
-    let p = Proc::start(path);
+    let mut p = Proc::start(path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr).await;
+    // Something answered; make sure it is this daemon (the port may have been taken
+    // between choosing it and binding it).
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the daemon exited: is port {port} taken?"
+    );
     (p, addr)
 }
 
+/// Runs the binary on a one-pool config in front of `backend`, in a scratch dir named
+/// `tag`; `server` goes into `[server]`.
+async fn run_one_pool(tag: &str, backend: SocketAddr, server: &str) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let path = scratch_dir(tag).join("maitred.toml");
+    run_binary(&path, port, &one_pool_config(port, backend, server)).await
+}
+
 pub async fn wait_listening(addr: SocketAddr) {
+    // A loopback connect to a port nobody listens on can connect to itself (TCP
+    // simultaneous open) when the kernel picks that same port as the local one: not a
+    // daemon.
     let up = wait_until(DEADLINE, || async move {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .is_ok_and(|s| s.local_addr().ok() != Some(addr))
     })
     .await;
     assert!(up, "daemon did not start listening on {addr}");
@@ -161,13 +180,10 @@ fn check_reports_errors_with_line_and_column() {
 #[tokio::test]
 async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let b = TestBackend::start("a").await;
-    let port = free_port();
-    let dir = scratch_dir("sigterm");
-    let path = dir.join("maitred.toml");
-    let (mut p, a) = run_binary(
-        &path,
-        port,
-        &one_pool_config(port, b.addr, "grace_period = \"10s\"\naccess_log = \"off\""),
+    let (mut p, a) = run_one_pool(
+        "sigterm",
+        b.addr,
+        "grace_period = \"10s\"\naccess_log = \"off\"",
     )
     .await;
     let slow = tokio::spawn(async move { get(a, "/slow?ms=1500").await });
@@ -185,15 +201,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
 #[tokio::test]
 async fn twenty_mib_streams_without_buffering_in_the_daemon() {
     let b = TestBackend::start("a").await;
-    let port = free_port();
-    let dir = scratch_dir("stream");
-    let path = dir.join("maitred.toml");
-    let (p, a) = run_binary(
-        &path,
-        port,
-        &one_pool_config(port, b.addr, "access_log = \"off\""),
-    )
-    .await;
+    let (p, a) = run_one_pool("stream", b.addr, "access_log = \"off\"").await;
     let mut c = Client::connect(a).await;
     // Warm up so allocator arenas and buffers exist before measuring.
     assert_eq!(c.get("/big?mb=1", &[]).await.status, 200);
@@ -391,13 +399,10 @@ async fn access_log_writes_one_line_per_request() {
 #[tokio::test]
 async fn second_sigterm_exits_at_once() {
     let b = TestBackend::start("a").await;
-    let port = free_port();
-    let dir = scratch_dir("sigterm2");
-    let path = dir.join("maitred.toml");
-    let (mut p, a) = run_binary(
-        &path,
-        port,
-        &one_pool_config(port, b.addr, "grace_period = \"60s\"\naccess_log = \"off\""),
+    let (mut p, a) = run_one_pool(
+        "sigterm2",
+        b.addr,
+        "grace_period = \"60s\"\naccess_log = \"off\"",
     )
     .await;
     let slow = tokio::spawn(async move {
