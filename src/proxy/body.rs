@@ -9,15 +9,14 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use hyper::client::conn::http1::SendRequest;
-
+use super::upstream::{UpstreamBody, UpstreamError};
 use crate::access_log::Pending;
 use crate::backend::InFlight;
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
 pub enum UpBody {
-    /// No body (also used to replay a bodiless request on retry).
+    /// No body.
     Empty,
     /// The client's body, streamed.
     Client(Incoming),
@@ -58,12 +57,11 @@ pub enum DownBody {
     /// A backend's body, streamed; holds the backend's in-flight slot until it ends or
     /// is dropped (client gone).
     Backend {
-        /// The backend's body.
-        body: Incoming,
+        /// The backend's body, with its connection, which goes back to the backend's
+        /// idle pool when the body completes.
+        body: UpstreamBody,
         /// Released when the body completes or is dropped.
         guard: Option<InFlight>,
-        /// The connection, returned to the backend's idle pool when the body completes.
-        sender: Option<SendRequest<UpBody>>,
         /// The access-log line, written when the body completes or is dropped.
         log: Option<Box<Pending>>,
     },
@@ -90,47 +88,34 @@ impl DownBody {
     }
 }
 
-/// The response is complete: the connection goes back to the backend's idle pool, then
-/// the in-flight slot is released.
-fn release(sender: &mut Option<SendRequest<UpBody>>, guard: &mut Option<InFlight>) {
-    if let (Some(s), Some(g)) = (sender.take(), guard.as_ref()) {
-        g.live().conns.put(s);
+/// The response is over: a connection whose body completed goes back to the backend's
+/// idle pool, then the in-flight slot is released.
+fn release(body: &mut UpstreamBody, guard: &mut Option<InFlight>) {
+    if let (Some(c), Some(g)) = (body.take_reusable(), guard.as_ref()) {
+        g.live().conns.put(c);
     }
     guard.take();
 }
 
 impl Drop for DownBody {
     fn drop(&mut self) {
-        // A body hyper never polled (HEAD, 204, 304, or an empty one) is complete too.
-        if let DownBody::Backend {
-            body,
-            guard,
-            sender,
-            ..
-        } = self
-        {
-            if body.is_end_stream() {
-                release(sender, guard);
-            }
+        // A body hyper never polled (HEAD, 204, 304, or an empty one) may be complete.
+        if let DownBody::Backend { body, guard, .. } = self {
+            release(body, guard);
         }
     }
 }
 
 impl Body for DownBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
-            DownBody::Backend {
-                body,
-                guard,
-                sender,
-                log,
-            } => {
+            DownBody::Backend { body, guard, log } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -140,14 +125,10 @@ impl Body for DownBody {
                         // hyper stops polling once the body says it has ended, so the
                         // connection goes back to the pool as soon as that is true.
                         if body.is_end_stream() {
-                            release(sender, guard);
+                            release(body, guard);
                         }
                     }
-                    Poll::Ready(None) => release(sender, guard),
-                    Poll::Ready(Some(Err(_))) => {
-                        sender.take();
-                        guard.take();
-                    }
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => release(body, guard),
                     Poll::Pending => {}
                 }
                 polled

@@ -1,16 +1,14 @@
 //! Idle keep-alive connections to one backend.
 //!
 //! One stack of idle senders per worker slot: a worker takes and returns connections in
-//! its own slot, so the connection's task and the requests on it stay on one thread and
-//! the slot's mutex is never contended in practice. Last in, first out, so the warmest
+//! its own slot, so a connection and the requests on it stay on one thread and the
+//! slot's mutex is never contended in practice. Last in, first out, so the warmest
 //! connection is reused and surplus ones age out on the backend's own idle timeout.
 
 use std::cell::Cell;
 use std::sync::Mutex;
 
-use hyper::client::conn::http1::SendRequest;
-
-use super::body::UpBody;
+use super::upstream::UpConn;
 
 /// Idle connections kept per backend per worker slot; beyond this, a finished
 /// connection is closed instead of pooled.
@@ -35,7 +33,7 @@ fn slot() -> usize {
 /// Idle connections to one backend.
 #[derive(Debug)]
 pub struct ConnPool {
-    slots: Box<[Mutex<Vec<SendRequest<UpBody>>>]>,
+    slots: Box<[Mutex<Vec<UpConn>>]>,
 }
 
 impl Default for ConnPool {
@@ -52,22 +50,20 @@ impl ConnPool {
         }
     }
 
-    /// Takes the most recently returned connection that is still open.
-    pub fn take(&self) -> Option<SendRequest<UpBody>> {
+    /// Takes the most recently returned connection that is still usable; the backend
+    /// may have closed the ones below it, which are dropped on the way.
+    pub fn take(&self) -> Option<UpConn> {
         let mut idle = self.slots[slot()].lock().ok()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        while let Some(mut c) = idle.pop() {
+            if c.is_usable() {
+                return Some(c);
             }
         }
         None
     }
 
     /// Returns a connection whose response has completed.
-    pub fn put(&self, s: SendRequest<UpBody>) {
-        if s.is_closed() {
-            return;
-        }
+    pub fn put(&self, s: UpConn) {
         if let Ok(mut idle) = self.slots[slot()].lock() {
             if idle.len() < MAX_IDLE_PER_SLOT {
                 idle.push(s);

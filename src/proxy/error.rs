@@ -5,6 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::DownBody;
+use super::upstream::UpstreamError;
 
 /// A failure while proxying one request.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +19,10 @@ pub enum ProxyError {
     /// The backend did not accept the connection within `connect_timeout`.
     #[error("connect to backend timed out")]
     ConnectTimeout,
-    /// The HTTP exchange with the backend failed (reset, closed, protocol error).
+    /// The HTTP exchange with the backend failed (reset, closed, protocol error), or
+    /// the client's body failed on its way there.
     #[error("backend exchange failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] super::upstream::UpstreamError),
     /// The backend's response headers did not arrive within `response_timeout`.
     #[error("backend response timed out")]
     ResponseTimeout,
@@ -41,6 +43,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoBackend | ProxyError::ListenerGone => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -52,13 +55,14 @@ impl ProxyError {
 
     /// Whether the backend is to blame (counts toward passive ejection).
     pub fn is_backend_fault(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect(_)
-                | ProxyError::ConnectTimeout
-                | ProxyError::Upstream(_)
-                | ProxyError::ResponseTimeout
-        )
+        !matches!(self, ProxyError::Upstream(UpstreamError::ClientBody(_)))
+            && matches!(
+                self,
+                ProxyError::Connect(_)
+                    | ProxyError::ConnectTimeout
+                    | ProxyError::Upstream(_)
+                    | ProxyError::ResponseTimeout
+            )
     }
 
     /// The short plain-text response for this error.
@@ -66,6 +70,7 @@ impl ProxyError {
         let status = self.status();
         let text = match self {
             ProxyError::NoBackend | ProxyError::ListenerGone => "no backend available\n",
+            ProxyError::Upstream(UpstreamError::ClientBody(_)) => "request body failed\n",
             ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
                 "bad gateway\n"
             }

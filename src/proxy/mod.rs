@@ -11,8 +11,8 @@ pub mod conn_pool;
 pub mod error;
 pub mod forward;
 pub mod headers;
-mod replay;
 mod upgrade;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -187,12 +187,11 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
-    let up_body = if bodiless {
+    let mut body = if bodiless {
         UpBody::Empty
     } else {
         UpBody::Client(body)
     };
-    let mut req = Some(Request::from_parts(parts, up_body));
 
     // Only affinity tokens need the wall clock.
     let now = match pool.balancer_kind() {
@@ -202,11 +201,10 @@ async fn proxy(
     let mut tried = Tried::new();
     let mut last_err = ProxyError::NoBackend;
     for attempt in 0..=pool.retries {
-        let Some(current) = req.as_ref() else { break };
         let mut ctx = PickContext {
             client_ip,
-            headers: current.headers(),
-            uri: current.uri(),
+            headers: &parts.headers,
+            uri: &parts.uri,
             now_secs: now,
             pool_in_flight: 0,
         };
@@ -219,40 +217,27 @@ async fn proxy(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut sender = match forward::checkout(chosen.backend, pool.connect_timeout).await {
-            Ok(sender) => sender,
+        let mut conn = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+            Ok(conn) => conn,
             Err(e) => {
                 note_failure(pool, &chosen, &e);
                 last_err = e;
                 continue;
             }
         };
-        let may_retry_after_send = replayable && attempt < pool.retries;
-        let to_send = match (may_retry_after_send, req.take()) {
-            (true, Some(r)) => {
-                let copy = replay_copy(&r);
-                req = Some(r);
-                copy
-            }
-            (_, Some(r)) => r,
-            (_, None) => break,
-        };
-        match forward::send(&mut sender, to_send, pool.response_timeout).await {
-            Ok(resp) => {
-                if let Some(kept) = req.take() {
-                    replay::recycle(kept.into_parts().0.headers);
-                }
+        match forward::send(&mut conn, &parts, &mut body, pool.response_timeout).await {
+            Ok(head) => {
+                // The request's header map is done with: the next response head of
+                // this worker is parsed into it.
+                upstream::response::recycle(std::mem::take(&mut parts.headers));
                 let name = Arc::clone(&chosen.backend.name);
-                let resp = respond(shared, pool, chosen, sender, resp, client_upgrade);
+                let resp = respond(shared, pool, chosen, conn, head, client_upgrade);
                 return (resp, Some(name));
             }
-            Err((e, unsent)) => {
+            Err((e, delivered)) => {
                 note_failure(pool, &chosen, &e);
-                if req.is_none() {
-                    req = unsent;
-                }
-                let give_up = matches!(e, ProxyError::ResponseTimeout) || req.is_none();
-                if give_up {
+                let resend = !delivered || replayable;
+                if matches!(e, ProxyError::ResponseTimeout) || !resend {
                     return (e.response(), Some(Arc::clone(&chosen.backend.name)));
                 }
                 last_err = e;
@@ -265,17 +250,6 @@ async fn proxy(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     (last_err.response(), None)
-}
-
-/// A copy of a bodiless request, for replaying it on another backend if this attempt
-/// fails after sending.
-fn replay_copy(r: &Request<UpBody>) -> Request<UpBody> {
-    let mut copy = Request::new(UpBody::Empty);
-    *copy.method_mut() = r.method().clone();
-    *copy.uri_mut() = r.uri().clone();
-    *copy.version_mut() = r.version();
-    *copy.headers_mut() = replay::copy_headers(r.headers());
-    copy
 }
 
 /// The request target without scheme and authority (HTTP/2 and absolute-form requests
@@ -315,17 +289,18 @@ fn eject_if_due(pool: &Pool, chosen: &Chosen<'_>) {
     }
 }
 
-/// Turns the backend's response into the client's: hop-by-hop headers out, the
-/// affinity cookie in, the in-flight guard and the connection into the body.
+/// Turns the backend's response head into the client's response: the affinity cookie
+/// in, the in-flight guard and the connection into the body; an agreed upgrade becomes
+/// a tunnel.
 fn respond(
     shared: &Shared,
     pool: &Pool,
     chosen: Chosen<'_>,
-    sender: hyper::client::conn::http1::SendRequest<UpBody>,
-    mut resp: Response<Incoming>,
+    conn: upstream::UpConn,
+    head: upstream::ResponseHead,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<DownBody> {
-    let status = resp.status();
+    let status = head.status;
     let live = &chosen.backend.live;
     live.record_status(status.as_u16());
     if status.is_server_error() {
@@ -334,31 +309,26 @@ fn respond(
         live.record_success();
     }
     pool.stats.count_placement(chosen.placement);
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let tunnel = match (switching, client_upgrade) {
-        (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
-        _ => None,
-    };
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    let mut headers = head.headers;
     if let Some(c) = chosen.set_cookie {
-        parts.headers.append(header::SET_COOKIE, c);
+        headers.append(header::SET_COOKIE, c);
     }
-    let body = match tunnel {
-        Some((client, backend)) => {
-            upgrade::spawn_tunnel(shared, client, backend, chosen.guard);
-            DownBody::empty()
-        }
-        None if switching => {
+    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client_upgrade else {
             // A 101 the client did not ask for cannot be honoured.
             return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
-        }
-        None => DownBody::Backend {
-            body,
+        };
+        upgrade::spawn_tunnel(shared, client, conn, chosen.guard);
+        DownBody::empty()
+    } else {
+        DownBody::Backend {
+            body: upstream::UpstreamBody::new(conn, head.framing, head.keep_alive),
             guard: Some(chosen.guard),
-            sender: Some(sender),
             log: None,
-        },
+        }
     };
-    Response::from_parts(parts, body)
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }

@@ -7,25 +7,35 @@
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 
+use super::upstream::UpConn;
 use crate::backend::InFlight;
 use crate::shared::Shared;
 
-/// Starts the tunnel task for an upgrade both sides agreed to.
-pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: OnUpgrade, guard: InFlight) {
+/// Starts the tunnel task for an upgrade both sides agreed to: once hyper has sent the
+/// 101 to the client, whatever the backend sent after its own 101 goes first, then bytes
+/// flow both ways.
+pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: UpConn, guard: InFlight) {
     let tracked = shared.tracker.track();
     tokio::spawn(async move {
         let _tracked = tracked;
         let _guard = guard;
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
+        let (mut backend, early) = backend.into_tunnel();
+        if !early.is_empty() {
+            if let Err(e) = client.write_all(&early).await {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+                return;
+            }
+        }
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             tracing::debug!(error = %e, "tunnel ended with an error");
         }

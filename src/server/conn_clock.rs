@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::head_scan::{HeadProblem, HeadScan};
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
+use crate::proxy::upstream::UpstreamError;
 
 /// What the watchdog knows about one connection.
 ///
@@ -317,12 +318,12 @@ impl ConnBody {
 
 impl Body for ConnBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
@@ -398,6 +399,7 @@ mod tests {
             Verdict::WaitUntil(_)
         ));
         drop(g);
+        let end = a.last_end();
         assert_eq!(a.verdict(end + 60_000, hdr, idle, true), Verdict::Idle);
     }
 }

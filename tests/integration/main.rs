@@ -12,3 +12,4 @@ mod parking;
 mod proxy;
 mod reload;
 mod tls;
+mod upstream;

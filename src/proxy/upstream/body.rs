@@ -1,0 +1,357 @@
+//! A backend's response body, read from the backend socket as the client side polls it.
+//!
+//! Length-framed bodies are passed on as the bytes arrive; chunked bodies are decoded
+//! (chunk extensions and trailers are dropped: the client's side frames the body
+//! anew); close-delimited bodies run until the backend closes. When a body ends exactly
+//! where its framing says, the connection is handed back for reuse.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+
+use super::response::BodyFraming;
+use super::{UpConn, UpstreamError};
+
+/// The longest chunk-size line (with extensions) and the most trailer bytes accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// The smallest and largest read of a body.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes left.
+    Length(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk: this many data bytes left, then CRLF.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines after the last chunk; this many bytes seen.
+    Trailers(usize),
+    /// Until the backend closes.
+    Close,
+    /// Complete.
+    Done,
+}
+
+/// A response body streaming from a backend connection.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    conn: Option<UpConn>,
+    state: State,
+    keep_alive: bool,
+    /// An error held back for one poll, so what was already passed on reaches the
+    /// client before the connection is cut.
+    failed: Option<UpstreamError>,
+}
+
+impl UpstreamBody {
+    /// The body of a response just read on `conn`.
+    pub fn new(conn: UpConn, framing: BodyFraming, keep_alive: bool) -> UpstreamBody {
+        let state = match framing {
+            BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::ChunkSize,
+            BodyFraming::Close => State::Close,
+        };
+        UpstreamBody {
+            conn: Some(conn),
+            state,
+            keep_alive,
+            failed: None,
+        }
+    }
+
+    /// The connection, if the body is complete and the connection can carry another
+    /// request (nothing unread, keep-alive on both sides).
+    pub fn take_reusable(&mut self) -> Option<UpConn> {
+        if self.state != State::Done || !self.keep_alive {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    /// Ends the body with `e`, after one more turn of the caller (hyper flushes what it
+    /// holds when a body is pending, and drops it when the body fails).
+    fn fail(
+        &mut self,
+        e: UpstreamError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        self.keep_alive = false;
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Reads more from the backend into the connection's buffer; `Ok(0)` is end of stream.
+fn fill(conn: &mut UpConn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    if conn.buf.capacity() - conn.buf.len() < MIN_READ / 2 {
+        conn.buf.reserve(want.clamp(MIN_READ, MAX_READ));
+    }
+    tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+}
+
+/// A line ending at `buf`'s first LF (CR before it optional): its length without the
+/// ending, and the length with it.
+fn line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = memchr::memchr(b'\n', buf)?;
+    let end = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Some((end, lf + 1))
+}
+
+/// The size of a chunk from its size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .map_or(line, |p| &line[..p]);
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(acc * 16 + u64::from(v))
+    })
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf: &mut BytesMut = &mut conn.buf;
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    this.state = match this.state {
+                        State::Length(_) if left == 0 => State::Done,
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Close if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkSize => {
+                    if let Some((end, next)) = line(buf) {
+                        let Some(size) = chunk_size(&buf[..end]) else {
+                            return this.fail(UpstreamError::Malformed("bad chunk size"), cx);
+                        };
+                        buf.advance(next);
+                        this.state = if size == 0 {
+                            State::Trailers(0)
+                        } else {
+                            State::ChunkData(size)
+                        };
+                        continue;
+                    }
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return this.fail(UpstreamError::Malformed("chunk size line too long"), cx);
+                    }
+                }
+                State::ChunkEnd => match line(buf) {
+                    Some((0, next)) => {
+                        buf.advance(next);
+                        this.state = State::ChunkSize;
+                        continue;
+                    }
+                    Some(_) => {
+                        return this.fail(UpstreamError::Malformed("chunk without CRLF"), cx);
+                    }
+                    None if buf.len() >= 2 => {
+                        return this.fail(UpstreamError::Malformed("chunk without CRLF"), cx);
+                    }
+                    None => {}
+                },
+                State::Trailers(seen) => {
+                    if let Some((end, next)) = line(buf) {
+                        buf.advance(next);
+                        this.state = if end == 0 {
+                            State::Done
+                        } else {
+                            State::Trailers(seen + next)
+                        };
+                        if this.state == State::Done {
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    if seen + buf.len() > MAX_TRAILERS {
+                        return this.fail(UpstreamError::Malformed("trailers too long"), cx);
+                    }
+                }
+                State::Length(_) | State::ChunkData(_) | State::Close => {}
+            }
+            let want = match this.state {
+                State::Length(left) | State::ChunkData(left) => {
+                    usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                _ => MIN_READ,
+            };
+            match ready!(fill(conn, cx, want)) {
+                Ok(0) if this.state == State::Close => {
+                    this.state = State::Done;
+                    this.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(UpstreamError::Truncated, cx),
+                Ok(_) => {}
+                Err(e) => return this.fail(UpstreamError::Io(e), cx),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && (self.state == State::Done || self.conn.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpListener;
+
+    /// A connection whose backend sends `bytes` (in pieces of `piece` bytes) and then
+    /// keeps the socket open (or closes it with `close`).
+    async fn conn_sending(bytes: &'static [u8], piece: usize, close: bool) -> UpConn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            for p in bytes.chunks(piece) {
+                s.write_all(p).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            if !close {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        });
+        UpConn::connect(addr).await.unwrap()
+    }
+
+    async fn read_all(body: &mut UpstreamBody) -> Result<Vec<u8>, UpstreamError> {
+        let mut out = Vec::new();
+        while let Some(f) = body.frame().await {
+            if let Ok(d) = f?.into_data() {
+                out.extend_from_slice(&d);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn length_body_ends_exactly_and_gives_the_connection_back() {
+        for piece in [1, 3, 64] {
+            let conn = conn_sending(b"hello world", piece, false).await;
+            let mut body = UpstreamBody::new(conn, BodyFraming::Length(11), true);
+            assert_eq!(body.size_hint().exact(), Some(11));
+            assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
+            assert!(body.is_end_stream());
+            assert!(body.take_reusable().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_body_is_decoded_in_any_split() {
+        const WIRE: &[u8] =
+            b"5;ext=1\r\nhello\r\n1\r\n \r\nA\nworld-0123\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        for piece in [1, 2, 7, 1024] {
+            let conn = conn_sending(WIRE, piece, false).await;
+            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true);
+            assert_eq!(read_all(&mut body).await.unwrap(), b"hello world-0123");
+            assert!(body.take_reusable().is_some(), "piece {piece}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_delimited_body_runs_to_eof_and_is_not_reused() {
+        let conn = conn_sending(b"all of it", 4, true).await;
+        let mut body = UpstreamBody::new(conn, BodyFraming::Close, false);
+        assert_eq!(read_all(&mut body).await.unwrap(), b"all of it");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_and_malformed_bodies_are_errors() {
+        let conn = conn_sending(b"short", 5, true).await;
+        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true);
+        assert!(matches!(
+            read_all(&mut body).await,
+            Err(UpstreamError::Truncated)
+        ));
+        assert!(body.take_reusable().is_none());
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r\nhel",
+        ] {
+            let conn = conn_sending(wire, 64, true).await;
+            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true);
+            assert!(read_all(&mut body).await.is_err());
+            assert!(body.take_reusable().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn extra_bytes_after_the_body_make_the_connection_unusable() {
+        let conn = conn_sending(b"abcEXTRA", 64, false).await;
+        let mut body = UpstreamBody::new(conn, BodyFraming::Length(3), true);
+        // One write on loopback arrives in one read: the body is its first 3 bytes.
+        assert_eq!(read_all(&mut body).await.unwrap(), b"abc");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[test]
+    fn chunk_sizes_parse_hex_with_extensions() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"FF;name=value"), Some(255));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"g"), None);
+        assert_eq!(chunk_size(b"1000000000000000"), None);
+    }
+}

@@ -1,0 +1,288 @@
+//! The backend side of the proxy: HTTP/1.1 over a pooled keep-alive connection, spoken
+//! by maitred itself.
+//!
+//! Why not hyper's client: its connection runs in a task of its own, with a channel and
+//! a dispatcher between the request and the socket; profiled (issue 8), that task cost
+//! about 12,000 instructions per proxied request, a third of the whole. Here the
+//! exchange runs inside the client connection's task: the request head is encoded
+//! straight from the request's parts ([`request`]), the response head is parsed with
+//! httparse into the response's header map, hop-by-hop headers left out as they are met
+//! ([`response`]), and the body is read from the backend socket only when the client
+//! side asks for more ([`body`]), which is back-pressure with no buffer in between.
+//!
+//! The request's parts are only borrowed, so a retry on another backend encodes them
+//! again instead of keeping a copy; a failure says whether any of the request reached
+//! the backend, which decides whether a retry is allowed (DESIGN §5, `retries`).
+
+pub mod body;
+pub mod request;
+pub mod response;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::UpBody;
+pub use body::UpstreamBody;
+pub use response::ResponseHead;
+
+/// The most a response head may take; a larger one is a bad gateway.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The largest first piece of a body sent in one write with the request head; a
+/// larger one is written on its own rather than copied.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// What a read of the backend socket asks room for.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A failure of the backend exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The socket failed (reset, broken pipe).
+    #[error("backend I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before a complete response head.
+    #[error("backend closed the connection before answering")]
+    Closed,
+    /// The backend closed the connection before the end of the response body.
+    #[error("backend closed the connection before the end of the body")]
+    Truncated,
+    /// The response does not parse or frames itself ambiguously.
+    #[error("malformed response from backend: {0}")]
+    Malformed(&'static str),
+    /// The response head exceeds [`MAX_HEAD`].
+    #[error("response head from backend larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// The client's request body failed while it was being forwarded.
+    #[error("client request body: {0}")]
+    ClientBody(#[source] hyper::Error),
+}
+
+/// A failed exchange, and whether any of the request reached the backend.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// Some of the request was written, or some of the client's body taken: it cannot
+    /// be sent elsewhere unless it is idempotent and bodiless.
+    pub delivered: bool,
+}
+
+/// One HTTP/1.1 connection to a backend.
+#[derive(Debug)]
+pub struct UpConn {
+    io: TcpStream,
+    /// Bytes read from the backend and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written; its capacity is kept for the next request.
+    head: Vec<u8>,
+}
+
+impl UpConn {
+    /// Opens a connection (no timeout: the caller bounds it).
+    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<UpConn> {
+        let io = TcpStream::connect(addr).await?;
+        let _ = io.set_nodelay(true);
+        Ok(UpConn {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+        })
+    }
+
+    /// Whether a pooled connection can carry a request: the backend has neither closed
+    /// it nor sent anything unasked. Costs no system call unless the socket was
+    /// reported readable since its last read.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// The connection's socket and any bytes the backend sent after the response head,
+    /// for a tunnel after `101 Switching Protocols`.
+    pub fn into_tunnel(self) -> (TcpStream, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    /// Sends the request (head from `parts`, then `body`) and reads the response head.
+    /// Interim responses (100, 103) are skipped. The head goes out with the first piece
+    /// of the body, so a body that fails at once sends the backend nothing. If the
+    /// backend answers before the body is fully sent, the rest is not sent and the
+    /// connection is not reused.
+    pub async fn exchange(
+        &mut self,
+        parts: &Parts,
+        body: &mut UpBody,
+    ) -> Result<ResponseHead, Failure> {
+        let framing = request::framing(parts, body);
+        self.head.clear();
+        request::encode_head(&mut self.head, parts, framing);
+        let mut more = false;
+        let mut large = None;
+        if framing != request::Framing::None {
+            match next_data(body).await {
+                Err(error) => return Err(sent(true, error)),
+                Ok(Some(data)) => {
+                    more = !body.is_end_stream();
+                    if data.len() <= COALESCE_MAX {
+                        request::append_piece(&mut self.head, &data, framing);
+                        if !more {
+                            request::append_end(&mut self.head, framing);
+                        }
+                    } else {
+                        large = Some(data);
+                    }
+                }
+                Ok(None) => request::append_end(&mut self.head, framing),
+            }
+        }
+        let (mut rd, mut wr) = self.io.split();
+        let mut written = 0;
+        while written < self.head.len() {
+            match wr.write(&self.head[written..]).await {
+                Ok(0) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(sent(written > 0 || more, e.into()));
+                }
+                Ok(n) => written += n,
+                Err(e) => return Err(sent(written > 0 || more, e.into())),
+            }
+        }
+        if let Some(data) = large {
+            let written = async {
+                write_piece(&mut wr, &data, framing).await?;
+                if !more && framing == request::Framing::Chunked {
+                    wr.write_all(b"0\r\n\r\n").await?;
+                }
+                Ok::<_, io::Error>(())
+            };
+            if let Err(e) = written.await {
+                return Err(sent(true, e.into()));
+            }
+        }
+        if !more {
+            return read_head(&mut rd, &mut self.buf, parts)
+                .await
+                .map_err(|error| sent(true, error));
+        }
+        let pump = pump_body(&mut wr, body, framing);
+        let read = read_head(&mut rd, &mut self.buf, parts);
+        tokio::pin!(pump, read);
+        let mut body_sent = false;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut read => {
+                    return match r {
+                        // The backend answered before taking the whole body: the
+                        // connection is out of step and is not reused.
+                        Ok(mut h) => {
+                            h.keep_alive &= body_sent;
+                            Ok(h)
+                        }
+                        Err(error) => Err(sent(true, error)),
+                    };
+                }
+                w = &mut pump, if !body_sent => match w {
+                    Ok(()) => body_sent = true,
+                    Err(UpstreamError::Io(_)) => {
+                        // The backend stopped reading; it may still have answered.
+                        body_sent = true;
+                    }
+                    Err(error) => return Err(sent(true, error)),
+                },
+            }
+        }
+    }
+}
+
+fn sent(delivered: bool, error: UpstreamError) -> Failure {
+    Failure { error, delivered }
+}
+
+/// The next piece of the client's body with data in it; trailers are not forwarded.
+async fn next_data(body: &mut UpBody) -> Result<Option<Bytes>, UpstreamError> {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame.map_err(UpstreamError::ClientBody)?;
+        if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the rest of the client's body to the backend as it arrives, raw or chunked.
+async fn pump_body(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    body: &mut UpBody,
+    framing: request::Framing,
+) -> Result<(), UpstreamError> {
+    while let Some(data) = next_data(body).await? {
+        write_piece(wr, &data, framing).await?;
+    }
+    if framing == request::Framing::Chunked {
+        wr.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Writes one piece of the body, framed.
+async fn write_piece(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    data: &[u8],
+    framing: request::Framing,
+) -> io::Result<()> {
+    if framing == request::Framing::Chunked {
+        let mut line = [0u8; 20];
+        let n = request::chunk_size_line(&mut line, data.len());
+        wr.write_all(&line[..n]).await?;
+        wr.write_all(data).await?;
+        wr.write_all(b"\r\n").await
+    } else {
+        wr.write_all(data).await
+    }
+}
+
+/// Reads until a final response head is complete and parses it.
+async fn read_head(
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+    req: &Parts,
+) -> Result<ResponseHead, UpstreamError> {
+    loop {
+        if !buf.is_empty() {
+            match response::parse(buf, req)? {
+                response::Parsed::Final(h) => return Ok(h),
+                response::Parsed::Interim => continue,
+                response::Parsed::Partial if buf.len() >= MAX_HEAD => {
+                    return Err(UpstreamError::HeadTooLarge);
+                }
+                response::Parsed::Partial => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        if rd.read_buf(buf).await? == 0 {
+            return Err(UpstreamError::Closed);
+        }
+    }
+}
