@@ -1,11 +1,14 @@
 //! Idle keep-alive connections to one backend.
 //!
-//! One stack of idle senders per worker slot: a worker takes and returns connections in
-//! its own slot, so a connection and the requests on it stay on one thread and the
-//! slot's mutex is never contended in practice. Last in, first out, so the warmest
-//! connection is reused and surplus ones age out on the backend's own idle timeout.
+//! One stack of idle connections per worker slot: a worker takes and returns
+//! connections in its own slot, so a connection and the requests on it stay on one
+//! thread and the slot's mutex is never contended in practice. Last in, first out, so
+//! the warmest connection is reused and surplus ones age out on the backend's own idle
+//! timeout; each return also looks at the oldest one and drops it if the backend has
+//! closed it, so closed connections do not linger (the look costs no system call).
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::upstream::UpConn;
@@ -33,7 +36,7 @@ fn slot() -> usize {
 /// Idle connections to one backend.
 #[derive(Debug)]
 pub struct ConnPool {
-    slots: Box<[Mutex<Vec<UpConn>>]>,
+    slots: Box<[Mutex<VecDeque<UpConn>>]>,
 }
 
 impl Default for ConnPool {
@@ -46,7 +49,7 @@ impl ConnPool {
     /// An empty pool.
     pub fn new() -> ConnPool {
         ConnPool {
-            slots: (0..SLOTS).map(|_| Mutex::new(Vec::new())).collect(),
+            slots: (0..SLOTS).map(|_| Mutex::new(VecDeque::new())).collect(),
         }
     }
 
@@ -54,7 +57,7 @@ impl ConnPool {
     /// may have closed the ones below it, which are dropped on the way.
     pub fn take(&self) -> Option<UpConn> {
         let mut idle = self.slots[slot()].lock().ok()?;
-        while let Some(mut c) = idle.pop() {
+        while let Some(mut c) = idle.pop_back() {
             if c.is_usable() {
                 return Some(c);
             }
@@ -65,8 +68,11 @@ impl ConnPool {
     /// Returns a connection whose response has completed.
     pub fn put(&self, s: UpConn) {
         if let Ok(mut idle) = self.slots[slot()].lock() {
+            if idle.front_mut().is_some_and(|oldest| !oldest.is_usable()) {
+                idle.pop_front();
+            }
             if idle.len() < MAX_IDLE_PER_SLOT {
-                idle.push(s);
+                idle.push_back(s);
             }
         }
     }
@@ -86,5 +92,40 @@ impl ConnPool {
                 v.clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn closed_connections_are_skipped_and_swept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let old = UpConn::connect(addr).await.unwrap();
+        let (old_peer, _) = listener.accept().await.unwrap();
+        let warm = UpConn::connect(addr).await.unwrap();
+        let (_warm_peer, _) = listener.accept().await.unwrap();
+        let pool = ConnPool::new();
+        pool.put(old);
+        pool.put(warm);
+        assert_eq!(pool.idle(), 2);
+        drop(old_peer);
+        // Each return of the warm connection looks at the oldest one; once the close
+        // has been seen, the closed one is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.idle() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let c = pool.take().unwrap();
+            pool.put(c);
+        }
+        assert_eq!(pool.idle(), 1);
+        // The one left is the open one.
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_none());
     }
 }
