@@ -316,21 +316,7 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
         .await
         .unwrap();
     s.write_all(&[b'x'; 64 * 1024]).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, async {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = s.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..n]);
-            if out.ends_with(b"too large") {
-                break;
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&out);
+    let text = read_until_end(&mut s, b"too large").await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.ends_with("too large"), "{text}");
     assert_eq!(b.got().len(), 1);
@@ -410,6 +396,11 @@ async fn a_truncated_body_cuts_the_client_connection() {
 async fn raw_until(a: SocketAddr, bytes: &[u8], end: &[u8]) -> String {
     let mut s = TcpStream::connect(a).await.unwrap();
     s.write_all(bytes).await.unwrap();
+    read_until_end(&mut s, end).await
+}
+
+/// Reads until what came ends with `end`, the peer closes, or the deadline passes.
+async fn read_until_end(s: &mut TcpStream, end: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, async {
         let mut chunk = [0u8; 4096];
