@@ -66,6 +66,9 @@ pub enum Parsed {
 
 thread_local! {
     static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    /// Where the lines of the head being parsed sit: scratch kept per thread, so a
+    /// parse initialises no large array.
+    static LINES: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Spare maps kept per worker thread, at most.
@@ -90,7 +93,7 @@ fn spare_map() -> HeaderMap {
 }
 
 /// Where one header line sits in the head: name and value as byte ranges.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Line {
     name: (u32, u32),
     value: (u32, u32),
@@ -103,10 +106,23 @@ fn range_in(base: usize, part: &[u8]) -> (u32, u32) {
 
 /// Parses the response head at the start of `buf`, the answer to `req`.
 pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
-    let mut lines = [Line::default(); MAX_HEADERS];
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    LINES.with(|lines| match lines.try_borrow_mut() {
+        Ok(mut lines) => parse_with(buf, req, &mut lines),
+        Err(_) => parse_with(buf, req, &mut Vec::new()),
+    })
+}
+
+fn parse_with(
+    buf: &mut BytesMut,
+    req: &Parts,
+    lines: &mut Vec<Line>,
+) -> Result<Parsed, UpstreamError> {
+    lines.clear();
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(UpstreamError::HeadTooLarge),
@@ -123,7 +139,6 @@ pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
 
     let base = buf.as_ptr() as usize;
-    let mut count = 0;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut named: [(u32, u32); MAX_NAMED] = [(0, 0); MAX_NAMED];
@@ -142,11 +157,10 @@ pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
                     }
                     length = Some(n);
                 }
-                lines[count] = Line {
+                lines.push(Line {
                     name: range_in(base, name),
                     value: range_in(base, h.value),
-                };
-                count += 1;
+                });
             }
             Hop::Connection => {
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -177,11 +191,10 @@ pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
                 }
             }
             Hop::Upgrade if switching => {
-                lines[count] = Line {
+                lines.push(Line {
                     name: range_in(base, name),
                     value: range_in(base, h.value),
-                };
-                count += 1;
+                });
             }
             Hop::Upgrade | Hop::Other => {}
         }
@@ -212,8 +225,8 @@ pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
 
     let head = buf.split_to(len).freeze();
     let mut map = spare_map();
-    map.reserve(count + usize::from(switching));
-    for line in &lines[..count] {
+    map.reserve(lines.len() + usize::from(switching));
+    for line in lines.iter() {
         let name = &head[line.name.0 as usize..line.name.1 as usize];
         if coded && name.eq_ignore_ascii_case(b"content-length") {
             continue; // Transfer-Encoding overrides it (RFC 9112 §6.3)
