@@ -17,6 +17,10 @@ use super::upstream::UpConn;
 /// connection is closed instead of pooled.
 pub const MAX_IDLE_PER_SLOT: usize = 1024;
 
+/// Idle connections per slot that keep their buffers for the next request; the rest
+/// (a burst's leftovers) keep only their sockets.
+const WARM_PER_SLOT: usize = 16;
+
 /// Worker slots per backend. Workers beyond this share slots (still correct).
 const SLOTS: usize = 16;
 
@@ -66,8 +70,11 @@ impl ConnPool {
     }
 
     /// Returns a connection whose response has completed.
-    pub fn put(&self, s: UpConn) {
+    pub fn put(&self, mut s: UpConn) {
         if let Ok(mut idle) = self.slots[slot()].lock() {
+            if idle.len() >= WARM_PER_SLOT {
+                s.release_buffers();
+            }
             if idle.front_mut().is_some_and(|oldest| !oldest.is_usable()) {
                 idle.pop_front();
             }
@@ -127,5 +134,28 @@ mod tests {
         // The one left is the open one.
         assert!(pool.take().is_some());
         assert!(pool.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn only_the_first_idle_connections_keep_their_buffers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ConnPool::new();
+        let mut peers = Vec::new();
+        for _ in 0..WARM_PER_SLOT + 4 {
+            let mut c = UpConn::connect(addr).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            c.warm_for_test();
+            assert!(c.buffer_capacity() > 0);
+            pool.put(c);
+        }
+        let mut capacities = Vec::new();
+        while let Some(c) = pool.take() {
+            capacities.push(c.buffer_capacity());
+        }
+        // Taken newest first: the four returned last hold nothing.
+        assert_eq!(capacities.len(), WARM_PER_SLOT + 4);
+        assert!(capacities[..4].iter().all(|&c| c == 0), "{capacities:?}");
+        assert!(capacities[4..].iter().all(|&c| c > 0), "{capacities:?}");
     }
 }

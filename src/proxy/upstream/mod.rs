@@ -113,6 +113,27 @@ impl UpConn {
         )
     }
 
+    /// Frees the read buffer and head buffer (an idle connection beyond the first few in
+    /// the pool keeps only its socket).
+    pub fn release_buffers(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.head = Vec::new();
+    }
+
+    /// Gives the connection buffers as a request would.
+    #[cfg(test)]
+    pub fn warm_for_test(&mut self) {
+        self.buf.reserve(READ_CHUNK);
+        self.head.reserve(256);
+    }
+
+    /// Bytes of buffer capacity the connection holds.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity() + self.head.capacity()
+    }
+
     /// The connection's socket and any bytes the backend sent after the response head,
     /// for a tunnel after `101 Switching Protocols`.
     pub fn into_tunnel(self) -> (TcpStream, BytesMut) {
