@@ -181,10 +181,6 @@ async fn proxy(
         text: (client_ip == conn.peer_ip).then_some(&conn.peer_text),
     };
     headers::add_forwarded(&mut parts.headers, client, conn.tls, host, had_host);
-    if parts.uri.scheme().is_some() {
-        parts.uri = origin_form(&parts.uri);
-    }
-    parts.version = Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
     let mut body = if bodiless {
@@ -250,13 +246,6 @@ async fn proxy(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     (last_err.response(), None)
-}
-
-/// The request target without scheme and authority (HTTP/2 and absolute-form requests
-/// are sent to the HTTP/1.1 backend in origin form).
-fn origin_form(uri: &http::Uri) -> http::Uri {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
 }
 
 /// Counts a failed attempt against its backend and ejects it when the streak is long

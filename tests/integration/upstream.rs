@@ -417,3 +417,50 @@ async fn read_until_end(s: &mut TcpStream, end: &[u8]) -> String {
     .await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn http2_uploads_reach_the_backend_framed() {
+    let (b, d) = start(|_| Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let tcp = TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let sized = http::Request::post("http://h2.test/sized")
+        .header("content-length", "11")
+        .body(full("hello world"))
+        .unwrap();
+    let pieces = futures_util::stream::iter([
+        Ok::<_, BoxError>(hyper::body::Frame::data(Bytes::from_static(b"hello "))),
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"world"))),
+    ]);
+    let streamed = http::Request::post("http://h2.test/streamed")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(pieces),
+        ))
+        .unwrap();
+    for req in [sized, streamed] {
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let got = b.got();
+    assert_eq!(got.len(), 2);
+    for g in &got {
+        assert_eq!(g.body, b"hello world", "{}", g.head);
+        assert!(g.head.starts_with("POST /"), "{}", g.head);
+    }
+    assert!(
+        got[0].head.contains("content-length: 11"),
+        "{}",
+        got[0].head
+    );
+    assert!(
+        got[1].head.contains("transfer-encoding: chunked"),
+        "{}",
+        got[1].head
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}

@@ -153,12 +153,14 @@ impl UpConn {
         let framing = request::framing(parts, body);
         self.head.clear();
         request::encode_head(&mut self.head, parts, framing);
-        let mut more = false;
+        // `taken`: a piece of the client's body is on its way and cannot be sent again.
+        let (mut more, mut taken) = (false, false);
         let mut large = None;
         if framing != request::Framing::None {
             match next_data(body).await {
                 Err(error) => return Err(sent(true, error)),
                 Ok(Some(data)) => {
+                    taken = true;
                     more = !body.is_end_stream();
                     if data.len() <= COALESCE_MAX {
                         request::append_piece(&mut self.head, &data, framing);
@@ -178,10 +180,10 @@ impl UpConn {
             match wr.write(&self.head[written..]).await {
                 Ok(0) => {
                     let e = io::Error::from(io::ErrorKind::WriteZero);
-                    return Err(sent(written > 0 || more, e.into()));
+                    return Err(sent(written > 0 || taken, e.into()));
                 }
                 Ok(n) => written += n,
-                Err(e) => return Err(sent(written > 0 || more, e.into())),
+                Err(e) => return Err(sent(written > 0 || taken, e.into())),
             }
         }
         if let Some(data) = large {

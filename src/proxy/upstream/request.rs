@@ -138,6 +138,28 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_and_asterisk_targets_are_sent_as_origin_form() {
+        let mut out = Vec::new();
+        let p = parts(Request::get("https://example.com/p?q=1").body(()).unwrap());
+        encode_head(&mut out, &p, Framing::None);
+        assert!(out.starts_with(b"GET /p?q=1 HTTP/1.1\r\n"));
+        out.clear();
+        let p = parts(
+            Request::builder()
+                .method("OPTIONS")
+                .uri("*")
+                .body(())
+                .unwrap(),
+        );
+        encode_head(&mut out, &p, Framing::None);
+        assert!(
+            out.starts_with(b"OPTIONS * HTTP/1.1\r\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[test]
     fn body_pieces_are_framed() {
         let mut out = Vec::new();
         append_piece(&mut out, b"hello", Framing::Chunked);
