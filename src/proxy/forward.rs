@@ -12,6 +12,7 @@ use http::request::Parts;
 
 use super::body::UpBody;
 use super::error::ProxyError;
+use super::headers::Forwarded;
 use super::upstream::{Failure, ResponseHead, UpConn};
 use crate::backend::Backend;
 
@@ -35,10 +36,11 @@ pub type SendOutcome = Result<ResponseHead, (ProxyError, bool)>;
 pub async fn send(
     conn: &mut UpConn,
     parts: &Parts,
+    forwarded: &Forwarded,
     body: &mut UpBody,
     timeout: Duration,
 ) -> SendOutcome {
-    match tokio::time::timeout(timeout, conn.exchange(parts, body)).await {
+    match tokio::time::timeout(timeout, conn.exchange(parts, forwarded, body)).await {
         Err(_) => Err((ProxyError::ResponseTimeout, true)),
         Ok(Ok(head)) => Ok(head),
         Ok(Err(Failure { error, delivered })) => Err((ProxyError::Upstream(error), delivered)),

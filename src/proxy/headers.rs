@@ -1,6 +1,7 @@
 //! Header rewriting between client and backend (DESIGN §6): hop-by-hop headers are
 //! dropped in both directions, X-Forwarded-For is appended, X-Forwarded-Proto and
-//! X-Forwarded-Host are set, Host is kept.
+//! X-Forwarded-Host are set (written with the request head, see [`Forwarded`]), Host
+//! is kept.
 //!
 //! One pass over the header names finds which hop-by-hop headers are present at all, so
 //! the common request (none) pays for a scan, not for a dozen failed removals.
@@ -139,28 +140,51 @@ fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds the forwarding headers to a request bound for a backend: X-Forwarded-For gets
-/// the client appended (several lines are folded into one list first),
-/// X-Forwarded-Proto and X-Forwarded-Host are set, and `host` (the request's
-/// authority) becomes Host where the request had none (HTTP/2).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: Client<'_>,
-    tls: bool,
-    host: Option<HeaderValue>,
-    had_host: bool,
-) {
-    let xff = forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(h) = host {
-        if !had_host {
-            headers.insert(header::HOST, h.clone());
+/// The forwarding headers of a request bound for a backend (DESIGN §6): written with
+/// the request head in place of any the client sent, so they cost no header-map
+/// insertions.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// X-Forwarded-For: the client appended to the incoming list (several lines folded
+    /// into one).
+    pub for_: HeaderValue,
+    /// X-Forwarded-Proto.
+    pub proto: &'static str,
+    /// X-Forwarded-Host: the request's authority or Host, if any.
+    pub host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    /// The forwarding headers for a request with `headers` from `client`.
+    pub fn new(
+        headers: &HeaderMap,
+        client: Client<'_>,
+        tls: bool,
+        host: Option<HeaderValue>,
+    ) -> Forwarded {
+        Forwarded {
+            for_: forwarded_for(headers, client),
+            proto: if tls { "https" } else { "http" },
+            host,
         }
-        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+
+    /// Whether `name` is one of the headers this replaces.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
+    }
+
+    /// The header lines, as (name, value) pairs.
+    pub fn lines(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        [
+            Some(("x-forwarded-for", self.for_.as_bytes())),
+            Some(("x-forwarded-proto", self.proto.as_bytes())),
+            self.host
+                .as_ref()
+                .map(|h| ("x-forwarded-host", h.as_bytes())),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -323,20 +347,30 @@ mod tests {
             ip,
             text: Some(&text),
         };
-        add_forwarded(&mut h, client, false, None, false);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        let f = Forwarded::new(&h, client, false, Some(HeaderValue::from_static("a.test")));
+        let lines: Vec<(&str, &[u8])> = f.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                ("x-forwarded-for", &b"1.1.1.1, 2.2.2.2, 10.0.0.1"[..]),
+                ("x-forwarded-proto", b"http"),
+                ("x-forwarded-host", b"a.test"),
+            ]
+        );
         // Without an incoming list: the connection's text, or one made for the client.
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, client, true, None, false);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        let mut h = HeaderMap::new();
+        let f = Forwarded::new(&HeaderMap::new(), client, true, None);
+        assert_eq!(f.for_, "10.0.0.1");
+        assert_eq!(f.proto, "https");
+        assert_eq!(f.lines().count(), 2);
         let other = Client {
             ip: "2001:db8::1".parse().unwrap(),
             text: None,
         };
-        add_forwarded(&mut h, other, false, None, false);
-        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        let f = Forwarded::new(&HeaderMap::new(), other, false, None);
+        assert_eq!(f.for_, "2001:db8::1");
+        assert!(Forwarded::replaces(&HeaderName::from_static(
+            "x-forwarded-proto"
+        )));
+        assert!(!Forwarded::replaces(&header::HOST));
     }
 }

@@ -180,7 +180,13 @@ async fn proxy(
         ip: client_ip,
         text: (client_ip == conn.peer_ip).then_some(&conn.peer_text),
     };
-    headers::add_forwarded(&mut parts.headers, client, conn.tls, host, had_host);
+    let forwarded = headers::Forwarded::new(&parts.headers, client, conn.tls, host);
+    if !had_host {
+        if let Some(h) = &forwarded.host {
+            // HTTP/2 and absolute-form requests: the authority becomes Host.
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
     let bodiless = body.is_end_stream();
     let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
     let mut body = if bodiless {
@@ -221,7 +227,15 @@ async fn proxy(
                 continue;
             }
         };
-        match forward::send(&mut conn, &parts, &mut body, pool.response_timeout).await {
+        match forward::send(
+            &mut conn,
+            &parts,
+            &forwarded,
+            &mut body,
+            pool.response_timeout,
+        )
+        .await
+        {
             Ok(head) => {
                 // The request's header map is done with: the next response head of
                 // this worker is parsed into it.

@@ -20,15 +20,15 @@ pub mod response;
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::UpBody;
+use super::headers::Forwarded;
 pub use body::UpstreamBody;
 pub use response::ResponseHead;
 
@@ -101,16 +101,9 @@ impl UpConn {
     /// it nor sent anything unasked. Costs no system call unless the socket was
     /// reported readable since its last read.
     pub fn is_usable(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
-        let mut rb = ReadBuf::new(&mut probe);
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
-            Poll::Pending
-        )
+        self.buf.is_empty()
+            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Frees the read buffer and head buffer (an idle connection beyond the first few in
@@ -148,11 +141,12 @@ impl UpConn {
     pub async fn exchange(
         &mut self,
         parts: &Parts,
+        forwarded: &Forwarded,
         body: &mut UpBody,
     ) -> Result<ResponseHead, Failure> {
         let framing = request::framing(parts, body);
         self.head.clear();
-        request::encode_head(&mut self.head, parts, framing);
+        request::encode_head(&mut self.head, parts, forwarded, framing);
         // `taken`: a piece of the client's body is on its way and cannot be sent again.
         let (mut more, mut taken) = (false, false);
         let mut large = None;

@@ -11,6 +11,7 @@ use http::request::Parts;
 use http_body::Body as _;
 
 use crate::proxy::body::UpBody;
+use crate::proxy::headers::Forwarded;
 
 /// How the request body is framed on the wire to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +35,9 @@ pub fn framing(parts: &Parts, body: &UpBody) -> Framing {
     }
 }
 
-/// Appends the request head to `out`.
-pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, framing: Framing) {
+/// Appends the request head to `out`: the request's headers but for any
+/// X-Forwarded-For/-Proto/-Host the client sent, then `forwarded`'s.
+pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, forwarded: &Forwarded, framing: Framing) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let target = if target.is_empty() { "/" } else { target };
     let method = parts.method.as_str();
@@ -43,20 +45,32 @@ pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, framing: Framing) {
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
+    for (name, value) in forwarded.lines() {
+        size += name.len() + value.len() + 4;
+    }
     out.reserve(size + 28);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if !Forwarded::replaces(name) {
+            line(out, name.as_str(), value.as_bytes());
+        }
+    }
+    for (name, value) in forwarded.lines() {
+        line(out, name, value);
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -103,6 +117,14 @@ mod tests {
         req.into_parts().0
     }
 
+    fn fwd() -> Forwarded {
+        Forwarded {
+            for_: http::HeaderValue::from_static("10.0.0.1"),
+            proto: "http",
+            host: None,
+        }
+    }
+
     #[test]
     fn head_is_origin_form_http11_with_every_header_in_order() {
         let p = parts(
@@ -114,14 +136,22 @@ mod tests {
                     "x-bin",
                     http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
                 )
+                .header("x-forwarded-proto", "gopher")
+                .header("x-forwarded-host", "spoofed")
                 .body(())
                 .unwrap(),
         );
         let mut out = Vec::new();
-        encode_head(&mut out, &p, Framing::None);
+        let mut f = fwd();
+        f.host = Some(http::HeaderValue::from_static("example.com"));
+        encode_head(&mut out, &p, &f, Framing::None);
         assert_eq!(
-            out,
-            b"GET /a/b?x=1&y HTTP/1.1\r\nhost: example.com\r\nx-two: 1\r\nx-two: 2\r\nx-bin: caf\xc3\xa9\r\n\r\n"
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(
+                b"GET /a/b?x=1&y HTTP/1.1\r\nhost: example.com\r\nx-two: 1\r\nx-two: 2\r\n\
+                  x-bin: caf\xc3\xa9\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
+                  x-forwarded-host: example.com\r\n\r\n"
+            )
         );
     }
 
@@ -130,10 +160,11 @@ mod tests {
         let mut p = parts(Request::post("/").body(()).unwrap());
         p.uri = http::Uri::from_static("http://example.com");
         let mut out = Vec::new();
-        encode_head(&mut out, &p, Framing::Chunked);
+        encode_head(&mut out, &p, &fwd(), Framing::Chunked);
         assert_eq!(
-            out,
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()
+            String::from_utf8_lossy(&out),
+            "POST / HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
+             transfer-encoding: chunked\r\n\r\n"
         );
     }
 
@@ -141,7 +172,7 @@ mod tests {
     fn absolute_form_and_asterisk_targets_are_sent_as_origin_form() {
         let mut out = Vec::new();
         let p = parts(Request::get("https://example.com/p?q=1").body(()).unwrap());
-        encode_head(&mut out, &p, Framing::None);
+        encode_head(&mut out, &p, &fwd(), Framing::None);
         assert!(out.starts_with(b"GET /p?q=1 HTTP/1.1\r\n"));
         out.clear();
         let p = parts(
@@ -151,7 +182,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        encode_head(&mut out, &p, Framing::None);
+        encode_head(&mut out, &p, &fwd(), Framing::None);
         assert!(
             out.starts_with(b"OPTIONS * HTTP/1.1\r\n"),
             "{}",
