@@ -30,7 +30,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     if present & bit::CONNECTION != 0 && !connection_is_plain(headers) {
-        remove_connection_named(headers, keep_upgrade);
+        remove_connection_named(headers);
     }
     let fixed: [(u8, &HeaderName); 6] = [
         (bit::CONNECTION, &header::CONNECTION),
@@ -73,20 +73,63 @@ mod bit {
 }
 
 fn hop_bit(name: &HeaderName) -> u8 {
-    let s = name.as_str();
-    match s.as_bytes().first() {
-        Some(b'c' | b't' | b'u' | b'k' | b'p') => {}
-        _ => return 0,
+    match hop_kind(name.as_str().as_bytes()) {
+        Hop::No => 0,
+        Hop::Connection => bit::CONNECTION,
+        Hop::Te => bit::TE,
+        Hop::Trailer => bit::TRAILER,
+        Hop::TransferEncoding => bit::TRANSFER_ENCODING,
+        Hop::Upgrade => bit::UPGRADE,
+        Hop::KeepAlive => bit::KEEP_ALIVE,
+        Hop::Proxy => bit::PROXY,
     }
-    match s {
-        "connection" => bit::CONNECTION,
-        "te" => bit::TE,
-        "trailer" => bit::TRAILER,
-        "transfer-encoding" => bit::TRANSFER_ENCODING,
-        "upgrade" => bit::UPGRADE,
-        "keep-alive" => bit::KEEP_ALIVE,
-        _ if s.starts_with("proxy-") => bit::PROXY,
-        _ => 0,
+}
+
+/// What a header name is to a proxy: end to end, or one of the hop-by-hop kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// End to end: forwarded.
+    No,
+    /// `Connection`.
+    Connection,
+    /// `TE`.
+    Te,
+    /// `Trailer`.
+    Trailer,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Upgrade`.
+    Upgrade,
+    /// `Keep-Alive`.
+    KeepAlive,
+    /// `Proxy-*`.
+    Proxy,
+}
+
+/// Classifies a header name, in any case (the request side sees hyper's lowercase
+/// names, the response side the backend's bytes as sent).
+pub fn hop_kind(name: &[u8]) -> Hop {
+    match name.first() {
+        Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'k' | b'K' | b'p' | b'P') => {}
+        _ => return Hop::No,
+    }
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    if is("connection") {
+        Hop::Connection
+    } else if is("transfer-encoding") {
+        Hop::TransferEncoding
+    } else if is("upgrade") {
+        Hop::Upgrade
+    } else if is("keep-alive") {
+        Hop::KeepAlive
+    } else if is("te") {
+        Hop::Te
+    } else if is("trailer") {
+        Hop::Trailer
+    } else if name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
+        Hop::Proxy
+    } else {
+        Hop::No
     }
 }
 
@@ -105,7 +148,7 @@ fn connection_is_plain(headers: &HeaderMap) -> bool {
 
 /// Removes the headers `Connection` lists (RFC 9110 §7.6.1). Tokens that are
 /// themselves hop-by-hop names, or `close`, need no lookup.
-fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+fn remove_connection_named(headers: &mut HeaderMap) {
     const MAX_NAMED: usize = 8;
     let mut named: [Option<HeaderName>; MAX_NAMED] = Default::default();
     let mut n = 0;
@@ -116,18 +159,10 @@ fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|s| s.split(','))
         .map(str::trim);
     for t in tokens {
-        let standard = [
-            "",
-            "close",
-            "keep-alive",
-            "upgrade",
-            "te",
-            "trailer",
-            "transfer-encoding",
-        ]
-        .iter()
-        .any(|s| t.eq_ignore_ascii_case(s));
-        if standard || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) || n == MAX_NAMED {
+        // Hop-by-hop names go anyway; `upgrade` stays when tunnelling.
+        let standard =
+            t.is_empty() || t.eq_ignore_ascii_case("close") || hop_kind(t.as_bytes()) != Hop::No;
+        if standard || n == MAX_NAMED {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
@@ -307,6 +342,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn classifies_hop_by_hop_names_in_any_case() {
+        for (name, kind) in [
+            (&b"Connection"[..], Hop::Connection),
+            (b"TRANSFER-ENCODING", Hop::TransferEncoding),
+            (b"te", Hop::Te),
+            (b"Trailer", Hop::Trailer),
+            (b"upgrade", Hop::Upgrade),
+            (b"Keep-Alive", Hop::KeepAlive),
+            (b"Proxy-Authorization", Hop::Proxy),
+            (b"proxy-", Hop::No),
+            (b"x-proxy-thing", Hop::No),
+            (b"content-length", Hop::No),
+            (b"tea", Hop::No),
+        ] {
+            assert_eq!(hop_kind(name), kind, "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use http::request::Parts;
 use http::{Method, StatusCode};
 
 use super::UpstreamError;
+use crate::proxy::headers::{Hop, hop_kind};
 
 /// Header lines a response may have.
 pub const MAX_HEADERS: usize = 128;
@@ -148,7 +149,7 @@ fn parse_with(
     let mut chunked = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        match hop_by_hop(name) {
+        match hop_kind(name) {
             Hop::No => {
                 if name.eq_ignore_ascii_case(b"content-length") {
                     let n = parse_length(h.value)?;
@@ -170,7 +171,7 @@ fn parse_with(
                         keep_alive_token = true;
                     } else if token.is_empty()
                         || token.eq_ignore_ascii_case(b"upgrade")
-                        || hop_by_hop(token) != Hop::No
+                        || hop_kind(token) != Hop::No
                     {
                     } else if n_named == MAX_NAMED {
                         return Err(UpstreamError::Malformed(
@@ -196,7 +197,7 @@ fn parse_with(
                     value: range_in(base, h.value),
                 });
             }
-            Hop::Upgrade | Hop::Other => {}
+            Hop::Upgrade | Hop::Te | Hop::Trailer | Hop::KeepAlive | Hop::Proxy => {}
         }
     }
     let framing = if req.method == Method::HEAD
@@ -255,37 +256,6 @@ fn parse_with(
         framing,
         keep_alive,
     }))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hop {
-    No,
-    Connection,
-    TransferEncoding,
-    Upgrade,
-    Other,
-}
-
-fn hop_by_hop(name: &[u8]) -> Hop {
-    match name.first() {
-        Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'k' | b'K' | b'p' | b'P') => {}
-        _ => return Hop::No,
-    }
-    if name.eq_ignore_ascii_case(b"connection") {
-        Hop::Connection
-    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-        Hop::TransferEncoding
-    } else if name.eq_ignore_ascii_case(b"upgrade") {
-        Hop::Upgrade
-    } else if name.eq_ignore_ascii_case(b"keep-alive")
-        || name.eq_ignore_ascii_case(b"te")
-        || name.eq_ignore_ascii_case(b"trailer")
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
-    {
-        Hop::Other
-    } else {
-        Hop::No
-    }
 }
 
 /// A Content-Length value: digits, or a list of equal digit runs (`5, 5`).
