@@ -357,6 +357,24 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Reply, hyper::Error> {
+        // A stalled exchange fails the test by name instead of hanging the suite.
+        tokio::time::timeout(4 * DEADLINE, self.exchange(method, path, headers, body))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{method} {path}: no complete answer within {:?}",
+                    4 * DEADLINE
+                )
+            })
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, hyper::Error> {
         self.sender.ready().await?;
         let mut b = Request::builder()
             .method(method)
