@@ -171,7 +171,12 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
     }
 }
 
-fn config(backend: SocketAddr) -> String {
+fn config(backends: &[SocketAddr], retries: u32) -> String {
+    let list = backends
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
 [server]
@@ -187,15 +192,15 @@ pool = "web"
 
 [pool.web]
 balancer = "round-robin"
-backends = ["{backend}"]
-retries = 0
+backends = [{list}]
+retries = {retries}
 "#
     )
 }
 
 async fn start(act: fn(&str) -> Act) -> (Scripted, std::sync::Arc<maitred::app::Daemon>) {
     let b = Scripted::start(act).await;
-    let d = start_daemon(&config(b.addr)).await;
+    let d = start_daemon(&config(&[b.addr], 0)).await;
     (b, d)
 }
 
@@ -461,6 +466,55 @@ async fn http2_uploads_reach_the_backend_framed() {
         got[1].head.contains("transfer-encoding: chunked"),
         "{}",
         got[1].head
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn a_request_the_backend_dropped_is_retried_only_if_idempotent() {
+    // One backend closes every connection without answering; the other answers.
+    let dropper = Scripted::start(|_| Act::ReplyAndClose(b"")).await;
+    let good =
+        Scripted::start(|_| Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let d = start_daemon(&config(&[dropper.addr, good.addr], 1)).await;
+    let a = addr(&d);
+    let mut c = Client::connect(a).await;
+    let mut post_statuses = Vec::new();
+    for i in 0..6 {
+        let r = c.get(&format!("/g{i}"), &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "GET /g{i}");
+        let r = Client::connect(a)
+            .await
+            .send("POST", &format!("/p{i}"), &[], Bytes::from_static(b"once"))
+            .await
+            .unwrap();
+        post_statuses.push(r.status);
+    }
+    let heads = |b: &Scripted| -> Vec<String> {
+        b.got()
+            .iter()
+            .map(|g| g.head.split(' ').nth(1).unwrap_or("").to_owned())
+            .collect()
+    };
+    let (dropped, served) = (heads(&dropper), heads(&good));
+    // Every GET the dropper swallowed was sent again and answered.
+    for p in dropped.iter().filter(|p| p.starts_with("/g")) {
+        assert!(served.contains(p), "{p} was not retried: {served:?}");
+    }
+    // A POST reached exactly one backend: 502 if that was the dropper, never resent.
+    for (i, status) in post_statuses.iter().enumerate() {
+        let p = format!("/p{i}");
+        let at_dropper = dropped.contains(&p);
+        let at_good = served.contains(&p);
+        assert!(
+            at_dropper != at_good,
+            "{p}: dropper {at_dropper}, good {at_good}"
+        );
+        assert_eq!(*status, if at_dropper { 502 } else { 200 }, "{p}");
+    }
+    assert!(
+        dropped.iter().any(|p| p.starts_with("/p")) && dropped.iter().any(|p| p.starts_with("/g")),
+        "round-robin never sent the dropper both kinds: {dropped:?}"
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
