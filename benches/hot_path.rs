@@ -1,6 +1,7 @@
 //! Hot-path micro-benchmarks: a balancer pick per request for every balancer at 3, 30
-//! and 300 backends, the affinity token codec, routing, building a Maglev table, and
-//! building a whole snapshot the way a reload does.
+//! and 300 backends, the affinity token codec, routing, building a Maglev table,
+//! building a whole snapshot the way a reload does, and the backend-side HTTP/1 codec
+//! (a request head encoded, a response head parsed).
 //!
 //! `cargo bench --bench hot_path` (add `-- --quick` for a short run). Inputs are prepared
 //! outside the timed closures; names carry the size (`pick/least_connections/300`).
@@ -250,5 +251,59 @@ fn reload(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, picks, tokens, rings, routing, reload);
+/// The backend side of a request: its head encoded, a typical response head (nginx's)
+/// parsed into the client's header map.
+fn upstream_codec(c: &mut Criterion) {
+    use maitred::proxy::headers::{Client, Forwarded};
+    use maitred::proxy::upstream::{request, response};
+    let (parts, ()) = http::Request::get("/api/items?page=2")
+        .header("host", "shop.example")
+        .header("user-agent", "bench/1.0")
+        .header("accept", "*/*")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let ip = std::net::IpAddr::from([10, 1, 2, 3]);
+    let text = maitred::proxy::headers::ip_value(ip);
+    let client = Client {
+        ip,
+        text: Some(&text),
+    };
+    let forwarded = Forwarded::new(&parts.headers, client, false, None);
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("upstream/encode_head", |b| {
+        b.iter(|| {
+            out.clear();
+            request::encode_head(
+                &mut out,
+                black_box(&parts),
+                &forwarded,
+                request::Framing::None,
+            );
+            black_box(out.len())
+        })
+    });
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+        Date: Fri, 27 Nov 2026 03:00:00 GMT\r\nContent-Type: text/plain\r\n\
+        Content-Length: 14\r\nConnection: keep-alive\r\n\r\nbackend 19001\n";
+    c.bench_function("upstream/parse_response_head", |b| {
+        b.iter(|| {
+            let mut buf = bytes::BytesMut::from(black_box(HEAD));
+            match response::parse(&mut buf, &parts) {
+                Ok(response::Parsed::Final(h)) => response::recycle(h.headers),
+                _ => unreachable!("the head parses"),
+            }
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    picks,
+    tokens,
+    rings,
+    routing,
+    reload,
+    upstream_codec
+);
 criterion_main!(benches);
