@@ -87,10 +87,19 @@ pub async fn handle(
 
     let (mut resp, backend) = match check_request(&req) {
         Err(e) => (e.response(), None),
-        Ok(()) => {
+        Ok(header_host) => {
             let client_upgrade =
                 headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-            proxy(shared, pool, conn, client_ip, req, client_upgrade).await
+            proxy(
+                shared,
+                pool,
+                conn,
+                client_ip,
+                req,
+                header_host,
+                client_upgrade,
+            )
+            .await
         }
     };
     pool.stats.latency.observe(start.elapsed());
@@ -114,16 +123,16 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 /// Requests that are refused before any backend sees them (DESIGN §6). hyper's parser
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon, bare CR and a last transfer coding other than chunked, and 431 for
-/// oversized heads.
-fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
+/// oversized heads. Returns the Host header, looked up once.
+fn check_request(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
+    let host = match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header\n"));
         }
         (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header\n")),
-        _ => {}
-    }
+        (host, _) => host.cloned(),
+    };
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
     }
@@ -140,7 +149,7 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
             return Err(ProxyError::UnsupportedCoding);
         }
     }
-    Ok(())
+    Ok(host)
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -158,17 +167,18 @@ fn now_secs() -> u64 {
 }
 
 /// Forwards to the pool with retries; returns the response and the backend that gave it.
+/// `header_host` is the request's Host header, as [`check_request`] found it.
 async fn proxy(
     shared: &Shared,
     pool: &Pool,
     conn: &ConnInfo,
     client_ip: IpAddr,
     req: Request<Incoming>,
+    header_host: Option<HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<DownBody>, Option<Arc<str>>) {
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
-    let header_host = parts.headers.get(header::HOST).cloned();
     let had_host = header_host.is_some();
     let host = parts
         .uri
