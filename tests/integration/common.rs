@@ -297,9 +297,15 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 
 /// A simple config: one listener on port 0 in front of one pool.
 pub fn simple_config(balancer: &str, backends: &[&TestBackend], extra_pool: &str) -> String {
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    config_for(balancer, &addrs, extra_pool)
+}
+
+/// The same for backends given by address.
+pub fn config_for(balancer: &str, backends: &[SocketAddr], extra_pool: &str) -> String {
     let list = backends
         .iter()
-        .map(|b| format!("\"{}\"", b.addr))
+        .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
     format!(

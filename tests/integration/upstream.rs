@@ -172,30 +172,7 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
 }
 
 fn config(backends: &[SocketAddr], retries: u32) -> String {
-    let list = backends
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[server]
-threads = 1
-access_log = "off"
-log_level = "warn"
-grace_period = "2s"
-
-[[listener]]
-name = "main"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[pool.web]
-balancer = "round-robin"
-backends = [{list}]
-retries = {retries}
-"#
-    )
+    config_for("round-robin", backends, &format!("retries = {retries}"))
 }
 
 async fn start(act: fn(&str) -> Act) -> (Scripted, std::sync::Arc<maitred::app::Daemon>) {
