@@ -7,10 +7,10 @@
 //!
 //! An HTTP/1 connection idle for [`PARK_AFTER`] is parked, as nginx frees an idle
 //! keep-alive connection's buffers: hyper's state (its read and write buffers, about
-//! 20 KiB) is dropped and only the socket is kept, with a task that waits for the
-//! client's next bytes, the idle timeout or a close signal. When the client speaks
-//! again a fresh hyper connection takes over the same socket, reading first whatever
-//! the previous one had read but not parsed.
+//! 20 KiB) and the connection's task end, and only the socket is kept, in a small task
+//! of its own that waits for the client's next bytes, the idle timeout or a close
+//! signal. When the client speaks again a fresh connection task takes over the same
+//! socket.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -35,6 +35,7 @@ use super::wake_gate::Gate;
 use crate::backend::clock_ms;
 use crate::proxy::{self, ConnInfo};
 use crate::shared::Shared;
+use crate::shutdown::Tracked;
 
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 256;
@@ -63,23 +64,37 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// The connection's timeouts: `header_timeout` and `idle_timeout`.
 pub(super) type Timeouts = (Duration, Duration);
 
-/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends.
+/// What a client connection keeps for its whole life, parked or served.
+#[derive(Debug)]
+pub(super) struct Conn {
+    /// The daemon.
+    pub shared: Arc<Shared>,
+    /// The client connection as the proxy sees it.
+    pub info: Arc<ConnInfo>,
+    /// Its listener's header and idle timeouts.
+    pub timeouts: Timeouts,
+    /// What makes it finish.
+    pub close: CloseSignals,
+    /// Counts it among the connections a graceful shutdown waits for.
+    pub _tracked: Tracked,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends or
+/// (HTTP/1) is parked.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
 pub(super) fn serve_http<IO: ClientStream>(
-    shared: Arc<Shared>,
-    info: ConnInfo,
+    mut conn: Conn,
     io: IO,
     proto: Proto,
-    timeouts: Timeouts,
-    mut close: CloseSignals,
 ) -> impl Future<Output = ()> {
     // A plain fn around an async block: its arguments are stored once, not twice as an
     // async fn's are, which keeps every connection's task smaller.
     async move {
         let activity = Activity::new();
-        let daemon = Arc::clone(&shared);
         let svc_activity = Arc::clone(&activity);
-        let info = Arc::new(info);
+        let shared = Arc::clone(&conn.shared);
+        let info = Arc::clone(&conn.info);
+        let timeouts = conn.timeouts;
         let service = service_fn(move |req| {
             let head_problem = svc_activity.head_problem();
             let active = svc_activity.begin();
@@ -102,7 +117,7 @@ pub(super) fn serve_http<IO: ClientStream>(
                     timeouts,
                     park: true,
                 };
-                serve_http1(io, service, on, &daemon.parked, close, watchdog).await
+                serve_http1(io, service, on, conn, watchdog).await
             }
             // Boxed whole: inline, HTTP/2's state would size the task of every HTTP/1
             // connection too.
@@ -114,7 +129,7 @@ pub(super) fn serve_http<IO: ClientStream>(
                         timeouts,
                         park: false,
                     };
-                    let (close, watchdog) = (&mut close, &mut watchdog);
+                    let (close, watchdog) = (&mut conn.close, &mut watchdog);
                     if multiplexed == Proto::Http2 {
                         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                             .max_concurrent_streams(MAX_STREAMS)
@@ -136,14 +151,14 @@ pub(super) fn serve_http<IO: ClientStream>(
     }
 }
 
-/// Serves HTTP/1.1, parking the connection whenever it idles for [`PARK_AFTER`].
+/// Serves HTTP/1.1 until the connection ends or idles for [`PARK_AFTER`], when it is
+/// handed to a [`park`] task of its own.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
 fn serve_http1<IO, S>(
     mut io: IO,
     mut service: S,
     on: Watch<'_>,
-    parked_count: &AtomicUsize,
-    mut close: CloseSignals,
+    mut conn: Conn,
     mut watchdog: Pin<Box<Sleep>>,
 ) -> impl Future<Output = ()>
 where
@@ -158,19 +173,19 @@ where
         let mut replay = Bytes::new();
         loop {
             let timed = TimedIo::resume(io, Arc::clone(activity), replay);
-            // Boxed so that a parked connection holds none of hyper's state.
-            let mut conn = Box::new(
+            // Boxed: only one of hyper's connections lives at a time.
+            let mut http = Box::new(
                 http1::Builder::new()
                     .half_close(false)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(timed), service)
                     .with_upgrades(),
             );
-            // The driving future is boxed too: the task keeps only what parking needs.
+            // The driving future is boxed too: its state is needed only while driving.
             let ended = Box::pin(on.drive(
-                Pin::new(&mut *conn),
+                Pin::new(&mut *http),
                 |c| c.graceful_shutdown(),
-                &mut close,
+                &mut conn.close,
                 &mut watchdog,
             ))
             .await;
@@ -179,20 +194,68 @@ where
             }
             activity.set_parking(false);
             // In a function, so that nothing of hyper's parts stays in this future's state.
-            (io, service, replay) = match take_parts(*conn) {
+            (io, service, replay) = match take_parts(*http) {
                 Some(parts) => parts,
                 None => return,
             };
-            if replay.is_empty()
-                && !on
-                    .parked(&io, parked_count, &mut close, &mut watchdog)
-                    .await
-            {
-                let _ = Box::pin(tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown())).await;
+            // With bytes hyper read but did not parse (a request is starting) the
+            // connection is served on by this task; without, it is parked.
+            if replay.is_empty() {
+                let idle_ms = on.timeouts.1.as_millis() as u64;
+                let deadline = activity.last_end().saturating_add(idle_ms);
+                tokio::spawn(park(io, conn, deadline));
                 return;
             }
         }
     }
+}
+
+/// A parked HTTP/1 connection's task: waits, holding only the socket and its [`Conn`],
+/// until the client sends again, when a new connection task serves it, or until it
+/// should close (the idle timeout at `deadline`, a [`clock_ms`]; shutdown; its
+/// listener retired).
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
+pub(super) fn park<IO: ClientStream>(
+    mut io: IO,
+    mut conn: Conn,
+    deadline: u64,
+) -> impl Future<Output = ()> {
+    // A plain fn around an async block: its arguments are stored once, not twice as an
+    // async fn's are; what this task holds is most of what a parked connection costs.
+    async move {
+        let resume = {
+            let _counted = Counted::new(&conn.shared.parked);
+            let now = clock_ms();
+            let mut timer = pin!(tokio::time::sleep(Duration::from_millis(
+                deadline.saturating_sub(now)
+            )));
+            let mut closing = pin!(conn.close.wait());
+            let socket = io.socket();
+            // Polled by hand, not through `readable()` and `select!`, which would hold
+            // more.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = socket.poll_read_ready(cx) {
+                    return Poll::Ready(r.is_ok());
+                }
+                if closing.as_mut().poll(cx).is_ready() || timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if resume {
+            tokio::spawn(resume_conn(conn, io));
+        } else {
+            let _ = Box::pin(tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown())).await;
+        }
+    }
+}
+
+/// The task that serves a parked connection again. Boxed, because a future cannot
+/// contain its own type: [`serve_http`] spawns [`park`], which spawns this.
+fn resume_conn<IO: ClientStream>(conn: Conn, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve_http(conn, io, Proto::Http1))
 }
 
 /// The socket, service and unparsed bytes of a finished hyper HTTP/1 connection;
@@ -325,43 +388,6 @@ impl Watch<'_> {
                 }
             }
         }
-    }
-
-    /// Waits, holding only the socket, until the client sends again (`true`) or the
-    /// connection should close: idle timeout, shutdown, listener retired (`false`).
-    async fn parked<IO: ClientStream>(
-        self,
-        io: &IO,
-        parked_count: &AtomicUsize,
-        close: &mut CloseSignals,
-        watchdog: &mut Pin<Box<Sleep>>,
-    ) -> bool {
-        let _counted = Counted::new(parked_count);
-        let idle_ms = self.timeouts.1.as_millis() as u64;
-        let deadline = self.activity.last_end() + idle_ms;
-        let now = clock_ms();
-        if now >= deadline {
-            return false;
-        }
-        let wait = Duration::from_millis(deadline - now);
-        watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
-        // Polled by hand, not through `readable()` and `select!`: what this waits with
-        // is most of what a parked connection costs.
-        let mut closing = pin!(close.wait());
-        let resume = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = io.socket().poll_read_ready(cx) {
-                return Poll::Ready(r.is_ok());
-            }
-            if closing.as_mut().poll(cx).is_ready() || watchdog.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            Poll::Pending
-        })
-        .await;
-        // Due at once: the next drive looks at the new request's head deadline as
-        // soon as hyper has read its first bytes.
-        watchdog.as_mut().reset(tokio::time::Instant::now());
-        resume
     }
 }
 

@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::http_conn::serve_http;
+#[cfg(test)]
+use super::http_conn::park;
+use super::http_conn::{Conn, serve_http};
 use super::proxy_protocol;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
@@ -91,7 +93,7 @@ fn serve_connection(
     // A plain fn around an async block: its arguments are stored once, not twice as an
     // async fn's are, which keeps every connection's task smaller.
     async move {
-        let _tracked = shared.tracker.track();
+        let tracked = shared.tracker.track();
         let _ = stream.set_nodelay(true);
         let (timeouts, proxy_protocol, tls) = {
             let snap = shared.live.load();
@@ -116,44 +118,43 @@ fn serve_connection(
                 }
             }
         }
-        let info = ConnInfo::new(listener, peer_ip, tls.is_some());
+        let conn = Conn {
+            info: Arc::new(ConnInfo::new(listener, peer_ip, tls.is_some())),
+            shared,
+            timeouts,
+            close,
+            _tracked: tracked,
+        };
         match tls {
             None => {
                 let proto = match tokio::time::timeout(timeouts.0, sniff(&stream)).await {
                     Ok(Some(p)) => p,
                     _ => return,
                 };
-                serve_http(shared, info, stream, proto, timeouts, close).await
+                serve_http(conn, stream, proto).await
             }
             // Boxed: a TLS state is large and would otherwise size the task of every plain
             // connection too.
-            Some(config) => {
-                Box::pin(serve_tls(shared, info, stream, config, timeouts, close)).await
-            }
+            Some(config) => Box::pin(serve_tls(conn, stream, config)).await,
         }
     }
 }
 
 /// Terminates TLS on a client connection, then serves HTTP on it.
-async fn serve_tls(
-    shared: Arc<Shared>,
-    info: ConnInfo,
-    stream: TcpStream,
-    config: Arc<rustls::ServerConfig>,
-    timeouts: (Duration, Duration),
-    close: CloseSignals,
-) {
+async fn serve_tls(conn: Conn, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
     let accept = TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(timeouts.0, accept).await {
+    match tokio::time::timeout(conn.timeouts.0, accept).await {
         Ok(Ok(tls_stream)) => {
             let proto = match tls_stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Proto::Http2,
                 _ => Proto::Http1,
             };
-            serve_http(shared, info, tls_stream, proto, timeouts, close).await
+            serve_http(conn, tls_stream, proto).await
         }
-        Ok(Err(e)) => tracing::debug!(peer = %info.peer_ip, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %info.peer_ip, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.info.peer_ip, error = %e, "TLS handshake failed")
+        }
+        Err(_) => tracing::debug!(peer = %conn.info.peer_ip, "TLS handshake timed out"),
     }
 }
 
@@ -189,24 +190,42 @@ mod tests {
     use super::*;
     use crate::snapshot::{Live, Snapshot};
 
-    /// A connection's task is allocated at the size of its largest state; parked idle
-    /// connections are meant to cost about a kilobyte, so hyper's, TLS's and HTTP/2's
-    /// states must stay boxed rather than inline.
+    /// A connection's task is allocated at the size of its largest state, so hyper's,
+    /// TLS's and HTTP/2's states stay boxed rather than inline; a parked connection's task
+    /// is what ten thousand idle clients cost, so it must stay a few hundred bytes.
     #[tokio::test]
-    async fn a_connection_task_stays_small() {
+    async fn connection_tasks_stay_small() {
         let toml = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
                     [pool.p]\nbalancer = \"round-robin\"\nbackends = [\"127.0.0.1:9\"]\n";
         let config = crate::config::parse(toml, "t.toml", std::path::Path::new(".")).unwrap();
         let snapshot = Snapshot::build(Arc::new(config), None).unwrap();
         let shared = Arc::new(Shared::new(Live::new(snapshot), None));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stop) = watch::channel(false);
+
+        let client = TcpStream::connect(addr);
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
-        let (_stop, stop) = watch::channel(false);
-        let task = serve_connection(shared, Arc::from("l"), stream, peer, CloseSignals { stop });
+        let close = CloseSignals { stop: stop.clone() };
+        let task = serve_connection(Arc::clone(&shared), Arc::from("l"), stream, peer, close);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "connection future is {size} bytes");
         drop((task, client));
+
+        let client = TcpStream::connect(addr);
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (stream, peer) = accepted.unwrap();
+        let conn = Conn {
+            info: Arc::new(ConnInfo::new(Arc::from("l"), peer.ip(), false)),
+            timeouts: (Duration::from_secs(1), Duration::from_secs(1)),
+            close: CloseSignals { stop },
+            _tracked: shared.tracker.track(),
+            shared,
+        };
+        let parked = park(stream, conn, 0);
+        let size = std::mem::size_of_val(&parked);
+        assert!(size <= 512, "parked connection future is {size} bytes");
+        drop((parked, client));
     }
 }
