@@ -182,7 +182,7 @@ fn remove_connection_named(headers: &mut HeaderMap) {
 pub struct Forwarded {
     /// X-Forwarded-For: the client appended to the incoming list (several lines folded
     /// into one).
-    pub for_: HeaderValue,
+    pub for_: ForwardedFor,
     /// X-Forwarded-Proto.
     pub proto: &'static str,
     /// X-Forwarded-Host: the request's authority or Host, if any.
@@ -193,12 +193,12 @@ impl Forwarded {
     /// The forwarding headers for a request with `headers` from `client`.
     pub fn new(
         headers: &HeaderMap,
-        client: Client<'_>,
+        client: IpAddr,
         tls: bool,
         host: Option<HeaderValue>,
     ) -> Forwarded {
         Forwarded {
-            for_: forwarded_for(headers, client),
+            for_: ForwardedFor::new(headers, client),
             proto: if tls { "https" } else { "http" },
             host,
         }
@@ -223,42 +223,83 @@ impl Forwarded {
     }
 }
 
-/// Writes an IP address as text; returns its length. IPv4 (the common case) is written
-/// digit by digit: `core::fmt` costs about a thousand instructions per address.
-fn write_ip(buf: &mut [u8; 48], ip: IpAddr) -> usize {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (k, octet) in v4.octets().into_iter().enumerate() {
-                if k > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + (octet / 10) % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            n
+/// An X-Forwarded-For value.
+#[derive(Debug, Clone)]
+pub enum ForwardedFor {
+    /// The client alone (the request came without one): its address as text, inline.
+    Client(IpText),
+    /// `incoming, client`.
+    Chain(Vec<u8>),
+}
+
+impl ForwardedFor {
+    /// `incoming, client`, or the client alone.
+    fn new(headers: &HeaderMap, client: IpAddr) -> ForwardedFor {
+        let ip = IpText::new(client);
+        let existing = headers.get_all(&X_FORWARDED_FOR);
+        let total: usize = existing.iter().map(|v| v.len() + 2).sum();
+        if total == 0 {
+            return ForwardedFor::Client(ip);
         }
-        IpAddr::V6(_) => {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{ip}");
-            cursor.position() as usize
+        let mut buf = Vec::with_capacity(total + ip.len);
+        for v in existing.iter() {
+            buf.extend_from_slice(v.as_bytes());
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(ip.as_ref());
+        ForwardedFor::Chain(buf)
+    }
+
+    /// The value.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ForwardedFor::Client(ip) => ip.as_ref(),
+            ForwardedFor::Chain(chain) => chain,
         }
     }
 }
 
 /// An IP address as text, owning its bytes inline.
-struct IpText {
+#[derive(Clone)]
+pub struct IpText {
     buf: [u8; 48],
     len: usize,
+}
+
+impl IpText {
+    /// `ip` as text. IPv4 (the common case) is written digit by digit: `core::fmt`
+    /// costs about a thousand instructions per address.
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut buf = [0u8; 48];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let mut n = 0;
+                for (k, octet) in v4.octets().into_iter().enumerate() {
+                    if k > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    if octet >= 100 {
+                        buf[n] = b'0' + octet / 100;
+                        n += 1;
+                    }
+                    if octet >= 10 {
+                        buf[n] = b'0' + (octet / 10) % 10;
+                        n += 1;
+                    }
+                    buf[n] = b'0' + octet % 10;
+                    n += 1;
+                }
+                n
+            }
+            IpAddr::V6(_) => {
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(cursor, "{ip}");
+                cursor.position() as usize
+            }
+        };
+        IpText { buf, len }
+    }
 }
 
 impl AsRef<[u8]> for IpText {
@@ -267,46 +308,10 @@ impl AsRef<[u8]> for IpText {
     }
 }
 
-/// The client a request is forwarded for.
-#[derive(Debug, Clone, Copy)]
-pub struct Client<'a> {
-    /// Its address.
-    pub ip: IpAddr,
-    /// The address as a header value, when one is at hand (the connection's peer).
-    pub text: Option<&'a HeaderValue>,
-}
-
-/// An IP address as a header value, reference-counted from the start so that copies
-/// share it.
-pub fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut buf = [0u8; 48];
-    let len = write_ip(&mut buf, ip);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(IpText { buf, len }))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// `existing, client`, or the client alone: shared when its text is at hand, else in
-/// one allocation.
-fn forwarded_for(headers: &HeaderMap, client: Client<'_>) -> HeaderValue {
-    let existing = headers.get_all(&X_FORWARDED_FOR);
-    let total: usize = existing.iter().map(|v| v.len() + 2).sum();
-    if total == 0 {
-        return match client.text {
-            Some(text) => text.clone(),
-            None => ip_value(client.ip),
-        };
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_ref()))
     }
-    let mut ip_buf = [0u8; 48];
-    let ip_len = write_ip(&mut ip_buf, client.ip);
-    let ip_text = &ip_buf[..ip_len];
-    let mut buf = Vec::with_capacity(total + ip_len);
-    for v in existing.iter() {
-        buf.extend_from_slice(v.as_bytes());
-        buf.extend_from_slice(b", ");
-    }
-    buf.extend_from_slice(ip_text);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The X-Forwarded-For header name.
@@ -383,10 +388,9 @@ mod tests {
             "192.168.100.255",
             "::1",
             "2001:db8::7",
+            "::ffff:1.2.3.4",
         ] {
-            let mut buf = [0u8; 48];
-            let n = write_ip(&mut buf, text.parse().unwrap());
-            assert_eq!(&buf[..n], text.as_bytes());
+            assert_eq!(IpText::new(text.parse().unwrap()).as_ref(), text.as_bytes());
         }
     }
 
@@ -396,12 +400,7 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let text = ip_value(ip);
-        let client = Client {
-            ip,
-            text: Some(&text),
-        };
-        let f = Forwarded::new(&h, client, false, Some(HeaderValue::from_static("a.test")));
+        let f = Forwarded::new(&h, ip, false, Some(HeaderValue::from_static("a.test")));
         let lines: Vec<(&str, &[u8])> = f.lines().collect();
         assert_eq!(
             lines,
@@ -411,17 +410,18 @@ mod tests {
                 ("x-forwarded-host", b"a.test"),
             ]
         );
-        // Without an incoming list: the connection's text, or one made for the client.
-        let f = Forwarded::new(&HeaderMap::new(), client, true, None);
-        assert_eq!(f.for_, "10.0.0.1");
+        // Without an incoming list: the client's address alone.
+        let f = Forwarded::new(&HeaderMap::new(), ip, true, None);
+        assert_eq!(f.for_.as_bytes(), b"10.0.0.1");
         assert_eq!(f.proto, "https");
         assert_eq!(f.lines().count(), 2);
-        let other = Client {
-            ip: "2001:db8::1".parse().unwrap(),
-            text: None,
-        };
-        let f = Forwarded::new(&HeaderMap::new(), other, false, None);
-        assert_eq!(f.for_, "2001:db8::1");
+        let f = Forwarded::new(
+            &HeaderMap::new(),
+            "2001:db8::1".parse().unwrap(),
+            false,
+            None,
+        );
+        assert_eq!(f.for_.as_bytes(), b"2001:db8::1");
         assert!(Forwarded::replaces(&HeaderName::from_static(
             "x-forwarded-proto"
         )));

@@ -39,9 +39,6 @@ pub struct ConnInfo {
     pub peer_ip: IpAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// `peer_ip` as a header value, made once per connection: X-Forwarded-For of a
-    /// request that arrives without one shares it instead of allocating.
-    pub peer_text: HeaderValue,
 }
 
 impl ConnInfo {
@@ -51,7 +48,6 @@ impl ConnInfo {
             listener,
             peer_ip,
             tls,
-            peer_text: headers::ip_value(peer_ip),
         }
     }
 }
@@ -186,11 +182,7 @@ async fn proxy(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or(header_host);
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-    let client = headers::Client {
-        ip: client_ip,
-        text: (client_ip == conn.peer_ip).then_some(&conn.peer_text),
-    };
-    let forwarded = headers::Forwarded::new(&parts.headers, client, conn.tls, host);
+    let forwarded = headers::Forwarded::new(&parts.headers, client_ip, conn.tls, host);
     if !had_host {
         if let Some(h) = &forwarded.host {
             // HTTP/2 and absolute-form requests: the authority becomes Host.

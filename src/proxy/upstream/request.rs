@@ -111,6 +111,7 @@ pub fn chunk_size_line(line: &mut [u8; 20], len: usize) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::{ForwardedFor, IpText};
     use http::Request;
 
     fn parts(req: Request<()>) -> Parts {
@@ -119,7 +120,7 @@ mod tests {
 
     fn fwd() -> Forwarded {
         Forwarded {
-            for_: http::HeaderValue::from_static("10.0.0.1"),
+            for_: ForwardedFor::Client(IpText::new([10, 0, 0, 1].into())),
             proto: "http",
             host: None,
         }
