@@ -63,15 +63,21 @@ pub async fn flag_set(rx: &mut watch::Receiver<bool>) {
 /// Counts running connections and tunnels.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    count: Arc<AtomicUsize>,
-    idle: Arc<Notify>,
+    inner: Arc<Counted>,
 }
 
-/// Held by one connection or tunnel for its lifetime.
+/// The count, and who waits for it to reach zero.
+#[derive(Debug, Default)]
+struct Counted {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by one connection or tunnel for its lifetime (one pointer: every parked
+/// connection keeps one).
 #[derive(Debug)]
 pub struct Tracked {
-    count: Arc<AtomicUsize>,
-    idle: Arc<Notify>,
+    inner: Arc<Counted>,
 }
 
 impl Tracker {
@@ -82,23 +88,22 @@ impl Tracker {
 
     /// Registers one running connection or tunnel.
     pub fn track(&self) -> Tracked {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.inner.count.fetch_add(1, Ordering::AcqRel);
         Tracked {
-            count: Arc::clone(&self.count),
-            idle: Arc::clone(&self.idle),
+            inner: Arc::clone(&self.inner),
         }
     }
 
     /// Connections and tunnels running now.
     pub fn running(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        self.inner.count.load(Ordering::Acquire)
     }
 
     /// Waits until nothing runs, or `limit` passes; returns whether everything ended.
     pub async fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let notified = self.idle.notified();
+            let notified = self.inner.idle.notified();
             if self.running() == 0 {
                 return true;
             }
@@ -111,8 +116,8 @@ impl Tracker {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
+        if self.inner.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
         }
     }
 }

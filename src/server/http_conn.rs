@@ -7,15 +7,14 @@
 //!
 //! An HTTP/1 connection idle for [`PARK_AFTER`] is parked, as nginx frees an idle
 //! keep-alive connection's buffers: hyper's state (its read and write buffers, about
-//! 20 KiB) and the connection's task end, and only the socket is kept, in a small task
-//! of its own that waits for the client's next bytes, the idle timeout or a close
+//! 20 KiB) and the connection's task end, and only the socket is kept, in its worker's
+//! [parking lot](park_lot), until the client's next bytes, the idle timeout or a close
 //! signal. When the client speaks again a fresh connection task takes over the same
 //! socket.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -25,12 +24,13 @@ use hyper::server::conn::http1;
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::conn_clock::{Activity, ConnBody, TimedIo, Verdict};
 use super::listener::{CloseSignals, Proto};
+use super::park_lot::{self, Parkable, Parking};
 use super::wake_gate::Gate;
 use crate::backend::clock_ms;
 use crate::proxy::{self, ConnInfo};
@@ -39,9 +39,6 @@ use crate::shutdown::Tracked;
 
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 256;
-
-/// How long closing a parked connection may take (a TLS close_notify, a FIN).
-const PARKED_CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// A client stream maitred serves HTTP on: plain TCP or TLS over TCP.
 pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -76,13 +73,13 @@ pub(super) struct Conn {
     /// What makes it finish.
     pub close: CloseSignals,
     /// Counts it among the connections a graceful shutdown waits for.
-    pub _tracked: Tracked,
+    pub tracked: Tracked,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends or
 /// (HTTP/1) is parked.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
-pub(super) fn serve_http<IO: ClientStream>(
+pub(super) fn serve_http<IO: Parkable>(
     mut conn: Conn,
     io: IO,
     proto: Proto,
@@ -152,7 +149,7 @@ pub(super) fn serve_http<IO: ClientStream>(
 }
 
 /// Serves HTTP/1.1 until the connection ends or idles for [`PARK_AFTER`], when it is
-/// handed to a [`park`] task of its own.
+/// handed to its worker's [parking lot](park_lot).
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
 fn serve_http1<IO, S>(
     mut io: IO,
@@ -162,7 +159,7 @@ fn serve_http1<IO, S>(
     mut watchdog: Pin<Box<Sleep>>,
 ) -> impl Future<Output = ()>
 where
-    IO: ClientStream,
+    IO: Parkable,
     S: HttpService<Incoming, ResBody = ConnBody> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -203,58 +200,19 @@ where
             if replay.is_empty() {
                 let idle_ms = on.timeouts.1.as_millis() as u64;
                 let deadline = activity.last_end().saturating_add(idle_ms);
-                tokio::spawn(park(io, conn, deadline));
-                return;
+                match park_lot::park(io, conn, deadline, resume_conn::<IO>) {
+                    Parking::Parked => return,
+                    Parking::Close(io) => return park_lot::close(io),
+                    Parking::Readable(again, same) => (io, conn) = (again, same),
+                }
             }
         }
     }
 }
 
-/// A parked HTTP/1 connection's task: waits, holding only the socket and its [`Conn`],
-/// until the client sends again, when a new connection task serves it, or until it
-/// should close (the idle timeout at `deadline`, a [`clock_ms`]; shutdown; its
-/// listener retired).
-#[allow(clippy::manual_async_fn)] // on purpose: see the comment inside
-pub(super) fn park<IO: ClientStream>(
-    mut io: IO,
-    mut conn: Conn,
-    deadline: u64,
-) -> impl Future<Output = ()> {
-    // A plain fn around an async block: its arguments are stored once, not twice as an
-    // async fn's are; what this task holds is most of what a parked connection costs.
-    async move {
-        let resume = {
-            let _counted = Counted::new(&conn.shared.parked);
-            let now = clock_ms();
-            let mut timer = pin!(tokio::time::sleep(Duration::from_millis(
-                deadline.saturating_sub(now)
-            )));
-            let mut closing = pin!(conn.close.wait());
-            let socket = io.socket();
-            // Polled by hand, not through `readable()` and `select!`, which would hold
-            // more.
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = socket.poll_read_ready(cx) {
-                    return Poll::Ready(r.is_ok());
-                }
-                if closing.as_mut().poll(cx).is_ready() || timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        if resume {
-            tokio::spawn(resume_conn(conn, io));
-        } else {
-            let _ = Box::pin(tokio::time::timeout(PARKED_CLOSE_LIMIT, io.shutdown())).await;
-        }
-    }
-}
-
 /// The task that serves a parked connection again. Boxed, because a future cannot
-/// contain its own type: [`serve_http`] spawns [`park`], which spawns this.
-fn resume_conn<IO: ClientStream>(conn: Conn, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+/// contain its own type.
+fn resume_conn<IO: Parkable>(conn: Conn, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(serve_http(conn, io, Proto::Http1))
 }
 
@@ -388,22 +346,5 @@ impl Watch<'_> {
                 }
             }
         }
-    }
-}
-
-/// One parked connection counted in the daemon's gauge while it lives.
-#[derive(Debug)]
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(count: &'a AtomicUsize) -> Counted<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        Counted(count)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

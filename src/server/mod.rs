@@ -4,8 +4,10 @@
 pub mod client_ip;
 pub mod conn_clock;
 pub mod head_scan;
+mod heap_trim;
 mod http_conn;
 pub mod listener;
+mod park_lot;
 pub mod proxy_protocol;
 pub mod tls;
 mod wake_gate;

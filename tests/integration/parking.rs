@@ -205,3 +205,82 @@ async fn uploads_and_upgrades_work_on_a_connection_that_was_parked() {
     ws.close(None).await.unwrap();
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn many_parked_connections_serve_again_in_any_order() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+        s.write_all(GET).await.unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    wait_parked(&d, 40).await;
+    // Every other one, last first: each wakes alone and is served.
+    for s in conns.iter_mut().rev().step_by(2) {
+        s.write_all(GET).await.unwrap();
+        let resp = read_response(s).await;
+        assert!(resp.contains("backend a"), "{resp}");
+    }
+    wait_parked(&d, 40).await;
+    // Half the clients leave; newcomers take their places in the lot.
+    conns.drain(..20);
+    wait_parked(&d, 20).await;
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
+        s.write_all(GET).await.unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    wait_parked(&d, 40).await;
+    // All at once.
+    for s in &mut conns {
+        s.write_all(GET).await.unwrap();
+    }
+    for s in &mut conns {
+        let resp = read_response(s).await;
+        assert!(resp.contains("backend a"), "{resp}");
+    }
+    wait_parked(&d, 40).await;
+    assert_eq!(b.hits.load(Ordering::Relaxed), 40 + 20 + 20 + 40);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn a_listener_removed_by_reload_closes_its_parked_connections_only() {
+    let b = TestBackend::start("a").await;
+    let listener = |name: &str| {
+        format!("\n[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n")
+    };
+    let pool = format!(
+        "\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{}\"]\n",
+        b.addr
+    );
+    let server = "[server]\nthreads = 1\naccess_log = \"off\"\nlog_level = \"warn\"\n";
+    let dir = scratch_dir("parked-reload");
+    let path = dir.join("maitred.toml");
+    std::fs::write(
+        &path,
+        format!("{server}{}{}{pool}", listener("main"), listener("side")),
+    )
+    .unwrap();
+    let d = start_daemon_file(&path).await;
+    let side = d.listener_addr("side").unwrap();
+    let mut kept = parked_connection(&d).await;
+    let mut gone = TcpStream::connect(side).await.unwrap();
+    gone.write_all(GET).await.unwrap();
+    read_response(&mut gone).await;
+    wait_parked(&d, 2).await;
+
+    std::fs::write(&path, format!("{server}{}{pool}", listener("main"))).unwrap();
+    d.reload(false).await.unwrap();
+    assert_eq!(read_until_closed(&mut gone).await.as_deref(), Some(""));
+    wait_parked(&d, 1).await;
+    kept.write_all(GET).await.unwrap();
+    let resp = read_response(&mut kept).await;
+    assert!(resp.contains("backend a"), "{resp}");
+    wait_parked(&d, 1).await;
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
