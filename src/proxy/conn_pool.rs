@@ -17,8 +17,9 @@ use super::upstream::UpConn;
 /// connection is closed instead of pooled.
 pub const MAX_IDLE_PER_SLOT: usize = 1024;
 
-/// Idle connections per slot that keep their buffers for the next request; the rest
-/// (a burst's leftovers) keep only their sockets.
+/// Idle connections per slot that keep their buffers for the next request: the most
+/// recently returned, which are taken first; older ones (a burst's leftovers) keep
+/// only their sockets.
 const WARM_PER_SLOT: usize = 16;
 
 /// Worker slots per backend. Workers beyond this share slots (still correct).
@@ -70,16 +71,17 @@ impl ConnPool {
     }
 
     /// Returns a connection whose response has completed.
-    pub fn put(&self, mut s: UpConn) {
+    pub fn put(&self, s: UpConn) {
         if let Ok(mut idle) = self.slots[slot()].lock() {
-            if idle.len() >= WARM_PER_SLOT {
-                s.release_buffers();
-            }
             if idle.front_mut().is_some_and(|oldest| !oldest.is_usable()) {
                 idle.pop_front();
             }
             if idle.len() < MAX_IDLE_PER_SLOT {
                 idle.push_back(s);
+            }
+            // The connection that just left the warm top of the stack goes cold.
+            if let Some(n) = idle.len().checked_sub(WARM_PER_SLOT + 1) {
+                idle[n].release_buffers();
             }
         }
     }
@@ -137,7 +139,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_first_idle_connections_keep_their_buffers() {
+    async fn only_the_newest_idle_connections_keep_their_buffers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = ConnPool::new();
@@ -153,9 +155,15 @@ mod tests {
         while let Some(c) = pool.take() {
             capacities.push(c.buffer_capacity());
         }
-        // Taken newest first: the four returned last hold nothing.
+        // Taken newest first: the four returned first hold nothing.
         assert_eq!(capacities.len(), WARM_PER_SLOT + 4);
-        assert!(capacities[..4].iter().all(|&c| c == 0), "{capacities:?}");
-        assert!(capacities[4..].iter().all(|&c| c > 0), "{capacities:?}");
+        assert!(
+            capacities[..WARM_PER_SLOT].iter().all(|&c| c > 0),
+            "{capacities:?}"
+        );
+        assert!(
+            capacities[WARM_PER_SLOT..].iter().all(|&c| c == 0),
+            "{capacities:?}"
+        );
     }
 }
