@@ -135,7 +135,7 @@ pub(super) fn serve_http<IO: Parkable>(
                             .await;
                     } else {
                         let mut builder = auto::Builder::new(TokioExecutor::new());
-                        builder.http1().half_close(false).keep_alive(true);
+                        builder.http1().half_close(true).keep_alive(true);
                         builder.http2().max_concurrent_streams(MAX_STREAMS);
                         let conn = builder.serve_connection_with_upgrades(io, service);
                         on.drive(pin!(conn), |c| c.graceful_shutdown(), close, watchdog)
@@ -171,9 +171,16 @@ where
         loop {
             let timed = TimedIo::resume(io, Arc::clone(activity), replay);
             // Boxed: only one of hyper's connections lives at a time.
+            //
+            // Half-close allowed: a client that shuts down its sending side after its
+            // request still gets the answer (RFC 9112 §9.6; HAProxy's default), and hyper
+            // does not poll the socket for an early end while the request is at the
+            // backend, which made it set aside a fresh 8 KiB read buffer (and allocate
+            // twice) on every request. A client that leaves meanwhile is noticed when its
+            // answer is written.
             let mut http = Box::new(
                 http1::Builder::new()
-                    .half_close(false)
+                    .half_close(true)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(timed), service)
                     .with_upgrades(),

@@ -349,3 +349,25 @@ async fn bodies_stream_both_ways() {
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut s = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
+    // A slow answer, so the end of the client's sending side arrives mid-request.
+    s.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("the answer and the close within the deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("backend a\n"), "{text}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
