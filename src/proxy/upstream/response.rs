@@ -67,9 +67,58 @@ pub enum Parsed {
 
 thread_local! {
     static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-    /// Where the lines of the head being parsed sit: scratch kept per thread, so a
-    /// parse initialises no large array.
-    static LINES: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// Where the lines of the head being parsed sit, and the header names of the
+    /// heads parsed before: scratch kept per thread, so a parse initialises no large
+    /// array and parses no name it has just seen.
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { lines: Vec::new(), names: Vec::new() })
+    };
+}
+
+/// A parse's scratch space.
+#[derive(Default)]
+struct Scratch {
+    lines: Vec<Line>,
+    names: Vec<SeenName>,
+}
+
+/// The header name last seen at one position of a head, as sent and as parsed.
+/// Backends answer with the same headers in the same order, so the name at a
+/// position is usually the one seen there before: comparing the bytes costs a
+/// fraction of parsing them (and a custom name's parse allocates).
+struct SeenName {
+    raw: Box<[u8]>,
+    name: HeaderName,
+}
+
+/// Positions of a head whose names are remembered.
+const SEEN_NAMES: usize = 32;
+
+/// The header name `raw`, found at position `at` of the head.
+fn header_name(
+    seen: &mut Vec<SeenName>,
+    at: usize,
+    raw: &[u8],
+) -> Result<HeaderName, UpstreamError> {
+    if let Some(s) = seen.get(at) {
+        if *s.raw == *raw {
+            return Ok(s.name.clone());
+        }
+    }
+    let name =
+        HeaderName::from_bytes(raw).map_err(|_| UpstreamError::Malformed("bad header name"))?;
+    if at < SEEN_NAMES {
+        let s = SeenName {
+            raw: raw.into(),
+            name: name.clone(),
+        };
+        if at < seen.len() {
+            seen[at] = s;
+        } else if at == seen.len() {
+            seen.push(s);
+        }
+    }
+    Ok(name)
 }
 
 /// Spare maps kept per worker thread, at most.
@@ -107,17 +156,18 @@ fn range_in(base: usize, part: &[u8]) -> (u32, u32) {
 
 /// Parses the response head at the start of `buf`, the answer to `req`.
 pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
-    LINES.with(|lines| match lines.try_borrow_mut() {
-        Ok(mut lines) => parse_with(buf, req, &mut lines),
-        Err(_) => parse_with(buf, req, &mut Vec::new()),
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => parse_with(buf, req, &mut scratch),
+        Err(_) => parse_with(buf, req, &mut Scratch::default()),
     })
 }
 
 fn parse_with(
     buf: &mut BytesMut,
     req: &Parts,
-    lines: &mut Vec<Line>,
+    scratch: &mut Scratch,
 ) -> Result<Parsed, UpstreamError> {
+    let Scratch { lines, names } = scratch;
     lines.clear();
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -227,7 +277,7 @@ fn parse_with(
     let head = buf.split_to(len).freeze();
     let mut map = spare_map();
     map.reserve(lines.len() + usize::from(switching));
-    for line in lines.iter() {
+    for (at, line) in lines.iter().enumerate() {
         let name = &head[line.name.0 as usize..line.name.1 as usize];
         if coded && name.eq_ignore_ascii_case(b"content-length") {
             continue; // Transfer-Encoding overrides it (RFC 9112 §6.3)
@@ -239,8 +289,7 @@ fn parse_with(
         {
             continue;
         }
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| UpstreamError::Malformed("bad header name"))?;
+        let name = header_name(names, at, name)?;
         let value = HeaderValue::from_maybe_shared(
             head.slice(line.value.0 as usize..line.value.1 as usize),
         )
@@ -293,6 +342,27 @@ mod tests {
             Parsed::Final(h) => (h, buf),
             other => panic!("not final: {other:?}"),
         }
+    }
+
+    #[test]
+    fn names_remembered_by_position_follow_what_each_head_says() {
+        let names = |bytes: &[u8]| -> Vec<String> {
+            let (h, _) = head_of(bytes, &get());
+            h.headers.keys().map(|k| k.as_str().to_string()).collect()
+        };
+        let first = b"HTTP/1.1 200 OK\r\nX-Trace: a\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(names(first), ["x-trace", "content-length"]);
+        // Another name at a remembered position, one at a new position, other case.
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nX-Other: b\r\nCONTENT-LENGTH: 0\r\nVary: x\r\n\r\n"),
+            ["x-other", "content-length", "vary"]
+        );
+        assert_eq!(names(first), ["x-trace", "content-length"]);
+        assert_eq!(
+            names(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(names(first), ["x-trace", "content-length"]);
     }
 
     #[test]
