@@ -9,7 +9,9 @@
 //! listener's close signal fires, and then hands the connection to a new connection
 //! task, or closes it.
 //!
-//! The lot is thread-local: a worker's tasks never leave its thread.
+//! The lot is thread-local: workers run single-threaded runtimes
+//! ([`super::workers`]), so a connection, the lot it parks in and the lot's task stay
+//! on one thread.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -51,11 +53,6 @@ pub(super) enum Parking<IO> {
     Readable(IO, Conn),
     /// It should close: idle too long, or its listener is closing.
     Close(IO),
-}
-
-/// A timeout in milliseconds (up to 49 days).
-fn compact(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Makes the task that serves a parked connection again.
@@ -115,6 +112,11 @@ struct Parked<IO> {
     tracked: Tracked,
     /// Which of the lot's close watchers covers its listener.
     watcher: u32,
+}
+
+/// A timeout in milliseconds (up to 49 days).
+fn compact(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// A place in the lot. The generation tells a deadline queued for an earlier occupant
