@@ -264,7 +264,8 @@ fn upstream_codec(c: &mut Criterion) {
         .unwrap()
         .into_parts();
     let ip = std::net::IpAddr::from([10, 1, 2, 3]);
-    let forwarded = Forwarded::new(&parts.headers, ip, false, None);
+    let present = maitred::proxy::headers::Present::scan(&parts.headers);
+    let forwarded = Forwarded::new(&parts.headers, present, ip, false, None);
     let mut out = Vec::with_capacity(512);
     c.bench_function("upstream/encode_head", |b| {
         b.iter(|| {

@@ -16,16 +16,45 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Removes hop-by-hop headers and the headers `Connection` names. With `keep_upgrade`
-/// (a WebSocket or other upgrade being tunnelled) `Upgrade` and `Connection: upgrade`
-/// stay, as the upgrade must reach the other side.
+/// The hop-by-hop headers (and X-Forwarded-For) a request carries, found in one pass
+/// over its names: a header that is absent is then never looked up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present(u8);
+
+impl Present {
+    /// One pass over the names in `headers`.
+    pub fn scan(headers: &HeaderMap) -> Present {
+        let mut bits = 0;
+        for name in headers.keys() {
+            bits |= name_bit(name);
+        }
+        Present(bits)
+    }
+
+    /// Whether there is a Transfer-Encoding header.
+    pub fn transfer_encoding(self) -> bool {
+        self.0 & bit::TRANSFER_ENCODING != 0
+    }
+
+    /// Whether there is an Upgrade header.
+    pub fn upgrade(self) -> bool {
+        self.0 & bit::UPGRADE != 0
+    }
+
+    /// Whether there is an X-Forwarded-For header.
+    pub fn forwarded_for(self) -> bool {
+        self.0 & bit::X_FORWARDED_FOR != 0
+    }
+}
+
+/// Removes hop-by-hop headers and the headers `Connection` names, given what
+/// [`Present::scan`] found in `headers`. With `keep_upgrade` (a WebSocket or other
+/// upgrade being tunnelled) `Upgrade` and `Connection: upgrade` stay, as the upgrade
+/// must reach the other side.
 ///
 /// Allocation-free unless `Connection` names a non-standard header.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut present = 0u8;
-    for name in headers.keys() {
-        present |= hop_bit(name);
-    }
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present, keep_upgrade: bool) {
+    let present = present.0 & !bit::X_FORWARDED_FOR;
     if present == 0 {
         return;
     }
@@ -70,6 +99,18 @@ mod bit {
     pub const UPGRADE: u8 = 16;
     pub const KEEP_ALIVE: u8 = 32;
     pub const PROXY: u8 = 64;
+    pub const X_FORWARDED_FOR: u8 = 128;
+}
+
+fn name_bit(name: &HeaderName) -> u8 {
+    if name.as_str().as_bytes().first() == Some(&b'x') {
+        return if *name == X_FORWARDED_FOR {
+            bit::X_FORWARDED_FOR
+        } else {
+            0
+        };
+    }
+    hop_bit(name)
 }
 
 fn hop_bit(name: &HeaderName) -> u8 {
@@ -190,15 +231,21 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
-    /// The forwarding headers for a request with `headers` from `client`.
+    /// The forwarding headers for a request with `headers` (holding what `present`
+    /// says) from `client`.
     pub fn new(
         headers: &HeaderMap,
+        present: Present,
         client: IpAddr,
         tls: bool,
         host: Option<HeaderValue>,
     ) -> Forwarded {
+        let for_ = match present.forwarded_for() {
+            true => ForwardedFor::new(headers, client),
+            false => ForwardedFor::Client(IpText::new(client)),
+        };
         Forwarded {
-            for_: ForwardedFor::new(headers, client),
+            for_,
             proto: if tls { "https" } else { "http" },
             host,
         }
@@ -320,8 +367,8 @@ pub fn x_forwarded_for() -> &'static HeaderName {
 }
 
 /// Whether the request asks for a protocol upgrade (WebSocket and others).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+pub fn wants_upgrade(headers: &HeaderMap, present: Present) -> bool {
+    present.upgrade()
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -344,7 +391,8 @@ mod tests {
         h.insert("proxy-authorization", "x".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h, false);
+        let present = Present::scan(&h);
+        strip_hop_by_hop(&mut h, present, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
     }
@@ -373,8 +421,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        let present = Present::scan(&h);
+        assert!(wants_upgrade(&h, present));
+        assert!(!wants_upgrade(&h, Present::default()));
+        strip_hop_by_hop(&mut h, present, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
     }
@@ -400,7 +450,10 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let f = Forwarded::new(&h, ip, false, Some(HeaderValue::from_static("a.test")));
+        let present = Present::scan(&h);
+        assert!(present.forwarded_for());
+        let host = Some(HeaderValue::from_static("a.test"));
+        let f = Forwarded::new(&h, present, ip, false, host);
         let lines: Vec<(&str, &[u8])> = f.lines().collect();
         assert_eq!(
             lines,
@@ -411,12 +464,15 @@ mod tests {
             ]
         );
         // Without an incoming list: the client's address alone.
-        let f = Forwarded::new(&HeaderMap::new(), ip, true, None);
+        let none = HeaderMap::new();
+        assert!(!Present::scan(&none).forwarded_for());
+        let f = Forwarded::new(&none, Present::default(), ip, true, None);
         assert_eq!(f.for_.as_bytes(), b"10.0.0.1");
         assert_eq!(f.proto, "https");
         assert_eq!(f.lines().count(), 2);
         let f = Forwarded::new(
-            &HeaderMap::new(),
+            &none,
+            Present::default(),
             "2001:db8::1".parse().unwrap(),
             false,
             None,

@@ -83,19 +83,10 @@ pub async fn handle(
 
     let (mut resp, backend) = match check_request(&req) {
         Err(e) => (e.response(), None),
-        Ok(header_host) => {
-            let client_upgrade =
-                headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-            proxy(
-                shared,
-                pool,
-                conn,
-                client_ip,
-                req,
-                header_host,
-                client_upgrade,
-            )
-            .await
+        Ok(checked) => {
+            let client_upgrade = headers::wants_upgrade(req.headers(), checked.present)
+                .then(|| hyper::upgrade::on(&mut req));
+            proxy(shared, pool, conn, client_ip, req, checked, client_upgrade).await
         }
     };
     pool.stats.latency.observe(start.elapsed());
@@ -119,8 +110,9 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 /// Requests that are refused before any backend sees them (DESIGN §6). hyper's parser
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon, bare CR and a last transfer coding other than chunked, and 431 for
-/// oversized heads. Returns the Host header, looked up once.
-fn check_request(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+/// oversized heads.
+fn check_request(req: &Request<Incoming>) -> Result<Checked, ProxyError> {
+    let present = headers::Present::scan(req.headers());
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => {
@@ -134,6 +126,10 @@ fn check_request(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyEr
     }
     // hyper has refused a Transfer-Encoding whose last coding is not chunked; any coding
     // before it (`gzip, chunked`) would reach the backend undeclared, so it is refused.
+    let checked = Checked { host, present };
+    if !present.transfer_encoding() {
+        return Ok(checked);
+    }
     let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
         let plain = codings.next().is_none()
@@ -145,7 +141,15 @@ fn check_request(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyEr
             return Err(ProxyError::UnsupportedCoding);
         }
     }
-    Ok(host)
+    Ok(checked)
+}
+
+/// What the first look at a request found.
+struct Checked {
+    /// Its Host header, looked up once.
+    host: Option<HeaderValue>,
+    /// Which hop-by-hop headers (and X-Forwarded-For) it carries.
+    present: headers::Present,
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -163,16 +167,20 @@ fn now_secs() -> u64 {
 }
 
 /// Forwards to the pool with retries; returns the response and the backend that gave it.
-/// `header_host` is the request's Host header, as [`check_request`] found it.
+/// `checked` is what [`check_request`] found.
 async fn proxy(
     shared: &Shared,
     pool: &Pool,
     conn: &ConnInfo,
     client_ip: IpAddr,
     req: Request<Incoming>,
-    header_host: Option<HeaderValue>,
+    checked: Checked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<DownBody>, Option<Arc<str>>) {
+    let Checked {
+        host: header_host,
+        present,
+    } = checked;
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
     let had_host = header_host.is_some();
@@ -181,8 +189,8 @@ async fn proxy(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or(header_host);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-    let forwarded = headers::Forwarded::new(&parts.headers, client_ip, conn.tls, host);
+    headers::strip_hop_by_hop(&mut parts.headers, present, upgrading);
+    let forwarded = headers::Forwarded::new(&parts.headers, present, client_ip, conn.tls, host);
     if !had_host {
         if let Some(h) = &forwarded.host {
             // HTTP/2 and absolute-form requests: the authority becomes Host.
