@@ -1,24 +1,27 @@
 //! The access log: one line per request, written when the response completes (or the
 //! client goes away), to stdout or a file.
 //!
-//! Lines go into a buffer behind a mutex held only for the copy, and a flusher task
-//! writes the buffer out every [`FLUSH_INTERVAL`] and at shutdown, so a request never
-//! waits for a write system call. The format is space-separated:
+//! Lines are formatted in a buffer each worker reuses (no allocation, the time of day
+//! formatted once a second), go into a shared buffer behind a mutex held only for the
+//! copy, and a flusher task writes that out every [`FLUSH_INTERVAL`] and at shutdown,
+//! so a request never waits for a write system call. The format is space-separated:
 //!
 //! `TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES`
 //!
 //! with `-` for a field that does not apply (no backend was reached).
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 
 use crate::config::AccessLogTarget;
+use crate::proxy::headers::IpText;
 
 /// How often buffered lines are written out.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -69,7 +72,10 @@ impl AccessLog {
     /// Writes buffered lines out.
     pub fn flush(&self) {
         let pending = match self.buffer.lock() {
-            Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
+            Ok(mut b) if !b.is_empty() => {
+                let room = b.capacity();
+                std::mem::replace(&mut *b, Vec::with_capacity(room))
+            }
             _ => return,
         };
         if let Ok(mut out) = self.out.lock() {
@@ -125,19 +131,163 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let line = format!(
+        let elapsed = self.start.elapsed();
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            let Line { text, clock } = &mut *line;
+            text.clear();
+            self.format(text, clock, SystemTime::now(), elapsed);
+            self.log.push(text);
+        });
+    }
+}
+
+thread_local! {
+    /// Each worker formats its lines in one reused buffer, with the time of day of the
+    /// current second kept formatted.
+    static LINE: RefCell<Line> = const {
+        RefCell::new(Line { text: Vec::new(), clock: Clock { second: u64::MAX, text: [0; 19] } })
+    };
+}
+
+/// A worker's line buffer.
+struct Line {
+    text: Vec<u8>,
+    clock: Clock,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of one second (UTC), formatted once per second.
+struct Clock {
+    second: u64,
+    text: [u8; 19],
+}
+
+impl Clock {
+    /// Appends `now` as RFC 3339 UTC with milliseconds.
+    fn write(&mut self, out: &mut Vec<u8>, now: SystemTime) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.second {
+            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+            if let Some(text) = formatted.as_bytes().get(..19) {
+                self.text.copy_from_slice(text);
+                self.second = since.as_secs();
+            }
+        }
+        out.extend_from_slice(&self.text);
+        out.push(b'.');
+        push_padded(out, since.subsec_millis());
+        out.push(b'Z');
+    }
+}
+
+/// Appends `n` (below 1,000) as three digits.
+fn push_padded(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&[
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+impl Pending {
+    /// The line: `TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES`.
+    fn format(&self, out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, took: Duration) {
+        clock.write(out, now);
+        out.push(b' ');
+        out.extend_from_slice(IpText::new(self.client).as_ref());
+        out.push(b' ');
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.pool.as_deref().unwrap_or("-").as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.backend.as_deref().unwrap_or("-").as_bytes());
+        let micros = took.as_micros();
+        let _ = write!(out, " {}.", micros / 1000);
+        push_padded(out, (micros % 1000) as u32);
+        let _ = writeln!(out, " {}", self.bytes);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The line as it was first written with `format!`, the reference.
+    fn reference(p: &Pending, now: SystemTime, took: Duration) -> String {
+        format!(
             "{} {} {} {} {} {} {} {:.3} {}\n",
-            humantime::format_rfc3339_millis(SystemTime::now()),
-            self.client,
-            self.method,
-            self.path,
-            self.status.as_u16(),
-            self.pool.as_deref().unwrap_or("-"),
-            self.backend.as_deref().unwrap_or("-"),
-            ms,
-            self.bytes,
-        );
-        self.log.push(line.as_bytes());
+            humantime::format_rfc3339_millis(now),
+            p.client,
+            p.method,
+            p.path,
+            p.status.as_u16(),
+            p.pool.as_deref().unwrap_or("-"),
+            p.backend.as_deref().unwrap_or("-"),
+            took.as_micros() as f64 / 1000.0,
+            p.bytes,
+        )
+    }
+
+    #[test]
+    fn lines_match_the_reference_format() {
+        let log = Arc::new(AccessLog {
+            buffer: Mutex::new(Vec::new()),
+            out: Mutex::new(Box::new(io::sink())),
+        });
+        let mut clock = Clock {
+            second: u64::MAX,
+            text: [0; 19],
+        };
+        let base = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let cases = [
+            (
+                "10.1.2.3",
+                "GET",
+                "/",
+                Some("web"),
+                Some("10.0.0.1:80"),
+                0,
+                5,
+            ),
+            ("::1", "POST", "/a?b=c", None, None, 999_999, 0),
+            (
+                "192.168.0.254",
+                "DELETE",
+                "/x/y",
+                Some("p"),
+                None,
+                1_234_567,
+                1 << 40,
+            ),
+        ];
+        for (i, (ip, method, path, pool, backend, micros, bytes)) in cases.into_iter().enumerate() {
+            let mut p = Pending::new(
+                &log,
+                Instant::now(),
+                ip.parse().unwrap(),
+                &method.parse().unwrap(),
+                path,
+                pool.map(Arc::from),
+            );
+            p.backend = backend.map(Arc::from);
+            p.bytes = bytes;
+            p.status = StatusCode::from_u16(200 + i as u16).unwrap();
+            // Within one second, across seconds, and with each millisecond digit.
+            for offset_ms in [0, 7, 89, 999, 1_000, 61_001] {
+                let now = base + Duration::from_millis(offset_ms);
+                let took = Duration::from_micros(micros);
+                let mut out = Vec::new();
+                p.format(&mut out, &mut clock, now, took);
+                assert_eq!(String::from_utf8(out).unwrap(), reference(&p, now, took));
+            }
+        }
     }
 }
