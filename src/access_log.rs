@@ -131,16 +131,23 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
-        LINE.with(|line| {
+        let (now, took) = (SystemTime::now(), self.start.elapsed());
+        let written = LINE.try_with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
-                return;
+                return false;
             };
             let Line { text, clock } = &mut *line;
             text.clear();
-            self.format(text, clock, SystemTime::now(), elapsed);
+            self.format(text, clock, now, took);
             self.log.push(text);
+            true
         });
+        if written != Ok(true) {
+            // The thread's buffer is gone (thread exit) or in use: a buffer of its own.
+            let mut text = Vec::new();
+            self.format(&mut text, &mut Clock::new(), now, took);
+            self.log.push(&text);
+        }
     }
 }
 
@@ -148,7 +155,7 @@ thread_local! {
     /// Each worker formats its lines in one reused buffer, with the time of day of the
     /// current second kept formatted.
     static LINE: RefCell<Line> = const {
-        RefCell::new(Line { text: Vec::new(), clock: Clock { second: u64::MAX, text: [0; 19] } })
+        RefCell::new(Line { text: Vec::new(), clock: Clock::new() })
     };
 }
 
@@ -165,6 +172,14 @@ struct Clock {
 }
 
 impl Clock {
+    /// A clock with no second formatted yet.
+    const fn new() -> Clock {
+        Clock {
+            second: u64::MAX,
+            text: [0; 19],
+        }
+    }
+
     /// Appends `now` as RFC 3339 UTC with milliseconds.
     fn write(&mut self, out: &mut Vec<u8>, now: SystemTime) {
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -242,10 +257,7 @@ mod tests {
             buffer: Mutex::new(Vec::new()),
             out: Mutex::new(Box::new(io::sink())),
         });
-        let mut clock = Clock {
-            second: u64::MAX,
-            text: [0; 19],
-        };
+        let mut clock = Clock::new();
         let base = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         let cases = [
             (
