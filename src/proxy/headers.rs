@@ -240,12 +240,8 @@ impl Forwarded {
         tls: bool,
         host: Option<HeaderValue>,
     ) -> Forwarded {
-        let for_ = match present.forwarded_for() {
-            true => ForwardedFor::new(headers, client),
-            false => ForwardedFor::Client(IpText::new(client)),
-        };
         Forwarded {
-            for_,
+            for_: ForwardedFor::new(headers, present, client),
             proto: if tls { "https" } else { "http" },
             host,
         }
@@ -280,9 +276,13 @@ pub enum ForwardedFor {
 }
 
 impl ForwardedFor {
-    /// `incoming, client`, or the client alone.
-    fn new(headers: &HeaderMap, client: IpAddr) -> ForwardedFor {
+    /// `incoming, client`, or the client alone; the headers are looked at only if
+    /// `present` says the request has an X-Forwarded-For.
+    fn new(headers: &HeaderMap, present: Present, client: IpAddr) -> ForwardedFor {
         let ip = IpText::new(client);
+        if !present.forwarded_for() {
+            return ForwardedFor::Client(ip);
+        }
         let existing = headers.get_all(&X_FORWARDED_FOR);
         let total: usize = existing.iter().map(|v| v.len() + 2).sum();
         if total == 0 {
