@@ -207,7 +207,7 @@ where
             if replay.is_empty() {
                 let idle_ms = on.timeouts.1.as_millis() as u64;
                 let deadline = activity.last_end().saturating_add(idle_ms);
-                match park_lot::park(io, conn, deadline, resume_conn::<IO>) {
+                match park_lot::park(io, conn, deadline) {
                     Parking::Parked => return,
                     Parking::Close(io) => return park_lot::close(io),
                     Parking::Readable(again, same) => (io, conn) = (again, same),
@@ -219,7 +219,10 @@ where
 
 /// The task that serves a parked connection again. Boxed, because a future cannot
 /// contain its own type.
-fn resume_conn<IO: Parkable>(conn: Conn, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+pub(super) fn resume_conn<IO: Parkable>(
+    conn: Conn,
+    io: IO,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(serve_http(conn, io, Proto::Http1))
 }
 

@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use super::heap_trim;
-use super::http_conn::{ClientStream, Conn};
+use super::http_conn::{ClientStream, Conn, resume_conn};
 use super::listener::CloseSignals;
 use crate::backend::clock_ms;
 use crate::proxy::ConnInfo;
@@ -55,9 +55,6 @@ pub(super) enum Parking<IO> {
     Close(IO),
 }
 
-/// Makes the task that serves a parked connection again.
-pub(super) type Resume<IO> = fn(Conn, IO) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// A stream type with a lot of its own on each worker thread.
 pub(super) trait Parkable: ClientStream + Sized {
     /// This thread's lot for this stream type.
@@ -82,16 +79,10 @@ impl Parkable for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     }
 }
 
-/// Parks `io` until the client sends again (a new connection task then serves it,
-/// made by `resume`), the idle `deadline` (a [`clock_ms`]) passes, or its listener
-/// closes.
-pub(super) fn park<IO: Parkable>(
-    io: IO,
-    conn: Conn,
-    deadline: u64,
-    resume: Resume<IO>,
-) -> Parking<IO> {
-    IO::lot().with(|lot| lot.borrow_mut().park(io, conn, deadline, resume))
+/// Parks `io` until the client sends again (a new connection task then serves it),
+/// the idle `deadline` (a [`clock_ms`]) passes, or its listener closes.
+pub(super) fn park<IO: Parkable>(io: IO, conn: Conn, deadline: u64) -> Parking<IO> {
+    IO::lot().with(|lot| lot.borrow_mut().park(io, conn, deadline))
 }
 
 /// Closes a connection that will not be served again, in a task of its own.
@@ -174,8 +165,6 @@ pub(super) struct Lot<IO> {
     spare: Vec<u32>,
     /// The lot's task is running on this thread.
     running: bool,
-    /// Serves a resumed connection; set by the first park.
-    resume: Option<Resume<IO>>,
     timer: Option<Pin<Box<Sleep>>>,
     timer_at: u64,
     /// Connections parked since memory was last returned to the system, and when.
@@ -195,7 +184,6 @@ impl<IO: Parkable> Lot<IO> {
             ready: Arc::new(Ready::default()),
             spare: Vec::new(),
             running: false,
-            resume: None,
             timer: None,
             timer_at: u64::MAX,
             parked_since_trim: 0,
@@ -203,7 +191,7 @@ impl<IO: Parkable> Lot<IO> {
         }
     }
 
-    fn park(&mut self, io: IO, conn: Conn, deadline: u64, resume: Resume<IO>) -> Parking<IO> {
+    fn park(&mut self, io: IO, conn: Conn, deadline: u64) -> Parking<IO> {
         if conn.close.is_set() || clock_ms() >= deadline {
             return Parking::Close(io);
         }
@@ -254,7 +242,6 @@ impl<IO: Parkable> Lot<IO> {
         self.parked_since_trim = self.parked_since_trim.saturating_add(1);
         self.deadlines
             .push(Reverse((deadline, slot, entry.generation)));
-        self.resume = Some(resume);
         if !self.running {
             self.running = true;
             tokio::spawn(LotTask::<IO>(PhantomData));
@@ -304,7 +291,7 @@ impl<IO: Parkable> Lot<IO> {
     }
 
     fn resume(&mut self, slot: u32) {
-        if let (Some(p), Some(resume)) = (self.take(slot), self.resume) {
+        if let Some(p) = self.take(slot) {
             let conn = Conn {
                 shared: p.shared,
                 info: Arc::new(p.info),
@@ -315,7 +302,7 @@ impl<IO: Parkable> Lot<IO> {
                 close: self.watchers[p.watcher as usize].signal.clone(),
                 tracked: p.tracked,
             };
-            tokio::spawn(resume(conn, p.io));
+            tokio::spawn(resume_conn(conn, p.io));
         }
     }
 
