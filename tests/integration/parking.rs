@@ -76,11 +76,17 @@ async fn read_until_closed(s: &mut TcpStream) -> Option<String> {
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
-/// A connection that has served one request and is now the daemon's only parked one.
-async fn parked_connection(d: &maitred::app::Daemon) -> TcpStream {
-    let mut s = TcpStream::connect(addr(d)).await.unwrap();
+/// A connection to `to` that has served one request.
+async fn served_once(to: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(to).await.unwrap();
     s.write_all(GET).await.unwrap();
     read_response(&mut s).await;
+    s
+}
+
+/// A connection that has served one request and is now the daemon's only parked one.
+async fn parked_connection(d: &maitred::app::Daemon) -> TcpStream {
+    let s = served_once(addr(d)).await;
     wait_parked(d, 1).await;
     s
 }
@@ -159,10 +165,7 @@ async fn shutdown_closes_parked_connections_at_once() {
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
     let mut conns = Vec::new();
     for _ in 0..4 {
-        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-        s.write_all(GET).await.unwrap();
-        read_response(&mut s).await;
-        conns.push(s);
+        conns.push(served_once(addr(&d)).await);
     }
     wait_parked(&d, 4).await;
     let clean = d.shutdown(Some(Duration::from_secs(30))).await;
@@ -212,10 +215,7 @@ async fn many_parked_connections_serve_again_in_any_order() {
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
     let mut conns = Vec::new();
     for _ in 0..40 {
-        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-        s.write_all(GET).await.unwrap();
-        read_response(&mut s).await;
-        conns.push(s);
+        conns.push(served_once(addr(&d)).await);
     }
     wait_parked(&d, 40).await;
     // Every other one, last first: each wakes alone and is served.
@@ -229,10 +229,7 @@ async fn many_parked_connections_serve_again_in_any_order() {
     conns.drain(..20);
     wait_parked(&d, 20).await;
     for _ in 0..20 {
-        let mut s = TcpStream::connect(addr(&d)).await.unwrap();
-        s.write_all(GET).await.unwrap();
-        read_response(&mut s).await;
-        conns.push(s);
+        conns.push(served_once(addr(&d)).await);
     }
     wait_parked(&d, 40).await;
     // All at once.
@@ -269,9 +266,7 @@ async fn a_listener_removed_by_reload_closes_its_parked_connections_only() {
     let d = start_daemon_file(&path).await;
     let side = d.listener_addr("side").unwrap();
     let mut kept = parked_connection(&d).await;
-    let mut gone = TcpStream::connect(side).await.unwrap();
-    gone.write_all(GET).await.unwrap();
-    read_response(&mut gone).await;
+    let mut gone = served_once(side).await;
     wait_parked(&d, 2).await;
 
     std::fs::write(&path, format!("{server}{}{pool}", listener("main"))).unwrap();
