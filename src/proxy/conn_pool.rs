@@ -6,6 +6,13 @@
 //! the warmest connection is reused and surplus ones age out on the backend's own idle
 //! timeout; each return also looks at the oldest one and drops it if the backend has
 //! closed it, so closed connections do not linger (the look costs no system call).
+//!
+//! An idle connection keeps its buffers while it is part of the working set: returned
+//! within the last heartbeat or two (half a second to a second, [`heartbeat`]). At each
+//! of its worker's heartbeats the older ones give theirs back ([`ConnPool::cool`]). A
+//! fixed number of warm connections instead made every request take a cold connection
+//! (three allocations and fresh memory) whenever more requests were at a backend at
+//! once than that number, while an age keeps exactly the connections traffic reuses.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -17,16 +24,22 @@ use super::upstream::UpConn;
 /// connection is closed instead of pooled.
 pub const MAX_IDLE_PER_SLOT: usize = 1024;
 
-/// Idle connections per slot that keep their buffers for the next request: the most
-/// recently returned, which are taken first; older ones (a burst's leftovers) keep
-/// only their sockets.
-const WARM_PER_SLOT: usize = 16;
-
 /// Worker slots per backend. Workers beyond this share slots (still correct).
 const SLOTS: usize = 16;
 
 thread_local! {
     static WORKER_SLOT: Cell<usize> = const { Cell::new(0) };
+    /// This worker's heartbeats so far: the age of an idle connection, coarsely.
+    static BEAT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one heartbeat of the current worker; call before [`ConnPool::cool`].
+pub fn heartbeat() {
+    BEAT.with(|b| b.set(b.get().wrapping_add(1)));
+}
+
+fn beat() -> u32 {
+    BEAT.with(|b| b.get())
 }
 
 /// Marks the current thread as worker `index`, so it uses its own slot in every pool.
@@ -41,8 +54,13 @@ fn slot() -> usize {
 /// Idle connections to one backend.
 #[derive(Debug)]
 pub struct ConnPool {
-    slots: Box<[Mutex<VecDeque<UpConn>>]>,
+    /// Per worker slot.
+    slots: Box<[Mutex<Idle>]>,
 }
+
+/// One slot's idle connections, oldest first, each with the [`heartbeat`] count when
+/// it was returned.
+type Idle = VecDeque<(u32, UpConn)>;
 
 impl Default for ConnPool {
     fn default() -> Self {
@@ -62,7 +80,7 @@ impl ConnPool {
     /// may have closed the ones below it, which are dropped on the way.
     pub fn take(&self) -> Option<UpConn> {
         let mut idle = self.slots[slot()].lock().ok()?;
-        while let Some(mut c) = idle.pop_back() {
+        while let Some((_, mut c)) = idle.pop_back() {
             if c.is_usable() {
                 return Some(c);
             }
@@ -73,16 +91,31 @@ impl ConnPool {
     /// Returns a connection whose response has completed.
     pub fn put(&self, s: UpConn) {
         if let Ok(mut idle) = self.slots[slot()].lock() {
-            if idle.front_mut().is_some_and(|oldest| !oldest.is_usable()) {
+            if idle
+                .front_mut()
+                .is_some_and(|(_, oldest)| !oldest.is_usable())
+            {
                 idle.pop_front();
             }
             if idle.len() < MAX_IDLE_PER_SLOT {
-                idle.push_back(s);
+                idle.push_back((beat(), s));
             }
-            // The connection that just left the warm top of the stack goes cold.
-            if let Some(n) = idle.len().checked_sub(WARM_PER_SLOT + 1) {
-                idle[n].release_buffers();
+        }
+    }
+
+    /// Frees the buffers of this worker's connections that have been idle since before
+    /// the previous heartbeat (they keep their sockets). Called on each heartbeat.
+    pub fn cool(&self) {
+        let now = beat();
+        let Ok(mut idle) = self.slots[slot()].lock() else {
+            return;
+        };
+        // Oldest first: stop at the first one returned since the previous heartbeat.
+        for (returned, c) in idle.iter_mut() {
+            if now.wrapping_sub(*returned) < 2 {
+                break;
             }
+            c.release_buffers();
         }
     }
 
@@ -139,31 +172,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_newest_idle_connections_keep_their_buffers() {
+    async fn connections_idle_since_before_the_last_heartbeat_give_back_their_buffers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = ConnPool::new();
         let mut peers = Vec::new();
-        for _ in 0..WARM_PER_SLOT + 4 {
-            let mut c = UpConn::connect(addr).await.unwrap();
-            peers.push(listener.accept().await.unwrap().0);
+        let put_warm = |pool: &ConnPool, c: Option<UpConn>| {
+            let mut c = c.unwrap();
             c.warm_for_test();
             assert!(c.buffer_capacity() > 0);
             pool.put(c);
+        };
+        // Many more than a handful at once: all of them stay warm while recent.
+        for _ in 0..40 {
+            let c = UpConn::connect(addr).await.ok();
+            peers.push(listener.accept().await.unwrap().0);
+            put_warm(&pool, c);
         }
+        heartbeat();
+        pool.cool();
+        let warm = |pool: &ConnPool| {
+            let idle = pool.slots[slot()].lock().unwrap();
+            idle.iter().filter(|(_, c)| c.buffer_capacity() > 0).count()
+        };
+        assert_eq!(warm(&pool), 40, "returned within the last heartbeat");
+        // Ten of them serve again after that heartbeat; the other thirty do not.
+        let reused: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        for c in reused {
+            put_warm(&pool, c);
+        }
+        heartbeat();
+        pool.cool();
         let mut capacities = Vec::new();
         while let Some(c) = pool.take() {
             capacities.push(c.buffer_capacity());
         }
-        // Taken newest first: the four returned first hold nothing.
-        assert_eq!(capacities.len(), WARM_PER_SLOT + 4);
-        assert!(
-            capacities[..WARM_PER_SLOT].iter().all(|&c| c > 0),
-            "{capacities:?}"
-        );
-        assert!(
-            capacities[WARM_PER_SLOT..].iter().all(|&c| c == 0),
-            "{capacities:?}"
-        );
+        // Taken newest first: the ten reused ones are warm, the thirty idle for two
+        // heartbeats hold nothing.
+        assert_eq!(capacities.len(), 40);
+        assert!(capacities[..10].iter().all(|&c| c > 0), "{capacities:?}");
+        assert!(capacities[10..].iter().all(|&c| c == 0), "{capacities:?}");
     }
 }

@@ -101,15 +101,24 @@ impl Workers {
 /// tokio interrupts its driver (an eventfd write, one system call) whenever a timer is
 /// registered that is due before the driver's next planned wake-up. Every request
 /// registers a response timeout; with a heartbeat always due sooner than those, the
-/// driver is never interrupted for them. Costs two wake-ups a second per worker.
+/// driver is never interrupted for them. Costs two wake-ups a second per worker. Each
+/// beat also frees the buffers of this worker's backend connections that have stayed
+/// idle since the one before ([`conn_pool::ConnPool::cool`]).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shutdown: Shutdown) {
-    tokio::spawn(async {
+    let beating = Arc::clone(&shared);
+    tokio::spawn(async move {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             beat.tick().await;
+            conn_pool::heartbeat();
+            for pool in beating.live.load().pools.iter() {
+                for backend in &pool.backends {
+                    backend.live.conns.cool();
+                }
+            }
         }
     });
     while let Some(cmd) = rx.recv().await {
