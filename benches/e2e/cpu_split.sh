@@ -98,7 +98,10 @@ IFS=, read -r -a conns_list <<<"$CONNS"
 for round in $(seq 1 "$ROUNDS"); do
   for c in "${conns_list[@]}"; do
     [[ $c =~ ^[1-9][0-9]{0,3}$ ]] || die "--conns takes numbers from 1 to 9999"
-    for target in nginx maitred; do
+    # Odd rounds nginx first, even rounds maitred first, so a drift of the machine's
+    # speed during a round does not favour either.
+    order="nginx maitred"; [ $((round % 2)) = 0 ] && order="maitred nginx"
+    for target in $order; do
       start_proxy "$target"
       "${PIN_LOADGEN[@]}" wrk -t1 -c"$c" -d1s "http://127.0.0.1:$LISTEN_PORT/" >/dev/null
       pids=$(pid_tree "$PROXY_PID")
