@@ -91,6 +91,16 @@ async fn parked_connection(d: &maitred::app::Daemon) -> TcpStream {
     s
 }
 
+/// `n` more connections that have each served one request, once `total` are parked.
+async fn park_more(d: &maitred::app::Daemon, n: usize, total: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(served_once(addr(d)).await);
+    }
+    wait_parked(d, total).await;
+    conns
+}
+
 #[tokio::test]
 async fn idle_connection_is_parked_and_serves_again_on_the_same_socket() {
     let b = TestBackend::start("a").await;
@@ -163,11 +173,7 @@ async fn header_and_idle_timeouts_apply_to_parked_connections() {
 async fn shutdown_closes_parked_connections_at_once() {
     let b = TestBackend::start("a").await;
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
-    let mut conns = Vec::new();
-    for _ in 0..4 {
-        conns.push(served_once(addr(&d)).await);
-    }
-    wait_parked(&d, 4).await;
+    let mut conns = park_more(&d, 4, 4).await;
     let clean = d.shutdown(Some(Duration::from_secs(30))).await;
     assert!(clean, "parked connections held up shutdown");
     for s in &mut conns {
@@ -213,11 +219,7 @@ async fn uploads_and_upgrades_work_on_a_connection_that_was_parked() {
 async fn many_parked_connections_serve_again_in_any_order() {
     let b = TestBackend::start("a").await;
     let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
-    let mut conns = Vec::new();
-    for _ in 0..40 {
-        conns.push(served_once(addr(&d)).await);
-    }
-    wait_parked(&d, 40).await;
+    let mut conns = park_more(&d, 40, 40).await;
     // Every other one, last first: each wakes alone and is served.
     for s in conns.iter_mut().rev().step_by(2) {
         s.write_all(GET).await.unwrap();
@@ -228,10 +230,7 @@ async fn many_parked_connections_serve_again_in_any_order() {
     // Half the clients leave; newcomers take their places in the lot.
     conns.drain(..20);
     wait_parked(&d, 20).await;
-    for _ in 0..20 {
-        conns.push(served_once(addr(&d)).await);
-    }
-    wait_parked(&d, 40).await;
+    conns.extend(park_more(&d, 20, 40).await);
     // All at once.
     for s in &mut conns {
         s.write_all(GET).await.unwrap();
