@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end comparison: maitred (round-robin, cookie-affinity, access log on) against
 # nginx, HAProxy and Caddy under the same load, through ../shared/bench/peers.sh (small
-# bodies and 10,000 idle connections, then 16 KiB and 1 MiB bodies), and the
-# per-request counts through instr.sh. Run from the repository root, as root (the
+# bodies and 10,000 idle connections, then 16 KiB and 1 MiB bodies), the
+# per-request counts through instr.sh, and the user/kernel split of nginx's and
+# maitred's CPU through cpu_split.sh. Run from the repository root, as root (the
 # harness installs the peers with apt). Extra arguments go to peers.sh, e.g. --quick.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,3 +24,4 @@ bash "$bench/peers.sh" --out target/peers-bodies --quick --scenarios 16k:64,1m:1
 bash "$bench/instr.sh" --out target/instr \
   --candidate "maitred=$bin run -c {BENCH}/configs/maitred.toml" \
   --candidate "maitred-cookie=$bin run -c $e2e/maitred-cookie.toml"
+bash "$e2e/cpu_split.sh" --rounds 4 "$bin" | tee target/cpu-split.md
