@@ -8,8 +8,8 @@
 //! closed it, so closed connections do not linger (the look costs no system call).
 //!
 //! An idle connection keeps its buffers while it is part of the working set: returned
-//! within the last heartbeat or two (half a second to a second, [`heartbeat`]). At each
-//! of its worker's heartbeats the older ones give theirs back ([`ConnPool::cool`]). A
+//! within the last heartbeat or two (half a second to a second). At each
+//! of its worker's heartbeats the older ones give theirs back ([`heartbeat`]). A
 //! fixed number of warm connections instead made every request take a cold connection
 //! (three allocations and fresh memory) whenever more requests were at a backend at
 //! once than that number, while an age keeps exactly the connections traffic reuses.
@@ -33,9 +33,13 @@ thread_local! {
     static BEAT: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Counts one heartbeat of the current worker; call before [`ConnPool::cool`].
-pub fn heartbeat() {
+/// One heartbeat of the current worker: counts it, then cools each of
+/// `pools` (the worker's slot in every backend's pool).
+pub fn heartbeat<'a>(pools: impl IntoIterator<Item = &'a ConnPool>) {
     BEAT.with(|b| b.set(b.get().wrapping_add(1)));
+    for pool in pools {
+        pool.cool();
+    }
 }
 
 fn beat() -> u32 {
@@ -104,8 +108,8 @@ impl ConnPool {
     }
 
     /// Frees the buffers of this worker's connections that have been idle since before
-    /// the previous heartbeat (they keep their sockets). Called on each heartbeat.
-    pub fn cool(&self) {
+    /// the previous heartbeat (they keep their sockets). Called by [`heartbeat`].
+    fn cool(&self) {
         let now = beat();
         let Ok(mut idle) = self.slots[slot()].lock() else {
             return;
@@ -189,8 +193,7 @@ mod tests {
             peers.push(listener.accept().await.unwrap().0);
             put_warm(&pool, c);
         }
-        heartbeat();
-        pool.cool();
+        heartbeat([&pool]);
         let warm = |pool: &ConnPool| {
             let idle = pool.slots[slot()].lock().unwrap();
             idle.iter().filter(|(_, c)| c.buffer_capacity() > 0).count()
@@ -201,8 +204,7 @@ mod tests {
         for c in reused {
             put_warm(&pool, c);
         }
-        heartbeat();
-        pool.cool();
+        heartbeat([&pool]);
         let mut capacities = Vec::new();
         while let Some(c) = pool.take() {
             capacities.push(c.buffer_capacity());

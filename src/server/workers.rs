@@ -103,7 +103,7 @@ impl Workers {
 /// registers a response timeout; with a heartbeat always due sooner than those, the
 /// driver is never interrupted for them. Costs two wake-ups a second per worker. Each
 /// beat also frees the buffers of this worker's backend connections that have stayed
-/// idle since the one before ([`conn_pool::ConnPool::cool`]).
+/// idle since the one before ([`conn_pool::heartbeat`]).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shutdown: Shutdown) {
@@ -113,12 +113,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shut
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             beat.tick().await;
-            conn_pool::heartbeat();
-            for pool in beating.live.load().pools.iter() {
-                for backend in &pool.backends {
-                    backend.live.conns.cool();
-                }
-            }
+            let snap = beating.live.load();
+            conn_pool::heartbeat(
+                snap.pools
+                    .iter()
+                    .flat_map(|pool| pool.backends.iter().map(|b| &b.live.conns)),
+            );
         }
     });
     while let Some(cmd) = rx.recv().await {
