@@ -104,7 +104,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for target in $order; do
       start_proxy "$target"
       "${PIN_LOADGEN[@]}" wrk -t1 -c"$c" -d1s "http://127.0.0.1:$LISTEN_PORT/" >/dev/null
-      pids=$(pid_tree "$PROXY_PID")
+      pids=$(pid_tree "$PROXY_PID"); pids=${pids% }
       perf_out="$RUN/perf.txt"; : >"$perf_out"
       perf_pid=""
       if command -v perf >/dev/null; then
