@@ -250,6 +250,8 @@ mod tests {
             backends: vec![],
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
             retries: 0,
             max_connections: 0,
             balance_factor: 0.0,

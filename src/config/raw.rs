@@ -54,6 +54,8 @@ pub struct RawAdmin {
     pub bind: Spanned<String>,
     /// Bearer token.
     pub token: Option<Spanned<String>>,
+    /// Host names answered besides the bind address and localhost.
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[listener]]`.
@@ -70,6 +72,14 @@ pub struct RawListener {
     pub header_timeout: Option<Spanned<String>>,
     /// Idle connection deadline.
     pub idle_timeout: Option<Spanned<String>>,
+    /// No progress writing a response.
+    pub send_timeout: Option<Spanned<String>>,
+    /// No progress reading a request body.
+    pub client_body_timeout: Option<Spanned<String>>,
+    /// Client connections held at once.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Upgrade protocols tunnelled.
+    pub upgrades: Option<Vec<Spanned<String>>>,
     /// Expect a PROXY header.
     pub proxy_protocol: Option<bool>,
     /// CIDRs or bare IPs.
@@ -139,6 +149,10 @@ pub struct RawPool {
     pub connect_timeout: Option<Spanned<String>>,
     /// Response header deadline.
     pub response_timeout: Option<Spanned<String>>,
+    /// No progress reading a response body.
+    pub read_timeout: Option<Spanned<String>>,
+    /// Idle backend connections are closed after this.
+    pub keepalive_timeout: Option<Spanned<String>>,
     /// Retries.
     pub retries: Option<Spanned<i64>>,
     /// Per-backend concurrency limit.

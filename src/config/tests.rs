@@ -374,7 +374,8 @@ fn loopback_admin_needs_no_token() {
         admin,
         Some(AdminConfig {
             bind: "[::1]:9100".parse().unwrap(),
-            token: None
+            token: None,
+            allowed_hosts: vec![],
         })
     );
 }
@@ -568,4 +569,81 @@ fn tls_needs_certificates_and_known_alpn() {
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert!(errs[0].contains("certificates is empty"));
     assert!(errs[1].contains("unsupported ALPN protocol \"h3\""));
+}
+
+#[test]
+fn every_unknown_pool_is_reported_across_listeners_and_routes() {
+    let src = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:8080"
+pool = "nope1"
+
+[[listener]]
+name = "b"
+bind = "127.0.0.1:8081"
+pool = "web"
+
+[[listener.route]]
+path_prefix = "/x"
+pool = "nope2"
+
+[pool.web]
+balancer = "round-robin"
+backends = ["127.0.0.1:9000"]
+
+[pool.zzz]
+balancer = "nope3"
+backends = ["127.0.0.1:9000"]
+"#;
+    let text = errors(src).join("\n");
+    for name in ["nope1", "nope2", "nope3"] {
+        assert!(text.contains(name), "{name} not reported in:\n{text}");
+    }
+}
+
+#[test]
+fn health_path_and_host_with_line_breaks_are_refused_with_position() {
+    for (key, value) in [("path", "/h\r\nX: 1"), ("host", "a\nb"), ("path", "/a b")] {
+        let src = format!(
+            "{BASE}\n[pool.web.health]\n{key} = \"{}\"\n",
+            value.replace('\r', "\\r").replace('\n', "\\n")
+        );
+        let text = errors(&src).join("\n");
+        assert!(text.contains(&format!("invalid health {key}")), "{text}");
+        assert!(text.contains("maitred.toml:"), "{text}");
+    }
+}
+
+#[test]
+fn threads_above_1024_are_refused() {
+    let src = format!("[server]\nthreads = 1025\n{BASE}");
+    assert!(
+        errors(&src)
+            .join("\n")
+            .contains("threads must be between 0 and 1024")
+    );
+    let src = format!("[server]\nthreads = 1024\n{BASE}");
+    assert_eq!(ok(&src).server.threads, 1024);
+}
+
+#[test]
+fn listener_limits_and_upgrades_have_defaults_and_refuse_h2c() {
+    let l = ok(BASE).listeners.remove(0);
+    assert_eq!(l.send_timeout, Duration::from_secs(60));
+    assert_eq!(l.client_body_timeout, Duration::from_secs(60));
+    assert_eq!(l.max_connections, 0);
+    assert_eq!(l.upgrades, vec!["websocket".to_string()]);
+    let p = ok(BASE).pools.remove(0);
+    assert_eq!(p.read_timeout, Duration::from_secs(60));
+    assert_eq!(p.keepalive_timeout, Duration::from_secs(4));
+    let src = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\nupgrades = [\"websocket\", \"H2C\"]",
+    );
+    assert!(
+        errors(&src)
+            .join("\n")
+            .contains("\"h2c\" may not be listed in upgrades")
+    );
 }

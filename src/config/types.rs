@@ -79,6 +79,9 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// Bearer token for mutating endpoints; required for a non-loopback bind.
     pub token: Option<String>,
+    /// Host names (lower case, without port) the admin answers besides its bind
+    /// address and `localhost`: the DNS-rebinding guard.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One `[[listener]]`.
@@ -94,6 +97,17 @@ pub struct ListenerConfig {
     pub header_timeout: Duration,
     /// A connection with no request in progress is closed after this.
     pub idle_timeout: Duration,
+    /// No progress writing a response to the client for this long closes it and frees
+    /// the backend.
+    pub send_timeout: Duration,
+    /// No progress reading a request body from the client for this long: 408.
+    pub client_body_timeout: Duration,
+    /// Client connections held at once; beyond it they wait in the accept queue.
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    /// Upgrade protocols tunnelled (lower case); others are answered without
+    /// upgrading.
+    pub upgrades: Vec<String>,
     /// Expect a PROXY v1/v2 header on each connection.
     pub proxy_protocol: bool,
     /// Peers whose X-Forwarded-For is believed.
@@ -282,8 +296,12 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Until the response headers arrive.
+    /// From the request fully sent until the response headers arrive.
     pub response_timeout: Duration,
+    /// No progress reading the response body for this long cuts the stream.
+    pub read_timeout: Duration,
+    /// Idle keep-alive connections to a backend are closed after this.
+    pub keepalive_timeout: Duration,
     /// Extra backends tried after a retryable failure.
     pub retries: u32,
     /// Concurrent requests per backend; 0 = unlimited.

@@ -46,20 +46,19 @@ pub fn validate(
     // Pool names come from the raw file, so a reference to a pool that exists but has
     // its own errors is not reported a second time as unknown.
     let pool_names: Vec<&str> = raw.pool.keys().map(|k| k.get_ref().as_str()).collect();
-    let listeners: Option<Vec<_>> = raw
-        .listener
-        .iter()
-        .map(|l| listener::listener(&mut ctx, l, &pool_names))
-        .collect();
+    let listeners = every(
+        raw.listener
+            .iter()
+            .map(|l| listener::listener(&mut ctx, l, &pool_names)),
+    );
     listener::check_unique(&mut ctx, &raw.listener, raw.admin.as_ref());
 
     let used = used_pools(&raw);
     // A BTreeMap iterates in key order, so pools come out sorted by name.
-    let pools: Option<Vec<_>> = raw
-        .pool
-        .iter()
-        .map(|(name, p)| pool::pool(&mut ctx, name, p, used.contains(name.get_ref().as_str())))
-        .collect();
+    let pools =
+        every(raw.pool.iter().map(|(name, p)| {
+            pool::pool(&mut ctx, name, p, used.contains(name.get_ref().as_str()))
+        }));
 
     let config = match (server, admin, listeners, pools) {
         (Some(server), Some(admin), Some(listeners), Some(pools)) => Some(Config {
@@ -73,6 +72,14 @@ pub fn validate(
     ctx.finish(config)
 }
 
+/// Every item of `items` checked (each records its own errors), then all of them or
+/// nothing. Unlike collecting into `Option<Vec<_>>`, which stops at the first failure,
+/// this runs every check so that every error is reported.
+pub(super) fn every<T>(items: impl Iterator<Item = Option<T>>) -> Option<Vec<T>> {
+    let all: Vec<Option<T>> = items.collect();
+    all.into_iter().collect()
+}
+
 /// Names of the pools some listener or route sends traffic to.
 fn used_pools(raw: &RawConfig) -> BTreeSet<&str> {
     raw.listener
@@ -84,13 +91,16 @@ fn used_pools(raw: &RawConfig) -> BTreeSet<&str> {
         .collect()
 }
 
+/// The most worker threads `server.threads` may ask for.
+pub const MAX_THREADS: u32 = 1024;
+
 /// `[server]`; every key optional.
 fn server(ctx: &mut Ctx<'_>, raw: Option<&RawServer>) -> Option<ServerConfig> {
     let defaults = ServerConfig::default();
     let Some(raw) = raw else {
         return Some(defaults);
     };
-    let threads = ctx.int("threads", raw.threads.as_ref(), 0, 0, u32::MAX);
+    let threads = ctx.int("threads", raw.threads.as_ref(), 0, 0, MAX_THREADS);
     let grace_period = match &raw.grace_period {
         None => Some(defaults.grace_period),
         Some(v) => ctx.parse(v, |s| values::duration("grace_period", s)),
@@ -156,7 +166,17 @@ fn admin(ctx: &mut Ctx<'_>, raw: &RawAdmin) -> Option<AdminConfig> {
         );
         return None;
     }
-    Some(AdminConfig { bind, token })
+    let allowed_hosts = every(
+        raw.allowed_hosts
+            .iter()
+            .flatten()
+            .map(|h| ctx.parse(h, values::allowed_host)),
+    )?;
+    Some(AdminConfig {
+        bind,
+        token,
+        allowed_hosts,
+    })
 }
 
 /// What every check needs: where the text came from and the errors found so far.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{Ctx, values};
+use super::{Ctx, every, values};
 use crate::config::raw::{RawAdmin, RawListener, RawRoute, RawTls};
 use crate::config::types::{
     CertificateConfig, HeaderMatch, ListenerConfig, RouteConfig, TlsConfig,
@@ -47,23 +47,48 @@ pub(super) fn listener(
         raw.idle_timeout.as_ref(),
         Duration::from_secs(60),
     );
-    let trusted_proxies: Option<Vec<_>> = raw
-        .trusted_proxies
-        .iter()
-        .flatten()
-        .map(|p| ctx.parse(p, values::ip_net))
-        .collect();
+    let send_timeout = ctx.duration(
+        "send_timeout",
+        raw.send_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    let client_body_timeout = ctx.duration(
+        "client_body_timeout",
+        raw.client_body_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    let max_connections = ctx.int(
+        "max_connections",
+        raw.max_connections.as_ref(),
+        0,
+        0,
+        u32::MAX,
+    );
+    let upgrades = match &raw.upgrades {
+        None => Some(vec!["websocket".to_string()]),
+        Some(list) => every(list.iter().map(|u| ctx.parse(u, values::upgrade_protocol))),
+    };
+    let trusted_proxies = every(
+        raw.trusted_proxies
+            .iter()
+            .flatten()
+            .map(|p| ctx.parse(p, values::ip_net)),
+    );
     let tls = match &raw.tls {
         None => Some(None),
         Some(t) => tls(ctx, t).map(Some),
     };
-    let routes: Option<Vec<_>> = raw.route.iter().map(|r| route(ctx, r, pools)).collect();
+    let routes = every(raw.route.iter().map(|r| route(ctx, r, pools)));
     Some(ListenerConfig {
         name: name?,
         bind: bind?,
         pool: pool?,
         header_timeout: header_timeout?,
         idle_timeout: idle_timeout?,
+        send_timeout: send_timeout?,
+        client_body_timeout: client_body_timeout?,
+        max_connections: max_connections?,
+        upgrades: upgrades?,
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
         trusted_proxies: trusted_proxies?,
         tls: tls?,

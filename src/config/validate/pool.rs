@@ -39,6 +39,16 @@ pub(super) fn pool(
         raw.response_timeout.as_ref(),
         Duration::from_secs(60),
     );
+    let read_timeout = ctx.duration(
+        "read_timeout",
+        raw.read_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    let keepalive_timeout = ctx.duration(
+        "keepalive_timeout",
+        raw.keepalive_timeout.as_ref(),
+        Duration::from_secs(4),
+    );
     let retries = ctx.int("retries", raw.retries.as_ref(), 2, 0, MAX_RETRIES);
     let max_connections = ctx.int(
         "max_connections",
@@ -66,6 +76,8 @@ pub(super) fn pool(
         backends: backends?,
         connect_timeout: connect_timeout?,
         response_timeout: response_timeout?,
+        read_timeout: read_timeout?,
+        keepalive_timeout: keepalive_timeout?,
         retries: retries?,
         max_connections: max_connections?,
         balance_factor: balance_factor?,
@@ -214,7 +226,11 @@ fn balance_factor(
 /// `[pool.NAME.health]` with DESIGN §3's defaults.
 fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
     let path = ctx.parse_or(raw.path.as_ref(), "/healthz".to_string(), |s| {
-        if s.starts_with('/') {
+        if let Some(c) = s.chars().find(|c| c.is_ascii_control() || *c == ' ') {
+            Err(format!(
+                "invalid health path {s:?}: it contains {c:?}, which cannot be sent in a request line"
+            ))
+        } else if s.starts_with('/') {
             Ok(s.to_string())
         } else {
             Err(format!(
@@ -229,7 +245,7 @@ fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
     let expect = ctx.parse_or(raw.expect.as_ref(), (200, 399), values::status_range);
     let host = match &raw.host {
         None => Some(None),
-        Some(h) => ctx.parse(h, non_empty("health host")).map(Some),
+        Some(h) => ctx.parse(h, values::health_host).map(Some),
     };
     Some(HealthConfig {
         path: path?,

@@ -30,6 +30,54 @@ pub fn positive_duration(key: &str, text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A listener `upgrades` entry: an Upgrade protocol name to tunnel. `h2c` is refused:
+/// an h2c upgrade through a proxy is how request smuggling past its routing works.
+pub fn upgrade_protocol(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    if lower == "h2c" {
+        return Err("\"h2c\" may not be listed in upgrades: an h2c upgrade through a proxy bypasses its routing (request smuggling); serve h2c with prior knowledge instead".to_string());
+    }
+    let token = !lower.is_empty()
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+    if !token {
+        return Err(format!(
+            "invalid upgrade protocol {text:?}; expected a protocol name like \"websocket\""
+        ));
+    }
+    Ok(lower)
+}
+
+/// An `[admin] allowed_hosts` entry: a host name or IP address without port, kept in
+/// lower case.
+pub fn allowed_host(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b));
+    if !ok {
+        return Err(format!(
+            "invalid allowed host {text:?}; expected a host name like \"lb.internal\" or an IP address"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// A health check's `host`: sent as the probe's Host header, so no control characters
+/// or spaces.
+pub fn health_host(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("empty health host; remove the key to use the backend's address".to_string());
+    }
+    if let Some(c) = text.chars().find(|c| c.is_ascii_control() || *c == ' ') {
+        return Err(format!(
+            "invalid health host {text:?}: it contains {c:?}, which cannot be sent in a header"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// A balancer name.
 pub fn balancer(text: &str) -> Result<BalancerKind, String> {
     BalancerKind::from_name(text).ok_or_else(|| {
