@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use crate::config::Config;
 use crate::pool::Pool;
 use crate::router::Router;
+use crate::server::conn_limit::ConnLimit;
 use crate::server::tls::{self, TlsError};
 
 /// A listener's per-request settings.
@@ -32,10 +33,27 @@ pub struct ListenerRuntime {
     pub header_timeout: Duration,
     /// Close a connection idle this long.
     pub idle_timeout: Duration,
+    /// No progress writing a response for this long closes the stream or connection.
+    pub send_timeout: Duration,
+    /// No progress reading a request body for this long: 408.
+    pub client_body_timeout: Duration,
+    /// `max_connections` (0 = unlimited).
+    pub max_connections: u32,
+    /// The open-connection count the accept loops share, carried over reloads by name.
+    pub conn_limit: Arc<ConnLimit>,
     /// Expect a PROXY protocol header.
     pub proxy_protocol: bool,
     /// TLS termination.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The listener `name`'s connection limit: the running one (its new `max` is applied
+/// when the snapshot is published, never by building it), or a new one.
+fn conn_limit(previous: Option<&Snapshot>, name: &str, max: u32) -> Arc<ConnLimit> {
+    match previous.and_then(|s| s.listener(name)) {
+        Some(l) => Arc::clone(&l.conn_limit),
+        None => ConnLimit::new(max),
+    }
 }
 
 /// The immutable live configuration.
@@ -105,6 +123,10 @@ impl Snapshot {
                 trusted_proxies: lc.trusted_proxies.clone(),
                 header_timeout: lc.header_timeout,
                 idle_timeout: lc.idle_timeout,
+                send_timeout: lc.send_timeout,
+                client_body_timeout: lc.client_body_timeout,
+                max_connections: lc.max_connections,
+                conn_limit: conn_limit(previous, &lc.name, lc.max_connections),
                 proxy_protocol: lc.proxy_protocol,
                 tls,
             });
@@ -153,8 +175,11 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Publishes a new snapshot.
+    /// Publishes a new snapshot, and with it its listeners' connection limits.
     pub fn store(&self, s: Arc<Snapshot>) {
+        for l in &s.listeners {
+            l.conn_limit.set_max(l.max_connections);
+        }
         self.current.store(s);
     }
 }
