@@ -1,5 +1,7 @@
 //! Hot reload: nothing a client does may notice, except the new config.
 
+mod safety;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
