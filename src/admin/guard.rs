@@ -23,13 +23,13 @@ use http::{HeaderMap, Method, StatusCode, Version, header};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// HTTP/1.1 or later without a Host, or with more than one.
-    #[error("a single Host header is required\n")]
+    #[error("a single Host header is required")]
     BadHostHeader,
     /// A Host the admin listener does not answer for (DNS-rebinding guard).
-    #[error("this admin listener does not answer for that host; add it to [admin] allowed_hosts\n")]
+    #[error("this admin listener does not answer for that host; add it to [admin] allowed_hosts")]
     UnknownHost,
     /// A mutating request sent by a page of another origin (CSRF guard).
-    #[error("cross-origin request refused\n")]
+    #[error("cross-origin request refused")]
     CrossOrigin,
 }
 

@@ -190,7 +190,7 @@ fn refuse(refusal: guard::Refusal) -> Response<Full<Bytes>> {
     respond(
         refusal.status(),
         "text/plain; charset=utf-8",
-        refusal.to_string(),
+        format!("{refusal}\n"),
     )
 }
 
