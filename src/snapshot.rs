@@ -7,6 +7,11 @@
 //! in its pool at the same address (health, ejection, in-flight, counters, pooled
 //! connections, and an admin state set at runtime unless the file changes that
 //! backend's `state`).
+//!
+//! Building never writes to the running world: a dry run, or a reload that fails after
+//! the build, leaves it as it was. What the new file changes on carried-over state (a
+//! backend's `state`) is returned as [`AdminChanges`], applied by the reload when it
+//! swaps the new snapshot in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::config::Config;
+use crate::backend::BackendLive;
+use crate::config::{AdminState, Config};
 use crate::pool::Pool;
 use crate::router::Router;
 use crate::server::conn_limit::ConnLimit;
@@ -82,7 +88,9 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config`, carrying live backend state over from `previous`.
+    /// Builds the snapshot for `config`, carrying live backend state over from
+    /// `previous` without changing it: the admin states the new file sets on
+    /// carried-over backends are left to [`Snapshot::admin_changes`].
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
         let pools: Vec<Arc<Pool>> = config
             .pools
@@ -94,15 +102,7 @@ impl Snapshot {
                 let unchanged = old_pool.filter(|_| old_cfg == Some(pc)).map(|p| &**p);
                 Arc::new(Pool::build(pc, stats, unchanged, |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
-                    let live = Arc::clone(&old.live);
-                    let old_state = old_cfg
-                        .and_then(|c| c.backends.iter().find(|b| b.addr == addr))
-                        .map(|b| b.state);
-                    let new_state = pc.backends.iter().find(|b| b.addr == addr).map(|b| b.state);
-                    if let Some(s) = new_state.filter(|s| old_state != Some(*s)) {
-                        live.set_admin(s);
-                    }
-                    Some(live)
+                    Some(Arc::clone(&old.live))
                 }))
             })
             .collect();
@@ -138,6 +138,38 @@ impl Snapshot {
         })
     }
 
+    /// The admin states this snapshot's file sets on backends it carried over from
+    /// `previous`: those whose `state` differs between the two files. An admin state
+    /// set at runtime survives a reload that leaves the backend's `state` alone.
+    pub fn admin_changes(&self, previous: &Snapshot) -> AdminChanges {
+        let mut changes = Vec::new();
+        for pool in &self.pools {
+            let (Some(new_cfg), Some(old_cfg)) = (
+                self.config.pool(&pool.name),
+                previous.config.pool(&pool.name),
+            ) else {
+                continue;
+            };
+            let carried = |name: &str| {
+                previous
+                    .pool(&pool.name)?
+                    .backends
+                    .iter()
+                    .find(|b| &*b.name == name)
+            };
+            for bc in &new_cfg.backends {
+                let old_state = old_cfg.backends.iter().find(|b| b.addr == bc.addr);
+                if old_state.is_none_or(|o| o.state == bc.state) {
+                    continue;
+                }
+                if let Some(b) = carried(&bc.addr) {
+                    changes.push((Arc::clone(&b.live), bc.state));
+                }
+            }
+        }
+        AdminChanges(changes)
+    }
+
     /// The pool with this name.
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
@@ -147,6 +179,21 @@ impl Snapshot {
     #[inline]
     pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// Admin states a new file sets on backends carried over from the running snapshot,
+/// held back until that snapshot is swapped in.
+#[derive(Debug, Default)]
+#[must_use = "admin changes take effect only when applied"]
+pub struct AdminChanges(Vec<(Arc<BackendLive>, AdminState)>);
+
+impl AdminChanges {
+    /// Sets each state; called by the reload as it swaps the new snapshot in.
+    pub fn apply(self) {
+        for (live, state) in self.0 {
+            live.set_admin(state);
+        }
     }
 }
 

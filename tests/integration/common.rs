@@ -352,6 +352,7 @@ impl Client {
         Client { sender }
     }
 
+    /// `headers` may name a Host; `test.local` otherwise.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send("GET", path, headers, Bytes::new()).await.unwrap()
     }
@@ -382,10 +383,10 @@ impl Client {
         body: Bytes,
     ) -> Result<Reply, hyper::Error> {
         self.sender.ready().await?;
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "test.local");
+        let mut b = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", "test.local");
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
