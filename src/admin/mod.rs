@@ -29,6 +29,12 @@ use crate::app::Daemon;
 use crate::config::AdminState;
 use crate::shutdown::Shutdown;
 
+/// How long an admin client may take to send a request head, or to start the next one.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest an admin connection lives.
+const ADMIN_CONN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the admin listener until stopped.
 pub async fn serve(
     daemon: Arc<Daemon>,
@@ -59,9 +65,14 @@ pub async fn serve(
                 let daemon = Arc::clone(&daemon);
                 async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req, local).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            // Bounded like every wait: a head (or the next one) within
+            // ADMIN_HEADER_TIMEOUT, a connection for at most ADMIN_CONN_LIFETIME (a
+            // dashboard simply reconnects).
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(ADMIN_CONN_LIFETIME, conn).await;
         });
     }
 }
