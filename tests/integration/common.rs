@@ -28,6 +28,17 @@ use maitred::config;
 /// Generous deadline for conditions on a noisy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Requests in flight on every pool of the daemon.
+pub fn in_flight(d: &Daemon) -> u32 {
+    d.shared()
+        .live
+        .load()
+        .pools
+        .iter()
+        .map(|p| p.in_flight())
+        .sum()
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
 where

@@ -21,16 +21,6 @@ use maitred::app::Daemon;
 
 use crate::common::*;
 
-fn in_flight(d: &Daemon) -> u32 {
-    d.shared()
-        .live
-        .load()
-        .pools
-        .iter()
-        .map(|p| p.in_flight())
-        .sum()
-}
-
 fn idle_backend_conns(d: &Daemon) -> usize {
     d.shared()
         .live
