@@ -495,3 +495,33 @@ async fn a_request_the_backend_dropped_is_retried_only_if_idempotent() {
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn repeated_content_lengths_go_on_as_one_and_other_codings_get_502() {
+    let (b, d) = start(|head| match head.split(' ').nth(1).unwrap_or("") {
+        "/list" => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        "/lines" => {
+            Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        }
+        "/gzip" => Act::ReplyAndClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"),
+        _ => Act::ReplyAndClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    })
+    .await;
+    let a = addr(&d);
+    for path in ["/list", "/lines"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw_until(a, req.as_bytes(), b"hello").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let lower = out.to_ascii_lowercase();
+        assert_eq!(lower.matches("content-length").count(), 1, "{out}");
+        assert!(lower.contains("content-length: 5\r\n"), "{out}");
+    }
+    for path in ["/gzip", "/chunked-gzip"] {
+        let r = get(a, path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.body);
+    }
+    assert_eq!(b.got().len(), 4);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
