@@ -188,7 +188,8 @@ fn connection_is_plain(headers: &HeaderMap) -> bool {
 }
 
 /// Removes the headers `Connection` lists (RFC 9110 §7.6.1). Tokens that are
-/// themselves hop-by-hop names, or `close`, need no lookup.
+/// themselves hop-by-hop names, or `close`, need no lookup; `Host` is never removed
+/// (an HTTP/1.1 request must carry it, DESIGN §6).
 fn remove_connection_named(headers: &mut HeaderMap) {
     const MAX_NAMED: usize = 8;
     let mut named: [Option<HeaderName>; MAX_NAMED] = Default::default();
@@ -203,7 +204,7 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         // Hop-by-hop names go anyway; `upgrade` stays when tunnelling.
         let standard =
             t.is_empty() || t.eq_ignore_ascii_case("close") || hop_kind(t.as_bytes()) != Hop::No;
-        if standard || n == MAX_NAMED {
+        if standard || t.eq_ignore_ascii_case("host") || n == MAX_NAMED {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {

@@ -11,6 +11,7 @@ pub mod conn_pool;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod host;
 mod upgrade;
 pub mod upstream;
 
@@ -81,7 +82,7 @@ pub async fn handle(
         )
     });
 
-    let (mut resp, backend) = match check_request(&req) {
+    let (mut resp, backend) = match check_request(&req, conn.tls) {
         Err(e) => (e.response(), None),
         Ok(checked) => {
             let client_upgrade = headers::wants_upgrade(req.headers(), checked.present)
@@ -111,16 +112,17 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon, bare CR and a last transfer coding other than chunked, and 431 for
 /// oversized heads.
-fn check_request(req: &Request<Incoming>) -> Result<Checked, ProxyError> {
+fn check_request(req: &Request<Incoming>, tls: bool) -> Result<Checked, ProxyError> {
     let present = headers::Present::scan(req.headers());
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
+    let header_host = match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header\n"));
         }
         (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header\n")),
-        (host, _) => host.cloned(),
+        (host, _) => host,
     };
+    let host = request_host(req.uri(), header_host, tls)?;
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
     }
@@ -144,12 +146,63 @@ fn check_request(req: &Request<Incoming>) -> Result<Checked, ProxyError> {
     Ok(checked)
 }
 
+/// The request's host (RFC 9112 §3.2.2): the target's authority when it has one
+/// (absolute form, HTTP/2 `:authority`), which a Host header beside it must agree with,
+/// else the Host header. Either must be a well-formed `host[:port]`.
+fn request_host(
+    uri: &http::Uri,
+    header_host: Option<&HeaderValue>,
+    tls: bool,
+) -> Result<RequestHost, ProxyError> {
+    let header = match header_host {
+        Some(h) => Some(
+            host::split(h.as_bytes()).ok_or(ProxyError::BadRequest("malformed Host header\n"))?,
+        ),
+        None => None,
+    };
+    let Some(authority) = uri.authority() else {
+        return Ok(RequestHost {
+            value: header_host.cloned(),
+            from_target: false,
+        });
+    };
+    let target = host::split(authority.as_str().as_bytes()).ok_or(ProxyError::BadRequest(
+        "malformed request target authority\n",
+    ))?;
+    let https = match uri.scheme_str() {
+        Some(scheme) => scheme.eq_ignore_ascii_case("https"),
+        None => tls,
+    };
+    if let Some(header) = header {
+        if !host::agree(header, target, if https { 443 } else { 80 }) {
+            return Err(ProxyError::BadRequest(
+                "Host header disagrees with the request target\n",
+            ));
+        }
+    }
+    let value = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| ProxyError::BadRequest("malformed request target authority\n"))?;
+    Ok(RequestHost {
+        value: Some(value),
+        from_target: true,
+    })
+}
+
 /// What the first look at a request found.
 struct Checked {
-    /// Its Host header, looked up once.
-    host: Option<HeaderValue>,
+    /// The request's host.
+    host: RequestHost,
     /// Which hop-by-hop headers (and X-Forwarded-For) it carries.
     present: headers::Present,
+}
+
+/// The host a request is routed by, announced to the backend in Host and
+/// X-Forwarded-Host.
+struct RequestHost {
+    /// The authority or Host value; none for an HTTP/1.0 request without Host.
+    value: Option<HeaderValue>,
+    /// It is the target's authority, which replaces any Host header.
+    from_target: bool,
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -177,21 +230,13 @@ async fn proxy(
     checked: Checked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<DownBody>, Option<Arc<str>>) {
-    let Checked {
-        host: header_host,
-        present,
-    } = checked;
+    let Checked { host, present } = checked;
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
-    let had_host = header_host.is_some();
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or(header_host);
     headers::strip_hop_by_hop(&mut parts.headers, present, upgrading);
-    let forwarded = headers::Forwarded::new(&parts.headers, present, client_ip, conn.tls, host);
-    if !had_host {
+    let forwarded =
+        headers::Forwarded::new(&parts.headers, present, client_ip, conn.tls, host.value);
+    if host.from_target {
         if let Some(h) = &forwarded.host {
             // HTTP/2 and absolute-form requests: the authority becomes Host.
             parts.headers.insert(header::HOST, h.clone());
