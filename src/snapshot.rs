@@ -36,6 +36,8 @@ pub struct ListenerRuntime {
     pub proxy_protocol: bool,
     /// TLS termination.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Upgrade protocols tunnelled, lower case (never `h2c`).
+    pub upgrades: Vec<String>,
 }
 
 /// The immutable live configuration.
@@ -107,6 +109,7 @@ impl Snapshot {
                 idle_timeout: lc.idle_timeout,
                 proxy_protocol: lc.proxy_protocol,
                 tls,
+                upgrades: lc.upgrades.clone(),
             });
         }
         Ok(Snapshot {

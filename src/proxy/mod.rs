@@ -82,14 +82,31 @@ pub async fn handle(
         )
     });
 
-    let (mut resp, backend) = match check_request(&req, conn.tls) {
-        Err(e) => (e.response(), None),
+    let version = req.version();
+    let (mut resp, backend, upgrade_asked) = match check_request(&req, conn.tls) {
+        Err(e) => {
+            let asked = req.headers().contains_key(header::UPGRADE);
+            (e.response(), None, asked)
+        }
         Ok(checked) => {
-            let client_upgrade = headers::wants_upgrade(req.headers(), checked.present)
-                .then(|| hyper::upgrade::on(&mut req));
-            proxy(shared, pool, conn, client_ip, req, checked, client_upgrade).await
+            let asked = checked.present.upgrade();
+            let tunnel = version == Version::HTTP_11
+                && headers::wants_upgrade(req.headers(), checked.present, &listener.upgrades);
+            let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+            let (resp, backend) =
+                proxy(shared, pool, conn, client_ip, req, checked, client_upgrade).await;
+            (resp, backend, asked)
         }
     };
+    // The head scanner stops at a head with Upgrade (what follows may be a tunnel), so
+    // an HTTP/1 connection whose upgrade does not happen closes after the answer.
+    if upgrade_asked
+        && version <= Version::HTTP_11
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     pool.stats.latency.observe(start.elapsed());
     if let Some(l) = log.as_mut() {
         l.status = resp.status();
@@ -372,8 +389,9 @@ fn respond(
         headers.append(header::SET_COOKIE, c);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = client_upgrade else {
-            // A 101 the client did not ask for cannot be honoured.
+        // A 101 the client did not ask for cannot be honoured, nor one that does not
+        // say what it switches to.
+        let Some(client) = client_upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
             return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
         };
         upgrade::spawn_tunnel(shared, client, conn, chosen.guard);
