@@ -490,3 +490,60 @@ async fn malformed_hosts_are_refused_unforwarded() {
     assert!(out.contains("backend a"), "{out}");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+/// Sends `parts` one write after another on one connection and reads until the
+/// daemon closes it.
+async fn pipelined(a: std::net::SocketAddr, parts: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    for p in parts {
+        s.write_all(p).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn statuses(out: &str) -> Vec<&str> {
+    out.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect()
+}
+
+#[tokio::test]
+async fn every_pipelined_head_is_checked_however_it_arrives() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let a = addr(&d);
+    let get: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let sized: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let chunked: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let bare_lf: &[u8] = b"GET / HTTP/1.1\nHost: x\n\n";
+    let smuggle: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let mut expected_hits = 0;
+    for first in [get, sized, chunked] {
+        for bad in [bare_lf, smuggle] {
+            // Coalesced in one write, and split inside the bad head.
+            let whole = [first, bad].concat();
+            let cut = first.len() + 7;
+            for parts in [vec![&whole[..]], vec![&whole[..cut], &whole[cut..]]] {
+                let out = pipelined(a, &parts).await;
+                assert_eq!(statuses(&out), ["200", "400"], "{out}");
+                expected_hits += 1;
+                assert_eq!(
+                    b.hits(),
+                    expected_hits,
+                    "a refused head reached the backend"
+                );
+            }
+        }
+    }
+    // Clean pipelined requests are all served.
+    let close: &[u8] = b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = pipelined(a, &[&[get, sized, chunked, close].concat()]).await;
+    assert_eq!(statuses(&out), ["200", "200", "200", "200"], "{out}");
+    assert_eq!(b.hits(), expected_hits + 4);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
