@@ -51,6 +51,8 @@ pub struct ListenerRuntime {
     pub proxy_protocol: bool,
     /// TLS termination.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Upgrade protocols tunnelled, lower case (never `h2c`).
+    pub upgrades: Vec<String>,
 }
 
 /// The listener `name`'s connection limit: the running one (its new `max` is applied
@@ -129,6 +131,7 @@ impl Snapshot {
                 conn_limit: conn_limit(previous, &lc.name, lc.max_connections),
                 proxy_protocol: lc.proxy_protocol,
                 tls,
+                upgrades: lc.upgrades.clone(),
             });
         }
         Ok(Snapshot {

@@ -188,7 +188,8 @@ fn connection_is_plain(headers: &HeaderMap) -> bool {
 }
 
 /// Removes the headers `Connection` lists (RFC 9110 §7.6.1). Tokens that are
-/// themselves hop-by-hop names, or `close`, need no lookup.
+/// themselves hop-by-hop names, or `close`, need no lookup; `Host` is never removed
+/// (an HTTP/1.1 request must carry it, DESIGN §6).
 fn remove_connection_named(headers: &mut HeaderMap) {
     const MAX_NAMED: usize = 8;
     let mut named: [Option<HeaderName>; MAX_NAMED] = Default::default();
@@ -203,7 +204,7 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         // Hop-by-hop names go anyway; `upgrade` stays when tunnelling.
         let standard =
             t.is_empty() || t.eq_ignore_ascii_case("close") || hop_kind(t.as_bytes()) != Hop::No;
-        if standard || n == MAX_NAMED {
+        if standard || t.eq_ignore_ascii_case("host") || n == MAX_NAMED {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
@@ -366,15 +367,35 @@ pub fn x_forwarded_for() -> &'static HeaderName {
     &X_FORWARDED_FOR
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket and others).
-pub fn wants_upgrade(headers: &HeaderMap, present: Present) -> bool {
-    present.upgrade()
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// Whether the request asks for a protocol upgrade that may be tunnelled: `Upgrade`
+/// with `Connection: upgrade`, and every protocol `Upgrade` lists (its name, without a
+/// `/version`) is one of `allowed` (lower case). Any other upgrade request goes on as
+/// an ordinary request, its `Upgrade` removed (DESIGN §6).
+pub fn wants_upgrade(headers: &HeaderMap, present: Present, allowed: &[String]) -> bool {
+    if !present.upgrade() {
+        return false;
+    }
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let mut protocols = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .flat_map(|s| s.unwrap_or("\0").split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    let listed = protocols.peek().is_some();
+    asked
+        && listed
+        && protocols.all(|p| {
+            let name = p.split('/').next().unwrap_or(p).trim();
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
 }
 
 #[cfg(test)]
@@ -422,11 +443,38 @@ mod tests {
         h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         let present = Present::scan(&h);
-        assert!(wants_upgrade(&h, present));
-        assert!(!wants_upgrade(&h, Present::default()));
+        let websocket = ["websocket".to_string()];
+        assert!(wants_upgrade(&h, present, &websocket));
+        assert!(!wants_upgrade(&h, Present::default(), &websocket));
+        assert!(!wants_upgrade(&h, present, &[]));
         strip_hop_by_hop(&mut h, present, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn only_listed_upgrade_protocols_are_tunnelled() {
+        let allowed = ["websocket".to_string(), "foo".to_string()];
+        for (upgrade, connection, want) in [
+            ("websocket", "Upgrade", true),
+            ("WebSocket", "keep-alive, upgrade", true),
+            ("foo/2, websocket", "upgrade", true),
+            ("h2c", "Upgrade, HTTP2-Settings", false),
+            ("websocket, h2c", "upgrade", false),
+            ("bar", "upgrade", false),
+            ("websocket", "keep-alive", false),
+            ("", "upgrade", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, upgrade.parse().unwrap());
+            h.insert(header::CONNECTION, connection.parse().unwrap());
+            let present = Present::scan(&h);
+            assert_eq!(
+                wants_upgrade(&h, present, &allowed),
+                want,
+                "{upgrade} / {connection}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod conn_pool;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod host;
 mod upgrade;
 pub mod upstream;
 
@@ -81,18 +82,35 @@ pub async fn handle(
         )
     });
 
-    let (mut resp, backend) = match check_request(&req) {
-        Err(e) => (e.response(), None),
+    let version = req.version();
+    let (mut resp, backend, upgrade_asked) = match check_request(&req, conn.tls) {
+        Err(e) => {
+            let asked = req.headers().contains_key(header::UPGRADE);
+            (e.response(), None, asked)
+        }
         Ok(checked) => {
-            let client_upgrade = headers::wants_upgrade(req.headers(), checked.present)
-                .then(|| hyper::upgrade::on(&mut req));
+            let asked = checked.present.upgrade();
+            let tunnel = version == Version::HTTP_11
+                && headers::wants_upgrade(req.headers(), checked.present, &listener.upgrades);
+            let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
             let client = Client {
                 ip: client_ip,
                 body_timeout: listener.client_body_timeout,
             };
-            proxy(shared, pool, conn, client, req, checked, client_upgrade).await
+            let (resp, backend) =
+                proxy(shared, pool, conn, client, req, checked, client_upgrade).await;
+            (resp, backend, asked)
         }
     };
+    // The head scanner stops at a head with Upgrade (what follows may be a tunnel), so
+    // an HTTP/1 connection whose upgrade does not happen closes after the answer.
+    if upgrade_asked
+        && version <= Version::HTTP_11
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     pool.stats.latency.observe(start.elapsed());
     if let Some(l) = log.as_mut() {
         l.status = resp.status();
@@ -115,16 +133,17 @@ pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBod
 /// already answers 400 for bad chunking, differing Content-Lengths, obs-fold, whitespace
 /// before a colon, bare CR and a last transfer coding other than chunked, and 431 for
 /// oversized heads.
-fn check_request(req: &Request<Incoming>) -> Result<Checked, ProxyError> {
+fn check_request(req: &Request<Incoming>, tls: bool) -> Result<Checked, ProxyError> {
     let present = headers::Present::scan(req.headers());
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
+    let header_host = match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header\n"));
         }
         (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header\n")),
-        (host, _) => host.cloned(),
+        (host, _) => host,
     };
+    let host = request_host(req.uri(), header_host, tls)?;
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
     }
@@ -157,12 +176,63 @@ struct Client {
     body_timeout: std::time::Duration,
 }
 
+/// The request's host (RFC 9112 §3.2.2): the target's authority when it has one
+/// (absolute form, HTTP/2 `:authority`), which a Host header beside it must agree with,
+/// else the Host header. Either must be a well-formed `host[:port]`.
+fn request_host(
+    uri: &http::Uri,
+    header_host: Option<&HeaderValue>,
+    tls: bool,
+) -> Result<RequestHost, ProxyError> {
+    let header = match header_host {
+        Some(h) => Some(
+            host::split(h.as_bytes()).ok_or(ProxyError::BadRequest("malformed Host header\n"))?,
+        ),
+        None => None,
+    };
+    let Some(authority) = uri.authority() else {
+        return Ok(RequestHost {
+            value: header_host.cloned(),
+            from_target: false,
+        });
+    };
+    let target = host::split(authority.as_str().as_bytes()).ok_or(ProxyError::BadRequest(
+        "malformed request target authority\n",
+    ))?;
+    let https = match uri.scheme_str() {
+        Some(scheme) => scheme.eq_ignore_ascii_case("https"),
+        None => tls,
+    };
+    if let Some(header) = header {
+        if !host::agree(header, target, if https { 443 } else { 80 }) {
+            return Err(ProxyError::BadRequest(
+                "Host header disagrees with the request target\n",
+            ));
+        }
+    }
+    let value = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| ProxyError::BadRequest("malformed request target authority\n"))?;
+    Ok(RequestHost {
+        value: Some(value),
+        from_target: true,
+    })
+}
+
 /// What the first look at a request found.
 struct Checked {
-    /// Its Host header, looked up once.
-    host: Option<HeaderValue>,
+    /// The request's host.
+    host: RequestHost,
     /// Which hop-by-hop headers (and X-Forwarded-For) it carries.
     present: headers::Present,
+}
+
+/// The host a request is routed by, announced to the backend in Host and
+/// X-Forwarded-Host.
+struct RequestHost {
+    /// The authority or Host value; none for an HTTP/1.0 request without Host.
+    value: Option<HeaderValue>,
+    /// It is the target's authority, which replaces any Host header.
+    from_target: bool,
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -191,21 +261,13 @@ async fn proxy(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<DownBody>, Option<Arc<str>>) {
     let client_ip = client.ip;
-    let Checked {
-        host: header_host,
-        present,
-    } = checked;
+    let Checked { host, present } = checked;
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
-    let had_host = header_host.is_some();
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or(header_host);
     headers::strip_hop_by_hop(&mut parts.headers, present, upgrading);
-    let forwarded = headers::Forwarded::new(&parts.headers, present, client_ip, conn.tls, host);
-    if !had_host {
+    let forwarded =
+        headers::Forwarded::new(&parts.headers, present, client_ip, conn.tls, host.value);
+    if host.from_target {
         if let Some(h) = &forwarded.host {
             // HTTP/2 and absolute-form requests: the authority becomes Host.
             parts.headers.insert(header::HOST, h.clone());
@@ -369,8 +431,9 @@ fn respond(
         headers.append(header::SET_COOKIE, c);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = client_upgrade else {
-            // A 101 the client did not ask for cannot be honoured.
+        // A 101 the client did not ask for cannot be honoured, nor one that does not
+        // say what it switches to.
+        let Some(client) = client_upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
             return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
         };
         upgrade::spawn_tunnel(shared, client, conn, chosen.guard);

@@ -16,7 +16,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::head_scan::{HeadProblem, HeadScan};
+use super::head_scan::{HeadScan, Verdicts};
 use super::http_conn::Timeouts;
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
@@ -42,8 +42,8 @@ pub struct Activity {
     last_end: AtomicU64,
     /// [`clock_ms`] of the first byte of a request whose head is incomplete; 0 = none.
     head_started: AtomicU64,
-    /// The head scanner's verdict on the current head: 0 = fine, else a [`HeadProblem`].
-    head_problem: AtomicU8,
+    /// The head scanner's verdicts, one per HTTP/1 request head, in order.
+    heads: Verdicts,
     /// [`clock_ms`] when a write to the client last had to wait and has not completed
     /// since (hyper still holds bytes to send); 0 = none. The clock is read only when a
     /// write starts waiting.
@@ -81,28 +81,15 @@ impl Activity {
             active: AtomicU32::new(0),
             last_end: AtomicU64::new(clock_ms()),
             head_started: AtomicU64::new(0),
-            head_problem: AtomicU8::new(0),
+            heads: Verdicts::default(),
             write_blocked_since: AtomicU64::new(0),
             parking: AtomicBool::new(false),
         })
     }
 
-    /// What the head scanner found wrong with the head of the request now starting.
-    pub fn head_problem(&self) -> Option<HeadProblem> {
-        match self.head_problem.load(Ordering::Relaxed) {
-            1 => Some(HeadProblem::LengthAndChunked),
-            2 => Some(HeadProblem::BareLf),
-            _ => None,
-        }
-    }
-
-    fn set_head_problem(&self, p: Option<HeadProblem>) {
-        let v = match p {
-            None => 0,
-            Some(HeadProblem::LengthAndChunked) => 1,
-            Some(HeadProblem::BareLf) => 2,
-        };
-        self.head_problem.store(v, Ordering::Relaxed);
+    /// The head scanner's verdicts, for the service to take one per HTTP/1 request.
+    pub fn heads(&self) -> &Verdicts {
+        &self.heads
     }
 
     /// Bytes arrived from the client; returns whether they begin a new request.
@@ -234,6 +221,7 @@ impl<T> TimedIo<T> {
     /// Wraps a client stream again after a park; `replay` (bytes the previous HTTP
     /// state had read but not parsed) is read first.
     pub fn resume(io: T, activity: Arc<Activity>, replay: Bytes) -> TimedIo<T> {
+        activity.heads.resync();
         TimedIo {
             io,
             activity,
@@ -264,15 +252,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             Poll::Ready(Ok(()))
         };
         if buf.filled().len() > before {
-            if this.activity.on_read() {
-                this.scan.start();
-                this.activity.set_head_problem(None);
-            }
-            if this.scan.is_scanning() {
-                if let Some(Err(p)) = this.scan.feed(&buf.filled()[before..]) {
-                    this.activity.set_head_problem(Some(p));
-                }
-            }
+            this.activity.on_read();
+            let heads = &this.activity.heads;
+            this.scan.feed(&buf.filled()[before..], |v| heads.note(v));
         }
         r
     }

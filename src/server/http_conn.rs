@@ -107,14 +107,17 @@ pub(super) fn serve_http<IO: Parkable>(
         let info = Arc::clone(&conn.info);
         let timeouts = conn.timeouts;
         let service = service_fn(move |req| {
-            let head_problem = svc_activity.head_problem();
+            let head = match req.version() <= http::Version::HTTP_11 {
+                true => svc_activity.heads().take(),
+                false => Ok(()),
+            };
             let active = svc_activity.begin();
             let shared = Arc::clone(&shared);
             let info = Arc::clone(&info);
             async move {
-                let resp = match head_problem {
-                    Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
-                    _ => {
+                let resp = match head {
+                    Err(p) => proxy::refuse_head(p),
+                    Ok(()) => {
                         let mut handling = pin!(proxy::handle(&shared, &info, req));
                         std::future::poll_fn(|cx| {
                             let r = handling.as_mut().poll(cx);

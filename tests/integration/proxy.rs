@@ -373,3 +373,179 @@ async fn a_client_that_half_closes_after_its_request_still_gets_a_quick_answer()
     assert!(text.ends_with("backend a\n"), "{text}");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+/// A daemon whose `admin.example.com` route leads to pool `admin`, anything else to
+/// pool `web`.
+async fn admin_and_public(
+    admin: &TestBackend,
+    web: &TestBackend,
+) -> std::sync::Arc<maitred::app::Daemon> {
+    let toml = format!(
+        r#"
+[server]
+threads = 1
+access_log = "off"
+
+[[listener]]
+name = "main"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[listener.route]]
+host = "admin.example.com"
+pool = "admin"
+
+[pool.web]
+balancer = "round-robin"
+backends = ["{}"]
+
+[pool.admin]
+balancer = "round-robin"
+backends = ["{}"]
+"#,
+        web.addr, admin.addr
+    );
+    start_daemon(&toml).await
+}
+
+#[tokio::test]
+async fn an_absolute_target_is_the_host_everywhere_and_a_disagreeing_host_is_refused() {
+    let (admin, web) = (
+        TestBackend::start("admin").await,
+        TestBackend::start("web").await,
+    );
+    let d = admin_and_public(&admin, &web).await;
+    let a = addr(&d);
+    let confused = b"GET http://public.example.com/ HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n";
+    let out = raw(a, confused, DEADLINE).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("disagrees"), "{out}");
+    let other_port = b"GET http://admin.example.com:8080/ HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n";
+    let out = raw(a, other_port, DEADLINE).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        (admin.hits(), web.hits()),
+        (0, 0),
+        "a confused request was forwarded"
+    );
+
+    // The same origin in another case and with the default port spelled out: routing,
+    // X-Forwarded-Host and Host all follow the target.
+    let same = b"GET http://ADMIN.example.com:80/x HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n";
+    let out = raw(a, same, DEADLINE).await;
+    assert!(out.contains("backend admin"), "{out}");
+    let seen = admin.last_seen().unwrap();
+    assert_eq!(seen.headers["host"], "ADMIN.example.com:80");
+    assert_eq!(seen.headers["x-forwarded-host"], "ADMIN.example.com:80");
+    assert_eq!(seen.path, "/x");
+    let public = b"GET http://public.example.com/y HTTP/1.1\r\nHost: public.example.com\r\nConnection: close\r\n\r\n";
+    let out = raw(a, public, DEADLINE).await;
+    assert!(out.contains("backend web"), "{out}");
+    let seen = web.last_seen().unwrap();
+    assert_eq!(seen.headers["host"], "public.example.com");
+    assert_eq!(seen.headers["x-forwarded-host"], "public.example.com");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn connection_never_removes_host_or_the_forwarding_headers() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let r = c
+        .get(
+            "/",
+            &[
+                (
+                    "connection",
+                    "host, x-forwarded-host, x-forwarded-for, x-forwarded-proto",
+                ),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let h = b.last_seen().unwrap().headers;
+    assert_eq!(h["host"], "test.local");
+    assert_eq!(h["x-forwarded-host"], "test.local");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn malformed_hosts_are_refused_unforwarded() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let a = addr(&d);
+    for host in ["", "a@b", "a/b?c", "a b", ":80", "a:99999", "[::1", "x:y"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let out = raw(a, req.as_bytes(), DEADLINE).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "Host {host:?}: {out}");
+    }
+    let userinfo = b"GET http://user@a.test/ HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let out = raw(a, userinfo, DEADLINE).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(b.hits(), 0, "a request with a malformed host was forwarded");
+    let ok = b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n";
+    let out = raw(a, ok, DEADLINE).await;
+    assert!(out.contains("backend a"), "{out}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+/// Sends `parts` one write after another on one connection and reads until the
+/// daemon closes it.
+async fn pipelined(a: std::net::SocketAddr, parts: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    for p in parts {
+        s.write_all(p).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn statuses(out: &str) -> Vec<&str> {
+    out.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect()
+}
+
+#[tokio::test]
+async fn every_pipelined_head_is_checked_however_it_arrives() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&simple_config("round-robin", &[&b], "")).await;
+    let a = addr(&d);
+    let get: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let sized: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let chunked: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let bare_lf: &[u8] = b"GET / HTTP/1.1\nHost: x\n\n";
+    let smuggle: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let mut expected_hits = 0;
+    for first in [get, sized, chunked] {
+        for bad in [bare_lf, smuggle] {
+            // Coalesced in one write, and split inside the bad head.
+            let whole = [first, bad].concat();
+            let cut = first.len() + 7;
+            for parts in [vec![&whole[..]], vec![&whole[..cut], &whole[cut..]]] {
+                let out = pipelined(a, &parts).await;
+                assert_eq!(statuses(&out), ["200", "400"], "{out}");
+                expected_hits += 1;
+                assert_eq!(
+                    b.hits(),
+                    expected_hits,
+                    "a refused head reached the backend"
+                );
+            }
+        }
+    }
+    // Clean pipelined requests are all served.
+    let close: &[u8] = b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = pipelined(a, &[&[get, sized, chunked, close].concat()]).await;
+    assert_eq!(statuses(&out), ["200", "200", "200", "200"], "{out}");
+    assert_eq!(b.hits(), expected_hits + 4);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}

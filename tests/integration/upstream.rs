@@ -495,3 +495,134 @@ async fn a_request_the_backend_dropped_is_retried_only_if_idempotent() {
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn repeated_content_lengths_go_on_as_one_and_other_codings_get_502() {
+    let (b, d) = start(|head| match head.split(' ').nth(1).unwrap_or("") {
+        "/list" => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        "/lines" => {
+            Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        }
+        "/gzip" => Act::ReplyAndClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"),
+        _ => Act::ReplyAndClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    })
+    .await;
+    let a = addr(&d);
+    for path in ["/list", "/lines"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw_until(a, req.as_bytes(), b"hello").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let lower = out.to_ascii_lowercase();
+        assert_eq!(lower.matches("content-length").count(), 1, "{out}");
+        assert!(lower.contains("content-length: 5\r\n"), "{out}");
+    }
+    for path in ["/gzip", "/chunked-gzip"] {
+        let r = get(a, path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.body);
+    }
+    assert_eq!(b.got().len(), 4);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+/// A backend that agrees to every upgrade it is asked for (with or without a proper
+/// `Upgrade` in its 101), answers 200 otherwise, and answers bytes that follow a 101
+/// (sent as `tunnel …\r\n\r\n`) from inside the tunnel.
+fn upgrading_backend(head: &str) -> Act {
+    let lower = head.to_ascii_lowercase();
+    if head.starts_with("tunnel") {
+        return Act::Reply(b"through the tunnel");
+    }
+    if !lower.contains("\r\nupgrade:") {
+        return Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain");
+    }
+    if head.contains(" /bare-101 ") {
+        return Act::Reply(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n");
+    }
+    if head.contains(" /declined ") {
+        return Act::Reply(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope");
+    }
+    Act::Reply(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
+}
+
+fn upgrade_request(path: &str, version: &str, upgrade: &str) -> String {
+    format!(
+        "GET {path} HTTP/{version}\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn only_listed_upgrades_are_tunnelled_and_others_go_on_as_plain_requests() {
+    let b = Scripted::start(upgrading_backend).await;
+    let toml = config(&[b.addr], 0).replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nupgrades = [\"websocket\", \"foo\"]\n",
+    );
+    let d = start_daemon(&toml).await;
+    let a = addr(&d);
+
+    // A listed protocol: the 101 goes through and bytes flow both ways.
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(upgrade_request("/foo", "1.1", "foo").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until_end(&mut s, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"tunnel ping\r\n\r\n").await.unwrap();
+    let through = read_until_end(&mut s, b"through the tunnel").await;
+    assert_eq!(through, "through the tunnel");
+    drop(s);
+
+    // h2c, an unlisted protocol, and an HTTP/1.0 upgrade go on as plain requests,
+    // without Upgrade, and the connection closes after the answer.
+    for (version, upgrade) in [("1.1", "h2c"), ("1.1", "bar"), ("1.0", "foo")] {
+        let req = upgrade_request("/plain", version, upgrade);
+        let out = raw(a, req.as_bytes(), DEADLINE).await;
+        assert!(
+            out.contains(" 200 OK\r\n"),
+            "{upgrade} over {version}: {out}"
+        );
+        assert!(
+            out.to_ascii_lowercase().contains("connection: close"),
+            "{out}"
+        );
+        assert!(out.ends_with("plain"), "{out}");
+        let seen = b.got().last().unwrap().head.to_ascii_lowercase();
+        for gone in ["upgrade:", "http2-settings", "connection: upgrade"] {
+            assert!(
+                !seen.contains(gone),
+                "{upgrade} over {version}: {gone} in {seen}"
+            );
+        }
+    }
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn a_101_without_upgrade_is_a_502_and_a_declined_upgrade_closes_the_connection() {
+    let (b, d) = start(upgrading_backend).await;
+    let a = addr(&d);
+    let out = raw(
+        a,
+        upgrade_request("/bare-101", "1.1", "websocket").as_bytes(),
+        DEADLINE,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+
+    // Declined: the answer says the connection closes, and it does, even with another
+    // request sent behind the upgrade request.
+    let mut req = upgrade_request("/declined", "1.1", "websocket");
+    req.push_str("GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    let out = raw(a, req.as_bytes(), DEADLINE).await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(out.ends_with("nope"), "{out}");
+    assert!(b.got().iter().all(|g| !g.head.contains("/after")));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}

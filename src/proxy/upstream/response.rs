@@ -195,7 +195,10 @@ fn parse_with(
     let mut named: [(u32, u32); MAX_NAMED] = [(0, 0); MAX_NAMED];
     let mut n_named = 0;
     let mut length: Option<u64> = None;
+    // More than one Content-Length line, or a list in one: sent on as one value.
+    let mut length_repeated = false;
     let mut coded = false;
+    let mut codings = 0u32;
     let mut chunked = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
@@ -206,6 +209,7 @@ fn parse_with(
                     if length.is_some_and(|l| l != n) {
                         return Err(UpstreamError::Malformed("differing Content-Length values"));
                     }
+                    length_repeated |= length.is_some() || h.value.contains(&b',');
                     length = Some(n);
                 }
                 lines.push(Line {
@@ -237,6 +241,7 @@ fn parse_with(
                 for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if !coding.is_empty() {
                         coded = true;
+                        codings += 1;
                         chunked = coding.eq_ignore_ascii_case(b"chunked");
                     }
                 }
@@ -257,11 +262,14 @@ fn parse_with(
     {
         BodyFraming::Length(0)
     } else if coded {
-        if chunked {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::Close
+        // Only `chunked` alone can be undone here; `gzip` (alone, before or after
+        // chunked) would reach the client as an undeclared coding.
+        if !chunked || codings > 1 {
+            return Err(UpstreamError::Malformed(
+                "transfer coding other than chunked",
+            ));
         }
+        BodyFraming::Chunked
     } else if let Some(n) = length {
         BodyFraming::Length(n)
     } else {
@@ -279,8 +287,8 @@ fn parse_with(
     map.reserve(lines.len() + usize::from(switching));
     for (at, line) in lines.iter().enumerate() {
         let name = &head[line.name.0 as usize..line.name.1 as usize];
-        if coded && name.eq_ignore_ascii_case(b"content-length") {
-            continue; // Transfer-Encoding overrides it (RFC 9112 §6.3)
+        if (coded || length_repeated) && name.eq_ignore_ascii_case(b"content-length") {
+            continue; // Transfer-Encoding overrides it (RFC 9112 §6.3), or sent once below
         }
         if n_named > 0
             && named[..n_named]
@@ -295,6 +303,9 @@ fn parse_with(
         )
         .map_err(|_| UpstreamError::Malformed("bad header value"))?;
         map.append(name, value);
+    }
+    if let (Some(n), true, false) = (length, length_repeated, coded) {
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     if switching {
         map.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -391,9 +402,9 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Method::GET,
-                BodyFraming::Close,
-                false,
+                Method::HEAD,
+                BodyFraming::Length(0),
+                true,
             ),
             (
                 b"HTTP/1.1 200 OK\r\n\r\n",
@@ -497,8 +508,34 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
-        let (h, _) = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n", &get());
-        assert_eq!(h.framing, BodyFraming::Length(4));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_alone_are_refused() {
+        for te in ["gzip", "chunked, gzip", "gzip, chunked", "chunked, chunked"] {
+            let bytes = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let mut buf = BytesMut::from(bytes.as_bytes());
+            assert!(parse(&mut buf, &get()).is_err(), "{te}");
+        }
+        let two_lines =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut buf = BytesMut::from(&two_lines[..]);
+        assert!(parse(&mut buf, &get()).is_err());
+    }
+
+    #[test]
+    fn repeated_equal_content_lengths_are_sent_as_one() {
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\ncontent-length: 4\r\n\r\n",
+        ] {
+            let (h, _) = head_of(bytes, &get());
+            assert_eq!(h.framing, BodyFraming::Length(4));
+            let values: Vec<_> = h.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(values, ["4"], "{}", String::from_utf8_lossy(bytes));
+        }
+        let (h, _) = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", &get());
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "7");
     }
 
     #[test]
