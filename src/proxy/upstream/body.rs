@@ -15,7 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use super::response::BodyFraming;
 use super::{UpConn, UpstreamError};
 
-/// The longest chunk-size line (with extensions) and the most trailer bytes accepted.
+/// The longest chunk-size line (with extensions) and the most trailer bytes accepted,
+/// both counted up to the LF that ends the line (a CR before it included), whether the
+/// line is complete in the buffer or still arriving.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -170,6 +172,9 @@ pub fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, UpstreamErr
             State::Close if !buf.is_empty() => return Ok(Step::Data(buf.split().freeze())),
             State::ChunkSize => {
                 if let Some((end, next)) = line(buf) {
+                    if next - 1 > MAX_CHUNK_LINE {
+                        return Err(UpstreamError::Malformed("chunk size line too long"));
+                    }
                     let size = chunk_size(&buf[..end])
                         .ok_or(UpstreamError::Malformed("bad chunk size"))?;
                     buf.advance(next);
@@ -198,6 +203,9 @@ pub fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, UpstreamErr
             },
             State::Trailers(seen) => {
                 if let Some((end, next)) = line(buf) {
+                    if seen + next - 1 > MAX_TRAILERS {
+                        return Err(UpstreamError::Malformed("trailers too long"));
+                    }
                     buf.advance(next);
                     *state = if end == 0 {
                         State::Done
@@ -398,6 +406,55 @@ mod tests {
         assert_eq!((&body[..], end), (&b"abcde"[..], Step::End));
         let (body, end) = decode_in_pieces(b"abc", 2, BodyFraming::Close);
         assert_eq!((&body[..], end), (&b"abc"[..], Step::More));
+    }
+
+    /// Whether [`decode`] refuses `wire`, fed in pieces of `piece` bytes.
+    fn refused_in_pieces(wire: &[u8], piece: usize) -> bool {
+        let mut state = State::new(BodyFraming::Chunked);
+        let mut buf = BytesMut::new();
+        let mut pieces = wire.chunks(piece);
+        loop {
+            match decode(&mut state, &mut buf) {
+                Err(_) => return true,
+                Ok(Step::Data(_)) => {}
+                Ok(Step::More) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return false,
+                },
+                Ok(Step::End) => return false,
+            }
+        }
+    }
+
+    /// The limits on a chunk-size line and on trailers hold however the bytes arrive,
+    /// not only when a line is still incomplete in the buffer.
+    #[test]
+    fn chunk_line_and_trailer_limits_hold_in_any_split() {
+        let mut long_ext = b"5;x=".to_vec();
+        long_ext.resize(MAX_CHUNK_LINE + 1, b'y');
+        long_ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let mut long_trailers = b"1\r\na\r\n0\r\n".to_vec();
+        while long_trailers.len() < MAX_TRAILERS + 64 {
+            long_trailers.extend_from_slice(b"X-T: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        long_trailers.extend_from_slice(b"\r\n");
+        for wire in [long_ext, long_trailers] {
+            for piece in [1, 100, wire.len()] {
+                assert!(refused_in_pieces(&wire, piece), "piece {piece}");
+            }
+        }
+        // At the limits exactly (counted up to each line's LF), accepted in any split.
+        let mut ext = b"5;x=".to_vec();
+        ext.resize(MAX_CHUNK_LINE - 1, b'y');
+        ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let mut trailers = b"0\r\nX:".to_vec();
+        trailers.resize(3 + MAX_TRAILERS - 3, b'x');
+        trailers.extend_from_slice(b"\r\n\r\n");
+        for wire in [ext, trailers] {
+            for piece in [1, 100, wire.len()] {
+                assert!(!refused_in_pieces(&wire, piece), "piece {piece}");
+            }
+        }
     }
 
     #[test]
