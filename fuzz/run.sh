@@ -36,6 +36,6 @@ for t in "${targets[@]}"; do
     failed=1
   fi
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  printf '%-16s %12s executions in %ss  %s\n' "$t" "${runs:-?}" "$time_each" "$status"
+  printf '%-16s %12s executions (budget %ss)  %s\n' "$t" "${runs:-?}" "$time_each" "$status"
 done
 exit "$failed"
