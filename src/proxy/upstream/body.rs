@@ -23,7 +23,9 @@ use tokio::time::Sleep;
 use super::response::BodyFraming;
 use super::{UpConn, UpstreamError};
 
-/// The longest chunk-size line (with extensions) and the most trailer bytes accepted.
+/// The longest chunk-size line (with extensions) and the most trailer bytes accepted,
+/// both counted up to the LF that ends the line (a CR before it included), whether the
+/// line is complete in the buffer or still arriving.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -31,8 +33,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
 
+/// Where the decoding of a body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum State {
     /// This many bytes left.
     Length(u64),
     /// Before a chunk-size line.
@@ -47,6 +50,18 @@ enum State {
     Close,
     /// Complete.
     Done,
+}
+
+impl State {
+    /// The state before the first byte of a body framed by `framing`.
+    pub fn new(framing: BodyFraming) -> State {
+        match framing {
+            BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::ChunkSize,
+            BodyFraming::Close => State::Close,
+        }
+    }
 }
 
 /// A response body streaming from a backend connection.
@@ -74,15 +89,9 @@ impl UpstreamBody {
         keep_alive: bool,
         read_timeout: Duration,
     ) -> UpstreamBody {
-        let state = match framing {
-            BodyFraming::Length(0) => State::Done,
-            BodyFraming::Length(n) => State::Length(n),
-            BodyFraming::Chunked => State::ChunkSize,
-            BodyFraming::Close => State::Close,
-        };
         UpstreamBody {
             conn: Some(conn),
-            state,
+            state: State::new(framing),
             keep_alive,
             failed: None,
             read_timeout,
@@ -165,6 +174,92 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     })
 }
 
+/// What one decoding step over the buffered bytes of a body gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The next piece of the body.
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// More bytes must be read before the body can go on.
+    More,
+}
+
+/// Decodes what `buf` holds of a body in `state`: takes the bytes it uses from `buf`
+/// and gives the next piece, the end, or the need for more. Pure (no I/O), so the
+/// framing rules can be tested and fuzzed apart from the socket; the end of a
+/// close-delimited body, and a body cut short, are the reader's to see.
+pub fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, UpstreamError> {
+    loop {
+        match *state {
+            State::Done => return Ok(Step::End),
+            State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let data = buf.split_to(n).freeze();
+                let left = left - n as u64;
+                *state = match *state {
+                    State::Length(_) if left == 0 => State::Done,
+                    State::Length(_) => State::Length(left),
+                    _ if left == 0 => State::ChunkEnd,
+                    _ => State::ChunkData(left),
+                };
+                return Ok(Step::Data(data));
+            }
+            State::Close if !buf.is_empty() => return Ok(Step::Data(buf.split().freeze())),
+            State::ChunkSize => {
+                if let Some((end, next)) = line(buf) {
+                    if next - 1 > MAX_CHUNK_LINE {
+                        return Err(UpstreamError::Malformed("chunk size line too long"));
+                    }
+                    let size = chunk_size(&buf[..end])
+                        .ok_or(UpstreamError::Malformed("bad chunk size"))?;
+                    buf.advance(next);
+                    *state = if size == 0 {
+                        State::Trailers(0)
+                    } else {
+                        State::ChunkData(size)
+                    };
+                    continue;
+                }
+                if buf.len() > MAX_CHUNK_LINE {
+                    return Err(UpstreamError::Malformed("chunk size line too long"));
+                }
+            }
+            State::ChunkEnd => match line(buf) {
+                Some((0, next)) => {
+                    buf.advance(next);
+                    *state = State::ChunkSize;
+                    continue;
+                }
+                Some(_) => return Err(UpstreamError::Malformed("chunk without CRLF")),
+                None if buf.len() >= 2 => {
+                    return Err(UpstreamError::Malformed("chunk without CRLF"));
+                }
+                None => {}
+            },
+            State::Trailers(seen) => {
+                if let Some((end, next)) = line(buf) {
+                    if seen + next - 1 > MAX_TRAILERS {
+                        return Err(UpstreamError::Malformed("trailers too long"));
+                    }
+                    buf.advance(next);
+                    *state = if end == 0 {
+                        State::Done
+                    } else {
+                        State::Trailers(seen + next)
+                    };
+                    continue;
+                }
+                if seen + buf.len() > MAX_TRAILERS {
+                    return Err(UpstreamError::Malformed("trailers too long"));
+                }
+            }
+            State::Length(_) | State::ChunkData(_) | State::Close => {}
+        }
+        return Ok(Step::More);
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = UpstreamError;
@@ -181,74 +276,11 @@ impl Body for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let buf: &mut BytesMut = &mut conn.buf;
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    this.state = match this.state {
-                        State::Length(_) if left == 0 => State::Done,
-                        State::Length(_) => State::Length(left),
-                        _ if left == 0 => State::ChunkEnd,
-                        _ => State::ChunkData(left),
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Close if !buf.is_empty() => {
-                    let data = buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::ChunkSize => {
-                    if let Some((end, next)) = line(buf) {
-                        let Some(size) = chunk_size(&buf[..end]) else {
-                            return this.fail(UpstreamError::Malformed("bad chunk size"), cx);
-                        };
-                        buf.advance(next);
-                        this.state = if size == 0 {
-                            State::Trailers(0)
-                        } else {
-                            State::ChunkData(size)
-                        };
-                        continue;
-                    }
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return this.fail(UpstreamError::Malformed("chunk size line too long"), cx);
-                    }
-                }
-                State::ChunkEnd => match line(buf) {
-                    Some((0, next)) => {
-                        buf.advance(next);
-                        this.state = State::ChunkSize;
-                        continue;
-                    }
-                    Some(_) => {
-                        return this.fail(UpstreamError::Malformed("chunk without CRLF"), cx);
-                    }
-                    None if buf.len() >= 2 => {
-                        return this.fail(UpstreamError::Malformed("chunk without CRLF"), cx);
-                    }
-                    None => {}
-                },
-                State::Trailers(seen) => {
-                    if let Some((end, next)) = line(buf) {
-                        buf.advance(next);
-                        this.state = if end == 0 {
-                            State::Done
-                        } else {
-                            State::Trailers(seen + next)
-                        };
-                        if this.state == State::Done {
-                            return Poll::Ready(None);
-                        }
-                        continue;
-                    }
-                    if seen + buf.len() > MAX_TRAILERS {
-                        return this.fail(UpstreamError::Malformed("trailers too long"), cx);
-                    }
-                }
-                State::Length(_) | State::ChunkData(_) | State::Close => {}
+            match decode(&mut this.state, &mut conn.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::More) => {}
+                Err(e) => return this.fail(e, cx),
             }
             let want = match this.state {
                 State::Length(left) | State::ChunkData(left) => {
@@ -405,6 +437,86 @@ mod tests {
         assert!(matches!(end, Err(UpstreamError::ReadTimeout)), "{end:?}");
         assert!(started.elapsed() >= timeout);
         assert!(body.take_reusable().is_none());
+    }
+
+    /// Feeds `wire` to [`decode`] in pieces of `piece` bytes; the body and how it ended.
+    fn decode_in_pieces(wire: &[u8], piece: usize, framing: BodyFraming) -> (Vec<u8>, Step) {
+        let mut state = State::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(piece);
+        loop {
+            match decode(&mut state, &mut buf).unwrap() {
+                Step::Data(d) => body.extend_from_slice(&d),
+                Step::More => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return (body, Step::More),
+                },
+                Step::End => return (body, Step::End),
+            }
+        }
+    }
+
+    #[test]
+    fn decode_works_on_a_buffer_alone() {
+        const WIRE: &[u8] = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\nworld-0123\r\n0\r\nX-T: 1\r\n\r\n";
+        for piece in [1, 2, 7, WIRE.len()] {
+            let (body, end) = decode_in_pieces(WIRE, piece, BodyFraming::Chunked);
+            assert_eq!((&body[..], end), (&b"hello world-0123"[..], Step::End));
+        }
+        let (body, end) = decode_in_pieces(b"abcdef", 4, BodyFraming::Length(5));
+        assert_eq!((&body[..], end), (&b"abcde"[..], Step::End));
+        let (body, end) = decode_in_pieces(b"abc", 2, BodyFraming::Close);
+        assert_eq!((&body[..], end), (&b"abc"[..], Step::More));
+    }
+
+    /// Whether [`decode`] refuses `wire`, fed in pieces of `piece` bytes.
+    fn refused_in_pieces(wire: &[u8], piece: usize) -> bool {
+        let mut state = State::new(BodyFraming::Chunked);
+        let mut buf = BytesMut::new();
+        let mut pieces = wire.chunks(piece);
+        loop {
+            match decode(&mut state, &mut buf) {
+                Err(_) => return true,
+                Ok(Step::Data(_)) => {}
+                Ok(Step::More) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return false,
+                },
+                Ok(Step::End) => return false,
+            }
+        }
+    }
+
+    /// The limits on a chunk-size line and on trailers hold however the bytes arrive,
+    /// not only when a line is still incomplete in the buffer.
+    #[test]
+    fn chunk_line_and_trailer_limits_hold_in_any_split() {
+        let mut long_ext = b"5;x=".to_vec();
+        long_ext.resize(MAX_CHUNK_LINE + 1, b'y');
+        long_ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let mut long_trailers = b"1\r\na\r\n0\r\n".to_vec();
+        while long_trailers.len() < MAX_TRAILERS + 64 {
+            long_trailers.extend_from_slice(b"X-T: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        long_trailers.extend_from_slice(b"\r\n");
+        for wire in [long_ext, long_trailers] {
+            for piece in [1, 100, wire.len()] {
+                assert!(refused_in_pieces(&wire, piece), "piece {piece}");
+            }
+        }
+        // At the limits exactly (counted up to each line's LF), accepted in any split.
+        let mut ext = b"5;x=".to_vec();
+        ext.resize(MAX_CHUNK_LINE - 1, b'y');
+        ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let mut trailers = b"0\r\nX:".to_vec();
+        trailers.resize(3 + MAX_TRAILERS - 3, b'x');
+        trailers.extend_from_slice(b"\r\n\r\n");
+        for wire in [ext, trailers] {
+            for piece in [1, 100, wire.len()] {
+                assert!(!refused_in_pieces(&wire, piece), "piece {piece}");
+            }
+        }
     }
 
     #[test]
