@@ -293,8 +293,23 @@ fn upstream_codec(c: &mut Criterion) {
     });
 }
 
+/// The head scanner on the common request: one GET head arriving whole.
+fn head_scan(c: &mut Criterion) {
+    const GET: &[u8] = b"GET /api/items?page=2 HTTP/1.1\r\nHost: shop.example.com\r\n\
+        User-Agent: bench/1.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\n\r\n";
+    let mut scan = maitred::server::head_scan::HeadScan::default();
+    let verdicts = maitred::server::head_scan::Verdicts::default();
+    c.bench_function("head_scan/whole_get", |b| {
+        b.iter(|| {
+            scan.feed(black_box(GET), |v| verdicts.note(v));
+            black_box(verdicts.take())
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    head_scan,
     picks,
     tokens,
     rings,

@@ -549,3 +549,36 @@ async fn every_pipelined_head_is_checked_however_it_arrives() {
     assert_eq!(b.hits(), expected_hits + 4);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test]
+async fn http2_authority_is_the_host_and_a_disagreeing_host_is_refused() {
+    let (admin, web) = (
+        TestBackend::start("admin").await,
+        TestBackend::start("web").await,
+    );
+    let d = admin_and_public(&admin, &web).await;
+    let tcp = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let confused = http::Request::get("http://public.example.com/")
+        .header("host", "admin.example.com")
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(confused).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!((admin.hits(), web.hits()), (0, 0));
+    let plain = http::Request::get("http://admin.example.com/h2")
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(plain).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = admin.last_seen().unwrap();
+    assert_eq!(seen.headers["host"], "admin.example.com");
+    assert_eq!(seen.headers["x-forwarded-host"], "admin.example.com");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
