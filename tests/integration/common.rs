@@ -269,6 +269,15 @@ async fn respond(
     Ok(Response::new(full(format!("backend {name}\n"))))
 }
 
+/// A loopback address that refuses connections for as long as the returned socket
+/// lives: bound, so no other test can take the port meanwhile, but not listening.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// Starts the daemon in-process from TOML text.
 pub async fn start_daemon(toml: &str) -> Arc<Daemon> {
     let cfg = config::parse(toml, "test.toml", std::path::Path::new("."))

@@ -185,10 +185,7 @@ async fn forwarded_headers_added_and_hop_by_hop_dropped() {
 
 #[tokio::test]
 async fn refused_backend_gives_502() {
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, gone) = refusing_addr();
     let toml = simple_config("round-robin", &[], "retries = 0")
         .replace("backends = []", &format!("backends = [\"{gone}\"]"));
     let d = start_daemon(&toml).await;
