@@ -428,6 +428,28 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends raw bytes and returns everything the server answers before it closes the
+/// connection; fails the test if it has not closed within the deadline. The close is
+/// what proves that nothing more will come.
+pub async fn raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_ok(), "not closed within {DEADLINE:?}: {text}");
+    text
+}
+
 /// Counts replies by body.
 pub fn tally(replies: &[String]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
