@@ -247,7 +247,8 @@ impl Daemon {
     }
 
     /// Applies a validated config: builds the whole new snapshot (carrying backend
-    /// state), binds new listeners, swaps, then retires what the new config dropped.
+    /// state, changing none), binds new listeners and a moved admin listener, swaps and
+    /// applies the file's backend states, then retires what the new config dropped.
     /// Nothing changes unless every step that can fail has succeeded.
     pub async fn apply(
         self: &Arc<Self>,
@@ -262,6 +263,7 @@ impl Daemon {
         if dry_run {
             return Ok(report);
         }
+        let admin_changes = next.admin_changes(&old);
         if config.server.threads != old.config.server.threads {
             tracing::warn!(
                 "server.threads changed from {} to {}: this takes effect at the next restart",
@@ -270,6 +272,7 @@ impl Daemon {
             );
         }
         let fresh = self.bind_changed(&config)?;
+        let admin_move = bind_admin_move(&old.config, &config).await?;
         // A file target is reopened on every reload, so log rotation (move the file,
         // then SIGHUP) needs nothing else; stdout and off are reopened only on change.
         let reopen = matches!(config.server.access_log, AccessLogTarget::File(_))
@@ -285,6 +288,7 @@ impl Daemon {
             None
         };
         self.shared.live.store(Arc::new(next));
+        admin_changes.apply();
         if config.server.log_level != old.config.server.log_level {
             self.apply_log_level(&config.server.log_level);
         }
@@ -300,19 +304,7 @@ impl Daemon {
                 source,
             })?;
         self.retire_backends(&old);
-        let admin_bind = config.admin.as_ref().map(|a| a.bind);
-        let old_admin = old.config.admin.as_ref().map(|a| a.bind);
-        if admin_bind != old_admin {
-            self.stop_admin();
-            if let Some(bind) = admin_bind {
-                self.start_admin(bind)
-                    .await
-                    .map_err(|source| ReloadError::Io {
-                        what: format!("cannot bind admin listener on {bind}"),
-                        source,
-                    })?;
-            }
-        }
+        self.move_admin(admin_move);
         // New backends of checked pools wait for their first check before taking
         // traffic; no need to hold the reload for it.
         drop(self.restart_health());
@@ -411,9 +403,26 @@ impl Daemon {
         }
     }
 
+    /// Applies an admin listener move, after the swap.
+    fn move_admin(self: &Arc<Self>, change: AdminMove) {
+        match change {
+            AdminMove::Keep => {}
+            AdminMove::Remove => self.stop_admin(),
+            AdminMove::To(listener, local) => {
+                self.stop_admin();
+                self.serve_admin(listener, local);
+            }
+        }
+    }
+
     async fn start_admin(self: &Arc<Self>, bind: SocketAddr) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let local = listener.local_addr()?;
+        self.serve_admin(listener, local);
+        Ok(())
+    }
+
+    fn serve_admin(self: &Arc<Self>, listener: tokio::net::TcpListener, local: SocketAddr) {
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::admin::serve(
             Arc::clone(self),
@@ -427,7 +436,6 @@ impl Daemon {
         if let Ok(mut s) = self.admin_stop.lock() {
             *s = Some(stop);
         }
-        Ok(())
     }
 
     fn stop_admin(&self) {
@@ -463,6 +471,35 @@ impl Daemon {
         }
         clean
     }
+}
+
+/// What a reload does to the admin listener.
+enum AdminMove {
+    /// Same bind address (or still none): the running one stays.
+    Keep,
+    /// `[admin]` is gone: stop it.
+    Remove,
+    /// Moved: the new socket, bound before the swap, and its local address.
+    To(tokio::net::TcpListener, SocketAddr),
+}
+
+/// Binds the admin listener's new address when the reload moves it, before anything
+/// changes: a bind that fails fails the reload and the running admin keeps serving.
+async fn bind_admin_move(old: &Config, new: &Config) -> Result<AdminMove, ReloadError> {
+    let bind = new.admin.as_ref().map(|a| a.bind);
+    if bind == old.admin.as_ref().map(|a| a.bind) {
+        return Ok(AdminMove::Keep);
+    }
+    let Some(bind) = bind else {
+        return Ok(AdminMove::Remove);
+    };
+    let io_err = |source| ReloadError::Io {
+        what: format!("cannot bind admin listener on {bind}"),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(io_err)?;
+    let local = listener.local_addr().map_err(io_err)?;
+    Ok(AdminMove::To(listener, local))
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -17,8 +17,9 @@
 //! # The reload flow
 //!
 //! SIGHUP (`signals.rs`) or `POST /reload` (`admin/`) → [`app::Daemon::reload`]: load and
-//! validate the file (`config/`), build a whole new snapshot carrying backend state over,
-//! bind new listeners, swap once, retire what is gone, report what changed
+//! validate the file (`config/`), build a whole new snapshot carrying backend state over
+//! (building changes nothing live), bind new listeners and a moved admin listener, swap
+//! once and apply the file's backend states, retire what is gone, report what changed
 //! (`reload_report.rs`).
 
 pub mod access_log;

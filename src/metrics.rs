@@ -142,6 +142,29 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "maitred_stale_connection_retries",
+            "Requests sent again on a fresh connection because the backend had closed the reused idle one before answering (not a failure, not a retry).",
+            per_pool(|p| p.stats.stale_retries.load(Ordering::Relaxed)),
+        )?;
+        let events = &crate::stats::CLIENT_EVENTS;
+        let client = [
+            ("send_timeout", &events.send_timeouts),
+            ("client_body_timeout", &events.body_timeouts),
+            ("aborted", &events.aborted),
+        ];
+        family(
+            &mut enc,
+            "maitred_client_events",
+            "What clients did to their own requests, never counted against a backend: responses cut by send_timeout, request bodies cut by client_body_timeout (408), requests cancelled because the client left.",
+            client.into_iter().map(|(kind, n)| {
+                (
+                    [("kind", kind)],
+                    ConstCounter::new(n.load(Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
             "maitred_client_connections",
             "Client connections (and WebSocket tunnels) open.",
             std::iter::once((NO_LABELS, ConstGauge::new(self.connections as i64))),

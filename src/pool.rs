@@ -24,8 +24,12 @@ pub struct Pool {
     pub limits: Limits,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Until the response headers arrive.
+    /// From the request fully sent until the response headers arrive.
     pub response_timeout: Duration,
+    /// No progress reading a response body for this long cuts it.
+    pub read_timeout: Duration,
+    /// Idle backend connections are closed after this.
+    pub keepalive_timeout: Duration,
     /// Extra backends tried after a retryable failure.
     pub retries: u32,
     /// Passive ejection: failures in a row and how long, or `None`.
@@ -87,6 +91,8 @@ impl Pool {
             },
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
+            read_timeout: cfg.read_timeout,
+            keepalive_timeout: cfg.keepalive_timeout,
             retries: cfg.retries,
             ejection: cfg
                 .ejection

@@ -7,6 +7,11 @@
 //! in its pool at the same address (health, ejection, in-flight, counters, pooled
 //! connections, and an admin state set at runtime unless the file changes that
 //! backend's `state`).
+//!
+//! Building never writes to the running world: a dry run, or a reload that fails after
+//! the build, leaves it as it was. What the new file changes on carried-over state (a
+//! backend's `state`) is returned as [`AdminChanges`], applied by the reload when it
+//! swaps the new snapshot in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +19,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::config::Config;
+use crate::backend::BackendLive;
+use crate::config::{AdminState, Config};
 use crate::pool::Pool;
 use crate::router::Router;
+use crate::server::conn_limit::ConnLimit;
 use crate::server::tls::{self, TlsError};
 
 /// A listener's per-request settings.
@@ -32,10 +39,27 @@ pub struct ListenerRuntime {
     pub header_timeout: Duration,
     /// Close a connection idle this long.
     pub idle_timeout: Duration,
+    /// No progress writing a response for this long closes the stream or connection.
+    pub send_timeout: Duration,
+    /// No progress reading a request body for this long: 408.
+    pub client_body_timeout: Duration,
+    /// `max_connections` (0 = unlimited).
+    pub max_connections: u32,
+    /// The open-connection count the accept loops share, carried over reloads by name.
+    pub conn_limit: Arc<ConnLimit>,
     /// Expect a PROXY protocol header.
     pub proxy_protocol: bool,
     /// TLS termination.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The listener `name`'s connection limit: the running one (its new `max` is applied
+/// when the snapshot is published, never by building it), or a new one.
+fn conn_limit(previous: Option<&Snapshot>, name: &str, max: u32) -> Arc<ConnLimit> {
+    match previous.and_then(|s| s.listener(name)) {
+        Some(l) => Arc::clone(&l.conn_limit),
+        None => ConnLimit::new(max),
+    }
 }
 
 /// The immutable live configuration.
@@ -64,7 +88,9 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config`, carrying live backend state over from `previous`.
+    /// Builds the snapshot for `config`, carrying live backend state over from
+    /// `previous` without changing it: the admin states the new file sets on
+    /// carried-over backends are left to [`Snapshot::admin_changes`].
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
         let pools: Vec<Arc<Pool>> = config
             .pools
@@ -76,15 +102,7 @@ impl Snapshot {
                 let unchanged = old_pool.filter(|_| old_cfg == Some(pc)).map(|p| &**p);
                 Arc::new(Pool::build(pc, stats, unchanged, |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
-                    let live = Arc::clone(&old.live);
-                    let old_state = old_cfg
-                        .and_then(|c| c.backends.iter().find(|b| b.addr == addr))
-                        .map(|b| b.state);
-                    let new_state = pc.backends.iter().find(|b| b.addr == addr).map(|b| b.state);
-                    if let Some(s) = new_state.filter(|s| old_state != Some(*s)) {
-                        live.set_admin(s);
-                    }
-                    Some(live)
+                    Some(Arc::clone(&old.live))
                 }))
             })
             .collect();
@@ -105,6 +123,10 @@ impl Snapshot {
                 trusted_proxies: lc.trusted_proxies.clone(),
                 header_timeout: lc.header_timeout,
                 idle_timeout: lc.idle_timeout,
+                send_timeout: lc.send_timeout,
+                client_body_timeout: lc.client_body_timeout,
+                max_connections: lc.max_connections,
+                conn_limit: conn_limit(previous, &lc.name, lc.max_connections),
                 proxy_protocol: lc.proxy_protocol,
                 tls,
             });
@@ -116,6 +138,38 @@ impl Snapshot {
         })
     }
 
+    /// The admin states this snapshot's file sets on backends it carried over from
+    /// `previous`: those whose `state` differs between the two files. An admin state
+    /// set at runtime survives a reload that leaves the backend's `state` alone.
+    pub fn admin_changes(&self, previous: &Snapshot) -> AdminChanges {
+        let mut changes = Vec::new();
+        for pool in &self.pools {
+            let (Some(new_cfg), Some(old_cfg)) = (
+                self.config.pool(&pool.name),
+                previous.config.pool(&pool.name),
+            ) else {
+                continue;
+            };
+            let carried = |name: &str| {
+                previous
+                    .pool(&pool.name)?
+                    .backends
+                    .iter()
+                    .find(|b| &*b.name == name)
+            };
+            for bc in &new_cfg.backends {
+                let old_state = old_cfg.backends.iter().find(|b| b.addr == bc.addr);
+                if old_state.is_none_or(|o| o.state == bc.state) {
+                    continue;
+                }
+                if let Some(b) = carried(&bc.addr) {
+                    changes.push((Arc::clone(&b.live), bc.state));
+                }
+            }
+        }
+        AdminChanges(changes)
+    }
+
     /// The pool with this name.
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
@@ -125,6 +179,21 @@ impl Snapshot {
     #[inline]
     pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// Admin states a new file sets on backends carried over from the running snapshot,
+/// held back until that snapshot is swapped in.
+#[derive(Debug, Default)]
+#[must_use = "admin changes take effect only when applied"]
+pub struct AdminChanges(Vec<(Arc<BackendLive>, AdminState)>);
+
+impl AdminChanges {
+    /// Sets each state; called by the reload as it swaps the new snapshot in.
+    pub fn apply(self) {
+        for (live, state) in self.0 {
+            live.set_admin(state);
+        }
     }
 }
 
@@ -153,8 +222,11 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Publishes a new snapshot.
+    /// Publishes a new snapshot, and with it its listeners' connection limits.
     pub fn store(&self, s: Arc<Snapshot>) {
+        for l in &s.listeners {
+            l.conn_limit.set_max(l.max_connections);
+        }
         self.current.store(s);
     }
 }

@@ -68,7 +68,33 @@ pub struct PoolStats {
     pub retries: AtomicU64,
     /// Requests answered 503 because no backend could take them.
     pub unavailable: AtomicU64,
+    /// Requests sent again on a fresh connection because the reused one had been
+    /// closed by the backend before any answer.
+    pub stale_retries: AtomicU64,
 }
+
+/// What clients did to their own requests, across every listener: never counted
+/// against a backend.
+#[derive(Debug)]
+pub struct ClientEvents {
+    /// Responses cut because the client made no progress reading them
+    /// (`send_timeout`).
+    pub send_timeouts: AtomicU64,
+    /// Requests answered 408 because the body made no progress
+    /// (`client_body_timeout`).
+    pub body_timeouts: AtomicU64,
+    /// Requests cancelled because their client closed the connection while the
+    /// request was at the backend.
+    pub aborted: AtomicU64,
+}
+
+/// The daemon's client event counters (process-wide: they describe clients, not the
+/// config, so reloads do not touch them).
+pub static CLIENT_EVENTS: ClientEvents = ClientEvents {
+    send_timeouts: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
+    aborted: AtomicU64::new(0),
+};
 
 impl PoolStats {
     /// Counts a placement kind that metrics report.

@@ -2,12 +2,17 @@
 //! runtime drain / disable / enable, and reload.
 //!
 //! It runs on the control runtime, never on the workers, and reads the same snapshot
-//! and atomics the request path writes. Mutating endpoints need the bearer token when
-//! one is configured (checked before anything else, so a caller without it learns
-//! nothing about pools); an unknown pool, backend or action is a 404. A backend address
+//! and atomics the request path writes. Every request first passes the guard against
+//! web pages (`guard.rs`: its Host must name this listener, a POST's Origin must be
+//! its own). Mutating endpoints need the bearer token when one is configured (checked
+//! before anything else about the request, so a caller without it learns nothing about
+//! pools); an unknown pool, backend or action is a 404. A backend address
 //! in a path may be plain (`127.0.0.1:9001`) or percent-encoded (`127.0.0.1%3A9001`).
 
+mod guard;
 mod status;
+
+use std::net::SocketAddr;
 
 use std::sync::Arc;
 
@@ -24,6 +29,12 @@ use crate::app::Daemon;
 use crate::config::AdminState;
 use crate::shutdown::Shutdown;
 
+/// How long an admin client may take to send a request head, or to start the next one.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest an admin connection lives.
+const ADMIN_CONN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the admin listener until stopped.
 pub async fn serve(
     daemon: Arc<Daemon>,
@@ -31,6 +42,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     mut shutdown: Shutdown,
 ) {
+    let listener_addr = listener.local_addr().ok();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -44,21 +56,36 @@ pub async fn serve(
             _ = crate::shutdown::flag_set(&mut stop) => return,
             _ = shutdown.wait() => return,
         };
+        let Some(local) = stream.local_addr().ok().or(listener_addr) else {
+            continue;
+        };
         let daemon = Arc::clone(&daemon);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let daemon = Arc::clone(&daemon);
-                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req, local).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            // Bounded like every wait: a head (or the next one) within
+            // ADMIN_HEADER_TIMEOUT, a connection for at most ADMIN_CONN_LIFETIME (a
+            // dashboard simply reconnects).
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(ADMIN_CONN_LIFETIME, conn).await;
         });
     }
 }
 
-/// Answers one admin request.
-pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one admin request that reached the listener at `local`.
+pub async fn handle(
+    daemon: &Arc<Daemon>,
+    req: Request<Incoming>,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if let Err(refusal) = check_guard(daemon, &req, local) {
+        return refuse(refusal);
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method(), segments.as_slice()) {
@@ -147,6 +174,35 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The DNS-rebinding and cross-origin checks, against the running `allowed_hosts`.
+fn check_guard(
+    daemon: &Daemon,
+    req: &Request<Incoming>,
+    local: SocketAddr,
+) -> Result<(), guard::Refusal> {
+    let snap = daemon.shared().live.load();
+    let allowed = snap
+        .config
+        .admin
+        .as_ref()
+        .map_or(&[][..], |a| a.allowed_hosts.as_slice());
+    let head = guard::RequestHead {
+        method: req.method(),
+        version: req.version(),
+        authority: req.uri().authority().map(|a| a.as_str()),
+        headers: req.headers(),
+    };
+    guard::check(head, local, allowed)
+}
+
+fn refuse(refusal: guard::Refusal) -> Response<Full<Bytes>> {
+    respond(
+        refusal.status(),
+        "text/plain; charset=utf-8",
+        format!("{refusal}\n"),
+    )
 }
 
 /// `None` when the request may proceed; otherwise the 401 to send.

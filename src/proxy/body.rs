@@ -128,6 +128,14 @@ impl Body for DownBody {
                             release(body, guard);
                         }
                     }
+                    Poll::Ready(Some(Err(UpstreamError::ReadTimeout))) => {
+                        // The backend stalled mid-body: its fault, counted as its error.
+                        if let Some(g) = guard.as_ref() {
+                            g.live().record_failure(0);
+                        }
+                        tracing::debug!("backend body made no progress within read_timeout");
+                        release(body, guard)
+                    }
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => release(body, guard),
                     Poll::Pending => {}
                 }

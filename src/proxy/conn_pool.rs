@@ -7,6 +7,10 @@
 //! timeout; each return also looks at the oldest one and drops it if the backend has
 //! closed it, so closed connections do not linger (the look costs no system call).
 //!
+//! Each heartbeat (twice a second) also closes the worker's idle connections that have
+//! been idle for the pool's `keepalive_timeout` or that the backend has closed, so no
+//! socket lingers in CLOSE_WAIT waiting for the next request to notice.
+//!
 //! An idle connection keeps its buffers while it is part of the working set: returned
 //! within the last heartbeat or two (half a second to a second). At each
 //! of its worker's heartbeats the older ones give theirs back ([`heartbeat`]). A
@@ -17,6 +21,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::upstream::UpConn;
 
@@ -33,13 +38,24 @@ thread_local! {
     static BEAT: Cell<u32> = const { Cell::new(0) };
 }
 
-/// One heartbeat of the current worker: counts it, then cools each of
-/// `pools` (the worker's slot in every backend's pool).
-pub fn heartbeat<'a>(pools: impl IntoIterator<Item = &'a ConnPool>) {
+/// How often the worker's heartbeat runs, which is the resolution of the keep-alive
+/// timeout.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// One heartbeat of the current worker: counts it, then sweeps each of `pools` (the
+/// worker's slot in every backend's pool) with that pool's `keepalive_timeout`.
+pub fn heartbeat<'a>(pools: impl IntoIterator<Item = (&'a ConnPool, Duration)>) {
     BEAT.with(|b| b.set(b.get().wrapping_add(1)));
-    for pool in pools {
-        pool.cool();
+    for (pool, keepalive) in pools {
+        pool.sweep(beats(keepalive));
     }
+}
+
+/// Heartbeats in `d`, at least one: a connection idle for that many is closed. Rounded
+/// down, so a connection never stays idle longer than `d`.
+fn beats(d: Duration) -> u32 {
+    let n = d.as_millis() / HEARTBEAT.as_millis();
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
 }
 
 fn beat() -> u32 {
@@ -107,14 +123,22 @@ impl ConnPool {
         }
     }
 
-    /// Frees the buffers of this worker's connections that have been idle since before
-    /// the previous heartbeat (they keep their sockets). Called by [`heartbeat`].
-    fn cool(&self) {
+    /// Closes this worker's connections idle for `max_idle` heartbeats or closed by
+    /// the backend, and frees the buffers of those idle since before the previous
+    /// heartbeat (they keep their sockets). Called by [`heartbeat`].
+    fn sweep(&self, max_idle: u32) {
         let now = beat();
         let Ok(mut idle) = self.slots[slot()].lock() else {
             return;
         };
-        // Oldest first: stop at the first one returned since the previous heartbeat.
+        // Oldest first: the expired ones are at the front.
+        while idle
+            .front()
+            .is_some_and(|(returned, _)| now.wrapping_sub(*returned) >= max_idle)
+        {
+            idle.pop_front();
+        }
+        idle.retain_mut(|(_, c)| c.is_usable());
         for (returned, c) in idle.iter_mut() {
             if now.wrapping_sub(*returned) < 2 {
                 break;
@@ -145,7 +169,7 @@ impl ConnPool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     use tokio::net::TcpListener;
 
     #[tokio::test]
@@ -193,7 +217,8 @@ mod tests {
             peers.push(listener.accept().await.unwrap().0);
             put_warm(&pool, c);
         }
-        heartbeat([&pool]);
+        let long = Duration::from_secs(3600);
+        heartbeat([(&pool, long)]);
         let warm = |pool: &ConnPool| {
             let idle = pool.slots[slot()].lock().unwrap();
             idle.iter().filter(|(_, c)| c.buffer_capacity() > 0).count()
@@ -204,7 +229,7 @@ mod tests {
         for c in reused {
             put_warm(&pool, c);
         }
-        heartbeat([&pool]);
+        heartbeat([(&pool, long)]);
         let mut capacities = Vec::new();
         while let Some(c) = pool.take() {
             capacities.push(c.buffer_capacity());
@@ -214,5 +239,35 @@ mod tests {
         assert_eq!(capacities.len(), 40);
         assert!(capacities[..10].iter().all(|&c| c > 0), "{capacities:?}");
         assert!(capacities[10..].iter().all(|&c| c == 0), "{capacities:?}");
+    }
+
+    #[tokio::test]
+    async fn heartbeats_close_connections_past_keepalive_and_those_the_backend_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ConnPool::new();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let c = UpConn::connect(addr).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            pool.put(c);
+        }
+        // The backend closes one while it is idle: the next beat reaps it, with no
+        // request needed to notice.
+        drop(peers.pop());
+        let keepalive = Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.idle() > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            heartbeat([(&pool, keepalive)]);
+        }
+        assert_eq!(pool.idle(), 2, "the closed connection is reaped");
+        // Idle for the keep-alive timeout (4 beats of 500 ms): closed.
+        for _ in 0..beats(keepalive) {
+            heartbeat([(&pool, keepalive)]);
+        }
+        assert_eq!(pool.idle(), 0);
+        assert_eq!(beats(Duration::from_millis(100)), 1);
+        assert_eq!(beats(Duration::from_millis(4200)), 8);
     }
 }

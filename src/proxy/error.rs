@@ -23,9 +23,13 @@ pub enum ProxyError {
     /// the client's body failed on its way there.
     #[error("backend exchange failed: {0}")]
     Upstream(#[source] super::upstream::UpstreamError),
-    /// The backend's response headers did not arrive within `response_timeout`.
+    /// The backend's response headers did not arrive within `response_timeout` of the
+    /// request being sent (or the backend stopped taking the request for that long).
     #[error("backend response timed out")]
     ResponseTimeout,
+    /// The client's request body made no progress within `client_body_timeout`.
+    #[error("client request body timed out")]
+    ClientBodyTimeout,
     /// The request is malformed or ambiguous and is never forwarded.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -48,14 +52,16 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
-    /// Whether the backend is to blame (counts toward passive ejection).
+    /// Whether the backend is to blame (counts toward passive ejection and its error
+    /// count).
     pub fn is_backend_fault(&self) -> bool {
-        !matches!(self, ProxyError::Upstream(UpstreamError::ClientBody(_)))
+        !self.is_client_fault()
             && matches!(
                 self,
                 ProxyError::Connect(_)
@@ -63,6 +69,18 @@ impl ProxyError {
                     | ProxyError::Upstream(_)
                     | ProxyError::ResponseTimeout
             )
+    }
+
+    /// Whether the client caused it (its body failed or stalled): never the backend's
+    /// fault, and never worth trying another backend.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ClientBodyTimeout
+                | ProxyError::Upstream(
+                    UpstreamError::ClientBody(_) | UpstreamError::ClientBodyTimeout
+                )
+        )
     }
 
     /// The short plain-text response for this error.
@@ -75,10 +93,16 @@ impl ProxyError {
                 "bad gateway\n"
             }
             ProxyError::ResponseTimeout => "gateway timeout\n",
+            ProxyError::ClientBodyTimeout => "request body timed out\n",
             ProxyError::BadRequest(why) => why,
             ProxyError::UnsupportedCoding => "transfer coding not implemented\n",
         };
         let mut r = local_response(status, text);
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // Where the unread rest of the body ends is unknown: the connection closes.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,10 +1,11 @@
 //! Talking to one backend: take a pooled keep-alive connection or open a new one within
-//! `connect_timeout`, send the request, wait for the response head within
-//! `response_timeout`.
+//! `connect_timeout`, send the request, wait for the response head.
 //!
 //! Connections are [`UpConn`]s kept per backend in [`super::conn_pool`]; the exchange
-//! itself is [`super::upstream`]. A failure says whether any of the request reached the
-//! backend, which decides whether it may go to another one.
+//! itself, with its timeouts, is [`super::upstream`]. A failure says whether any of the
+//! request reached the backend, which decides whether it may go to another one, and
+//! whether the connection was found closed before any answer, which lets a reused
+//! connection's request go again on a fresh one (DESIGN §6).
 
 use std::time::Duration;
 
@@ -13,14 +14,37 @@ use http::request::Parts;
 use super::body::UpBody;
 use super::error::ProxyError;
 use super::headers::Forwarded;
-use super::upstream::{Failure, ResponseHead, UpConn};
+use super::upstream::{Failure, Limits, ResponseHead, UpConn, UpstreamError};
 use crate::backend::Backend;
 
+/// A connection for one attempt.
+#[derive(Debug)]
+pub struct Checkout {
+    /// The connection.
+    pub conn: UpConn,
+    /// It came from the idle pool (it has served a request before), so the backend may
+    /// have closed it just now.
+    pub reused: bool,
+}
+
 /// Takes a usable idle connection to `backend`, or opens one.
-pub async fn checkout(backend: &Backend, connect_timeout: Duration) -> Result<UpConn, ProxyError> {
+pub async fn checkout(
+    backend: &Backend,
+    connect_timeout: Duration,
+) -> Result<Checkout, ProxyError> {
     if let Some(conn) = backend.live.conns.take() {
-        return Ok(conn);
+        return Ok(Checkout { conn, reused: true });
     }
+    connect(backend, connect_timeout)
+        .await
+        .map(|conn| Checkout {
+            conn,
+            reused: false,
+        })
+}
+
+/// Opens a fresh connection to `backend` within `connect_timeout`.
+pub async fn connect(backend: &Backend, connect_timeout: Duration) -> Result<UpConn, ProxyError> {
     match tokio::time::timeout(connect_timeout, UpConn::connect(backend.addr)).await {
         Err(_) => Err(ProxyError::ConnectTimeout),
         Ok(Err(e)) => Err(ProxyError::Connect(e)),
@@ -28,9 +52,18 @@ pub async fn checkout(backend: &Backend, connect_timeout: Duration) -> Result<Up
     }
 }
 
-/// The outcome of one send: the response head, or the error and whether the request
-/// reached the backend.
-pub type SendOutcome = Result<ResponseHead, (ProxyError, bool)>;
+/// A failed send: what the client would be told, and what the exchange knew.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// The error.
+    pub error: ProxyError,
+    /// Some of the request reached the backend (or the client's body was consumed).
+    pub delivered: bool,
+    /// The whole request was written.
+    pub written: bool,
+    /// The connection was found closed or reset before any byte of an answer.
+    pub stale: bool,
+}
 
 /// Sends the request on `conn` and waits for the response head.
 pub async fn send(
@@ -38,11 +71,26 @@ pub async fn send(
     parts: &Parts,
     forwarded: &Forwarded,
     body: &mut UpBody,
-    timeout: Duration,
-) -> SendOutcome {
-    match tokio::time::timeout(timeout, conn.exchange(parts, forwarded, body)).await {
-        Err(_) => Err((ProxyError::ResponseTimeout, true)),
-        Ok(Ok(head)) => Ok(head),
-        Ok(Err(Failure { error, delivered })) => Err((ProxyError::Upstream(error), delivered)),
-    }
+    limits: Limits,
+) -> Result<ResponseHead, SendFailure> {
+    conn.exchange(parts, forwarded, body, limits).await.map_err(
+        |Failure {
+             error,
+             delivered,
+             written,
+             stale,
+         }| {
+            let error = match error {
+                UpstreamError::ResponseTimeout => ProxyError::ResponseTimeout,
+                UpstreamError::ClientBodyTimeout => ProxyError::ClientBodyTimeout,
+                e => ProxyError::Upstream(e),
+            };
+            SendFailure {
+                error,
+                delivered,
+                written,
+                stale,
+            }
+        },
+    )
 }

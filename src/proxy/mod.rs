@@ -86,7 +86,11 @@ pub async fn handle(
         Ok(checked) => {
             let client_upgrade = headers::wants_upgrade(req.headers(), checked.present)
                 .then(|| hyper::upgrade::on(&mut req));
-            proxy(shared, pool, conn, client_ip, req, checked, client_upgrade).await
+            let client = Client {
+                ip: client_ip,
+                body_timeout: listener.client_body_timeout,
+            };
+            proxy(shared, pool, conn, client, req, checked, client_upgrade).await
         }
     };
     pool.stats.latency.observe(start.elapsed());
@@ -144,6 +148,15 @@ fn check_request(req: &Request<Incoming>) -> Result<Checked, ProxyError> {
     Ok(checked)
 }
 
+/// The client as one request sees it.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    /// Its address (after PROXY protocol and trusted X-Forwarded-For).
+    ip: IpAddr,
+    /// Its listener's `client_body_timeout`.
+    body_timeout: std::time::Duration,
+}
+
 /// What the first look at a request found.
 struct Checked {
     /// Its Host header, looked up once.
@@ -172,11 +185,12 @@ async fn proxy(
     shared: &Shared,
     pool: &Pool,
     conn: &ConnInfo,
-    client_ip: IpAddr,
+    client: Client,
     req: Request<Incoming>,
     checked: Checked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<DownBody>, Option<Arc<str>>) {
+    let client_ip = client.ip;
     let Checked {
         host: header_host,
         present,
@@ -210,6 +224,10 @@ async fn proxy(
         crate::config::BalancerKind::CookieAffinity => now_secs(),
         _ => 0,
     };
+    let limits = upstream::Limits {
+        response: pool.response_timeout,
+        client_body: client.body_timeout,
+    };
     let mut tried = Tried::new();
     let mut last_err = ProxyError::NoBackend;
     for attempt in 0..=pool.retries {
@@ -229,23 +247,37 @@ async fn proxy(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut conn = match forward::checkout(chosen.backend, pool.connect_timeout).await {
-            Ok(conn) => conn,
+        let checkout = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+            Ok(c) => c,
             Err(e) => {
                 note_failure(pool, &chosen, &e);
                 last_err = e;
                 continue;
             }
         };
-        match forward::send(
-            &mut conn,
-            &parts,
-            &forwarded,
-            &mut body,
-            pool.response_timeout,
-        )
-        .await
-        {
+        let (mut conn, mut reused) = (checkout.conn, checkout.reused);
+        let sent = loop {
+            let sent = forward::send(&mut conn, &parts, &forwarded, &mut body, limits).await;
+            match sent {
+                // A reused connection the backend had closed (its keep-alive timeout
+                // raced ours) goes again once on a fresh one to the same backend: not
+                // a backend failure, and no retry spent (DESIGN §6). The request must
+                // be re-sendable: bodiless, and idempotent or not written whole.
+                Err(f) if reused && f.stale && bodiless && (replayable || !f.written) => {
+                    reused = false;
+                    pool.stats
+                        .stale_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match forward::connect(chosen.backend, pool.connect_timeout).await {
+                        Ok(fresh) => conn = fresh,
+                        Err(e) => break Err((e, false)),
+                    }
+                }
+                Err(f) => break Err((f.error, f.delivered)),
+                Ok(head) => break Ok(head),
+            }
+        };
+        match sent {
             Ok(head) => {
                 // The request's header map is done with: the next response head of
                 // this worker is parsed into it.
@@ -257,7 +289,8 @@ async fn proxy(
             Err((e, delivered)) => {
                 note_failure(pool, &chosen, &e);
                 let resend = !delivered || replayable;
-                if matches!(e, ProxyError::ResponseTimeout) || !resend {
+                let final_answer = matches!(e, ProxyError::ResponseTimeout) || e.is_client_fault();
+                if final_answer || !resend {
                     return (e.response(), Some(Arc::clone(&chosen.backend.name)));
                 }
                 last_err = e;
@@ -275,6 +308,15 @@ async fn proxy(
 /// Counts a failed attempt against its backend and ejects it when the streak is long
 /// enough.
 fn note_failure(pool: &Pool, chosen: &Chosen<'_>, e: &ProxyError) {
+    if e.is_client_fault() {
+        // The client's doing: no status, error or ejection mark for the backend.
+        if matches!(e, ProxyError::ClientBodyTimeout) {
+            crate::stats::CLIENT_EVENTS
+                .body_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return;
+    }
     let live = &chosen.backend.live;
     live.record_status(e.status().as_u16());
     if !e.is_backend_fault() {
@@ -335,7 +377,12 @@ fn respond(
         DownBody::empty()
     } else {
         DownBody::Backend {
-            body: upstream::UpstreamBody::new(conn, head.framing, head.keep_alive),
+            body: upstream::UpstreamBody::new(
+                conn,
+                head.framing,
+                head.keep_alive,
+                pool.read_timeout,
+            ),
             guard: Some(chosen.guard),
             log: None,
         }

@@ -1,5 +1,7 @@
 //! Client-connection timeouts: `header_timeout` (from a request's first byte to the end
-//! of its headers: the slowloris guard) and `idle_timeout` (no request in progress).
+//! of its headers: the slowloris guard), `idle_timeout` (no request in progress) and
+//! `send_timeout` (a write to the client that has made no progress for that long: a
+//! client that stops reading must not hold its backend's slot).
 //!
 //! hyper's own header timer starts while a keep-alive connection waits idle and
 //! allocates a timer per request, so maitred keeps its own clock: the I/O wrapper
@@ -23,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::head_scan::{HeadProblem, HeadScan};
+use super::http_conn::Timeouts;
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
 use crate::proxy::upstream::UpstreamError;
@@ -41,8 +44,10 @@ pub struct Activity {
     head_started: AtomicU64,
     /// The head scanner's verdict on the current head: 0 = fine, else a [`HeadProblem`].
     head_problem: AtomicU8,
-    /// The last write to the client could not complete: hyper still holds bytes to send.
-    write_blocked: AtomicBool,
+    /// [`clock_ms`] when a write to the client last had to wait and has not completed
+    /// since (hyper still holds bytes to send); 0 = none. The clock is read only when a
+    /// write starts waiting.
+    write_blocked_since: AtomicU64,
     /// The connection is being parked: shutting the I/O down must leave it open.
     parking: AtomicBool,
 }
@@ -65,6 +70,8 @@ pub enum Verdict {
     Park,
     /// A request head took too long: close at once.
     HeaderTimeout,
+    /// A write to the client made no progress for `send_timeout`: close at once.
+    SendTimeout,
 }
 
 impl Activity {
@@ -75,7 +82,7 @@ impl Activity {
             last_end: AtomicU64::new(clock_ms()),
             head_started: AtomicU64::new(0),
             head_problem: AtomicU8::new(0),
-            write_blocked: AtomicBool::new(false),
+            write_blocked_since: AtomicU64::new(0),
             parking: AtomicBool::new(false),
         })
     }
@@ -113,7 +120,13 @@ impl Activity {
     /// A write to the client completed (`false`) or must wait (`true`).
     #[inline]
     fn note_write(&self, blocked: bool) {
-        self.write_blocked.store(blocked, Ordering::Relaxed);
+        let since = self.write_blocked_since.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_since
+                .store(clock_ms(), Ordering::Relaxed);
+        } else if !blocked && since != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A request's head is complete and the service runs.
@@ -132,6 +145,11 @@ impl Activity {
         self.parking.store(parking, Ordering::Relaxed);
     }
 
+    /// Whether a request is in progress.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
     /// [`clock_ms`] when the last request ended (or the connection opened).
     pub fn last_end(&self) -> u64 {
         self.last_end.load(Ordering::Relaxed)
@@ -139,19 +157,23 @@ impl Activity {
 
     /// The watchdog's decision at `now` for these timeouts; `park` says whether this
     /// connection may be parked (HTTP/1).
-    pub fn verdict(
-        &self,
-        now: u64,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-        park: bool,
-    ) -> Verdict {
-        let idle_ms = idle_timeout.as_millis() as u64;
+    pub(super) fn verdict(&self, now: u64, timeouts: &Timeouts, park: bool) -> Verdict {
+        let idle_ms = timeouts.idle.as_millis() as u64;
         let park_ms = PARK_AFTER.as_millis() as u64;
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         if self.active.load(Ordering::Relaxed) > 0 {
+            let send_ms = timeouts.send.as_millis() as u64;
+            if blocked != 0 && now >= blocked.saturating_add(send_ms) {
+                return Verdict::SendTimeout;
+            }
             let next = if park { park_ms.min(idle_ms) } else { idle_ms };
-            return Verdict::WaitUntil(now + next);
+            let next = now + next.min(send_ms);
+            if blocked != 0 {
+                return Verdict::WaitUntil(next.min(blocked.saturating_add(send_ms)));
+            }
+            return Verdict::WaitUntil(next);
         }
+        let header_timeout = timeouts.header;
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 {
             let deadline = head + header_timeout.as_millis() as u64;
@@ -167,7 +189,7 @@ impl Activity {
             return Verdict::Idle;
         }
         if park {
-            if self.write_blocked.load(Ordering::Relaxed) {
+            if blocked != 0 {
                 return Verdict::WaitUntil(deadline.min(now + park_ms));
             }
             let park_at = last_end + park_ms;
@@ -326,8 +348,12 @@ impl Body for ConnBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r {
-            this.active.take();
+        match &r {
+            Poll::Ready(None) => {
+                this.active.take();
+            }
+            Poll::Ready(Some(_)) => super::stream_clock::progressed(),
+            Poll::Pending => super::stream_clock::waiting_on_backend(),
         }
         r
     }
@@ -345,61 +371,88 @@ impl Body for ConnBody {
 mod tests {
     use super::*;
 
+    fn timeouts(header_ms: u64, idle_ms: u64) -> Timeouts {
+        Timeouts {
+            header: Duration::from_millis(header_ms),
+            idle: Duration::from_millis(idle_ms),
+            send: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn a_write_blocked_longer_than_send_timeout_aborts_only_while_a_request_runs() {
+        let a = Activity::new();
+        let t = timeouts(100, 60_000);
+        let g = a.begin();
+        a.note_write(true);
+        let since = a.write_blocked_since.load(Ordering::Relaxed);
+        assert_eq!(
+            a.verdict(since + 100, &t, true),
+            Verdict::WaitUntil(since + 100 + PARK_AFTER.as_millis() as u64)
+        );
+        assert_eq!(
+            a.verdict(since + 499, &t, false),
+            Verdict::WaitUntil(since + 500)
+        );
+        assert_eq!(a.verdict(since + 500, &t, true), Verdict::SendTimeout);
+        // Progress resets it.
+        a.note_write(false);
+        assert!(matches!(
+            a.verdict(since + 500, &t, true),
+            Verdict::WaitUntil(_)
+        ));
+        drop(g);
+    }
+
     #[test]
     fn verdicts_follow_the_connection_phase() {
         let a = Activity::new();
-        let (hdr, idle) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let t = timeouts(100, 1000);
         let now = clock_ms();
-        assert!(matches!(
-            a.verdict(now, hdr, idle, false),
-            Verdict::WaitUntil(_)
-        ));
-        assert_eq!(a.verdict(now + 2000, hdr, idle, false), Verdict::Idle);
+        assert!(matches!(a.verdict(now, &t, false), Verdict::WaitUntil(_)));
+        assert_eq!(a.verdict(now + 2000, &t, false), Verdict::Idle);
         assert!(a.on_read());
         assert_eq!(
-            a.verdict(clock_ms() + 200, hdr, idle, false),
+            a.verdict(clock_ms() + 200, &t, false),
             Verdict::HeaderTimeout
         );
         let g = a.begin();
         assert!(matches!(
-            a.verdict(now + 5000, hdr, idle, false),
+            a.verdict(now + 5000, &t, false),
             Verdict::WaitUntil(_)
         ));
         drop(g);
-        assert_eq!(
-            a.verdict(clock_ms() + 2000, hdr, idle, false),
-            Verdict::Idle
-        );
+        assert_eq!(a.verdict(clock_ms() + 2000, &t, false), Verdict::Idle);
     }
 
     #[test]
     fn idle_http1_connections_park_after_the_delay_unless_a_write_waits() {
         let a = Activity::new();
-        let (hdr, idle) = (Duration::from_millis(100), Duration::from_secs(60));
+        let t = timeouts(100, 60_000);
         let end = a.last_end();
         let park_ms = PARK_AFTER.as_millis() as u64;
         assert_eq!(
-            a.verdict(end + 1, hdr, idle, true),
+            a.verdict(end + 1, &t, true),
             Verdict::WaitUntil(end + park_ms)
         );
-        assert_eq!(a.verdict(end + park_ms, hdr, idle, true), Verdict::Park);
+        assert_eq!(a.verdict(end + park_ms, &t, true), Verdict::Park);
         assert!(matches!(
-            a.verdict(end + park_ms, hdr, idle, false),
+            a.verdict(end + park_ms, &t, false),
             Verdict::WaitUntil(_)
         ));
         a.note_write(true);
         assert!(matches!(
-            a.verdict(end + park_ms, hdr, idle, true),
+            a.verdict(end + park_ms, &t, true),
             Verdict::WaitUntil(_)
         ));
         a.note_write(false);
         let g = a.begin();
         assert!(matches!(
-            a.verdict(end + 10 * park_ms, hdr, idle, true),
+            a.verdict(end + 10 * park_ms, &t, true),
             Verdict::WaitUntil(_)
         ));
         drop(g);
         let end = a.last_end();
-        assert_eq!(a.verdict(end + 60_000, hdr, idle, true), Verdict::Idle);
+        assert_eq!(a.verdict(end + 60_000, &t, true), Verdict::Idle);
     }
 }

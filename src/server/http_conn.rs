@@ -13,6 +13,7 @@
 //! socket.
 
 use std::future::Future;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -22,15 +23,18 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{HttpService, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::conn_clock::{Activity, ConnBody, TimedIo, Verdict};
+use super::conn_clock::{Activity, ConnBody, PARK_AFTER, TimedIo, Verdict};
+use super::conn_limit::ConnPermit;
 use super::listener::{CloseSignals, Proto};
 use super::park_lot::{self, Parkable, Parking};
+use super::peer_close;
+use super::stream_clock::{self, StreamExec};
 use super::wake_gate::Gate;
 use crate::backend::clock_ms;
 use crate::proxy::{self, ConnInfo};
@@ -58,8 +62,16 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// The connection's timeouts: `header_timeout` and `idle_timeout`.
-pub(super) type Timeouts = (Duration, Duration);
+/// A client connection's timeouts, from its listener.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    /// `header_timeout`: from a request's first byte to the end of its head.
+    pub header: Duration,
+    /// `idle_timeout`: no request in progress.
+    pub idle: Duration,
+    /// `send_timeout`: no progress writing a response.
+    pub send: Duration,
+}
 
 /// What a client connection keeps for its whole life, parked or served.
 #[derive(Debug)]
@@ -68,12 +80,14 @@ pub(super) struct Conn {
     pub shared: Arc<Shared>,
     /// The client connection as the proxy sees it.
     pub info: Arc<ConnInfo>,
-    /// Its listener's header and idle timeouts.
+    /// Its listener's timeouts.
     pub timeouts: Timeouts,
     /// What makes it finish.
     pub close: CloseSignals,
     /// Counts it among the connections a graceful shutdown waits for.
     pub tracked: Tracked,
+    /// Its place under the listener's `max_connections`.
+    pub permit: ConnPermit,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends or
@@ -100,7 +114,17 @@ pub(super) fn serve_http<IO: Parkable>(
             async move {
                 let resp = match head_problem {
                     Some(p) if req.version() <= http::Version::HTTP_11 => proxy::refuse_head(p),
-                    _ => proxy::handle(&shared, &info, req).await,
+                    _ => {
+                        let mut handling = pin!(proxy::handle(&shared, &info, req));
+                        std::future::poll_fn(|cx| {
+                            let r = handling.as_mut().poll(cx);
+                            if r.is_pending() {
+                                stream_clock::waiting_on_backend();
+                            }
+                            r
+                        })
+                        .await
+                    }
                 };
                 Ok::<_, std::convert::Infallible>(resp.map(|b| ConnBody::new(b, active)))
             }
@@ -113,6 +137,7 @@ pub(super) fn serve_http<IO: Parkable>(
                     activity: &activity,
                     timeouts,
                     park: true,
+                    socket: Some(io.socket().as_raw_fd()),
                 };
                 serve_http1(io, service, on, conn, watchdog).await
             }
@@ -125,16 +150,20 @@ pub(super) fn serve_http<IO: Parkable>(
                         activity: &activity,
                         timeouts,
                         park: false,
+                        socket: None,
                     };
                     let (close, watchdog) = (&mut conn.close, &mut watchdog);
+                    let exec = StreamExec {
+                        send_timeout: timeouts.send,
+                    };
                     if multiplexed == Proto::Http2 {
-                        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        let conn = hyper::server::conn::http2::Builder::new(exec)
                             .max_concurrent_streams(MAX_STREAMS)
                             .serve_connection(io, service);
                         on.drive(pin!(conn), |c| c.graceful_shutdown(), close, watchdog)
                             .await;
                     } else {
-                        let mut builder = auto::Builder::new(TokioExecutor::new());
+                        let mut builder = auto::Builder::new(exec);
                         builder.http1().half_close(true).keep_alive(true);
                         builder.http2().max_concurrent_streams(MAX_STREAMS);
                         let conn = builder.serve_connection_with_upgrades(io, service);
@@ -205,7 +234,7 @@ where
             // With bytes hyper read but did not parse (a request is starting) the
             // connection is served on by this task; without, it is parked.
             if replay.is_empty() {
-                let idle_ms = on.timeouts.1.as_millis() as u64;
+                let idle_ms = on.timeouts.idle.as_millis() as u64;
                 let deadline = activity.last_end().saturating_add(idle_ms);
                 match park_lot::park(io, conn, deadline) {
                     Parking::Parked => return,
@@ -251,7 +280,7 @@ where
 enum Event {
     /// Finish gracefully: shutdown, listener retired, or idle too long.
     Finish,
-    /// Close at once: a request head took too long.
+    /// Close at once: a request head took too long, or the client stopped reading.
     Abort,
     /// Idle long enough to park.
     Park,
@@ -273,6 +302,9 @@ struct Watch<'a> {
     timeouts: Timeouts,
     /// Whether an idle connection may be parked (HTTP/1 only).
     park: bool,
+    /// The socket, watched for the client leaving while a request is at the backend
+    /// (HTTP/1 only: HTTP/2 reads all along and cancels streams itself).
+    socket: Option<RawFd>,
 }
 
 impl Watch<'_> {
@@ -336,21 +368,52 @@ impl Watch<'_> {
         .await
     }
 
+    /// Whether the client has closed its connection while a request has been in
+    /// progress for at least a tick.
+    fn client_left(&self, now: u64, active_since: &mut Option<u64>) -> bool {
+        let Some(fd) = self.socket else {
+            return false;
+        };
+        if !self.activity.is_active() {
+            *active_since = None;
+            return false;
+        }
+        let since = *active_since.get_or_insert(now);
+        now.saturating_sub(since) >= PARK_AFTER.as_millis() as u64 && peer_close::closed(fd)
+    }
+
     /// The connection's side events: close signals and the watchdog's verdicts.
     async fn side_events(self, close: &mut CloseSignals, watchdog: &mut Pin<Box<Sleep>>) -> Event {
-        let (header_timeout, idle_timeout) = self.timeouts;
+        // When a request was first seen in progress at a tick, for the client-gone
+        // check: a request younger than one tick is left alone, so a client that
+        // half-closes after sending gets its quick answer.
+        let mut active_since: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = close.wait() => return Event::Finish,
                 _ = watchdog.as_mut() => {
                     let now = clock_ms();
-                    match self.activity.verdict(now, header_timeout, idle_timeout, self.park) {
+                    if self.client_left(now, &mut active_since) {
+                        crate::stats::CLIENT_EVENTS
+                            .aborted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!("client closed its connection while its request was at the backend; cancelled");
+                        return Event::Abort;
+                    }
+                    match self.activity.verdict(now, &self.timeouts, self.park) {
                         Verdict::WaitUntil(t) => {
                             let wait = Duration::from_millis(t.saturating_sub(now).max(1));
                             watchdog.as_mut().reset(tokio::time::Instant::now() + wait);
                         }
                         Verdict::Idle => return Event::Finish,
                         Verdict::HeaderTimeout => return Event::Abort,
+                        Verdict::SendTimeout => {
+                            crate::stats::CLIENT_EVENTS
+                                .send_timeouts
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!("client made no progress reading its response within send_timeout");
+                            return Event::Abort;
+                        }
                         Verdict::Park => return Event::Park,
                     }
                 }

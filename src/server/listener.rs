@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::http_conn::{Conn, serve_http};
+use super::conn_limit::ConnPermit;
+use super::http_conn::{Conn, Timeouts, serve_http};
 use super::proxy_protocol;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
@@ -37,7 +38,18 @@ pub async fn accept_loop(
 ) {
     let mut shutting = shutdown.clone();
     let retired = stop.clone();
+    let limit = match shared.live.load().listener(&name) {
+        Some(l) => Arc::clone(&l.conn_limit),
+        None => return,
+    };
     loop {
+        // A place under `max_connections` first: without one, connections wait in the
+        // kernel's accept queue.
+        let permit = tokio::select! {
+            p = limit.acquire() => p,
+            _ = crate::shutdown::flag_set(&mut stop) => break,
+            _ = shutting.wait() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -50,6 +62,7 @@ pub async fn accept_loop(
                         stream,
                         peer,
                         close,
+                        permit,
                     );
                     tokio::spawn(conn);
                 }
@@ -97,6 +110,7 @@ fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     close: CloseSignals,
+    permit: ConnPermit,
 ) -> impl Future<Output = ()> {
     // A plain fn around an async block: its arguments are stored once, not twice as an
     // async fn's are, which keeps every connection's task smaller.
@@ -108,16 +122,17 @@ fn serve_connection(
             let Some(l) = snap.listener(&listener) else {
                 return;
             };
-            (
-                (l.header_timeout, l.idle_timeout),
-                l.proxy_protocol,
-                l.tls.clone(),
-            )
+            let timeouts = Timeouts {
+                header: l.header_timeout,
+                idle: l.idle_timeout,
+                send: l.send_timeout,
+            };
+            (timeouts, l.proxy_protocol, l.tls.clone())
         };
         let mut peer_ip = peer.ip().to_canonical();
         if proxy_protocol {
             // Boxed: its buffer would otherwise size every connection's task.
-            match Box::pin(proxy_protocol::read_header(&mut stream, timeouts.0)).await {
+            match Box::pin(proxy_protocol::read_header(&mut stream, timeouts.header)).await {
                 Ok(Some(src)) => peer_ip = src.ip().to_canonical(),
                 Ok(None) => {}
                 Err(e) => {
@@ -132,10 +147,11 @@ fn serve_connection(
             timeouts,
             close,
             tracked,
+            permit,
         };
         match tls {
             None => {
-                let proto = match tokio::time::timeout(timeouts.0, sniff(&stream)).await {
+                let proto = match tokio::time::timeout(timeouts.header, sniff(&stream)).await {
                     Ok(Some(p)) => p,
                     _ => return,
                 };
@@ -151,7 +167,7 @@ fn serve_connection(
 /// Terminates TLS on a client connection, then serves HTTP on it.
 async fn serve_tls(conn: Conn, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
     let accept = TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(conn.timeouts.0, accept).await {
+    match tokio::time::timeout(conn.timeouts.header, accept).await {
         Ok(Ok(tls_stream)) => {
             let proto = match tls_stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Proto::Http2,
@@ -215,7 +231,15 @@ mod tests {
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
         let close = CloseSignals { stop: stop.clone() };
-        let task = serve_connection(Arc::clone(&shared), Arc::from("l"), stream, peer, close);
+        let permit = crate::server::conn_limit::ConnLimit::new(0).acquire().await;
+        let task = serve_connection(
+            Arc::clone(&shared),
+            Arc::from("l"),
+            stream,
+            peer,
+            close,
+            permit,
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "connection future is {size} bytes");
         drop((task, client));

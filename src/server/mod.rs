@@ -3,12 +3,15 @@
 
 pub mod client_ip;
 pub mod conn_clock;
+pub mod conn_limit;
 pub mod head_scan;
 mod heap_trim;
 mod http_conn;
 pub mod listener;
 mod park_lot;
+mod peer_close;
 pub mod proxy_protocol;
+mod stream_clock;
 pub mod tls;
 mod wake_gate;
 pub mod workers;

@@ -28,8 +28,9 @@ use atomic_waker::AtomicWaker;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
+use super::conn_limit::ConnPermit;
 use super::heap_trim;
-use super::http_conn::{ClientStream, Conn, resume_conn};
+use super::http_conn::{ClientStream, Conn, Timeouts, resume_conn};
 use super::listener::CloseSignals;
 use crate::backend::clock_ms;
 use crate::proxy::ConnInfo;
@@ -98,9 +99,11 @@ struct Parked<IO> {
     io: IO,
     shared: Arc<Shared>,
     info: ConnInfo,
-    /// The header and idle timeouts in milliseconds, kept small.
-    timeouts_ms: [u32; 2],
+    /// The header, idle and send timeouts in milliseconds, kept small.
+    timeouts_ms: [u32; 3],
     tracked: Tracked,
+    /// Its place under the listener's `max_connections`: a parked connection counts.
+    permit: ConnPermit,
     /// Which of the lot's close watchers covers its listener.
     watcher: u32,
 }
@@ -234,8 +237,13 @@ impl<IO: Parkable> Lot<IO> {
             shared: conn.shared,
             // The service's copy goes when the connection task ends.
             info: Arc::unwrap_or_clone(conn.info),
-            timeouts_ms: [compact(conn.timeouts.0), compact(conn.timeouts.1)],
+            timeouts_ms: [
+                compact(conn.timeouts.header),
+                compact(conn.timeouts.idle),
+                compact(conn.timeouts.send),
+            ],
             tracked: conn.tracked,
+            permit: conn.permit,
             watcher,
         });
         self.parked += 1;
@@ -295,12 +303,14 @@ impl<IO: Parkable> Lot<IO> {
             let conn = Conn {
                 shared: p.shared,
                 info: Arc::new(p.info),
-                timeouts: (
-                    Duration::from_millis(p.timeouts_ms[0].into()),
-                    Duration::from_millis(p.timeouts_ms[1].into()),
-                ),
+                timeouts: Timeouts {
+                    header: Duration::from_millis(p.timeouts_ms[0].into()),
+                    idle: Duration::from_millis(p.timeouts_ms[1].into()),
+                    send: Duration::from_millis(p.timeouts_ms[2].into()),
+                },
                 close: self.watchers[p.watcher as usize].signal.clone(),
                 tracked: p.tracked,
+                permit: p.permit,
             };
             tokio::spawn(resume_conn(conn, p.io));
         }

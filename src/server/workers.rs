@@ -102,9 +102,10 @@ impl Workers {
 /// registered that is due before the driver's next planned wake-up. Every request
 /// registers a response timeout; with a heartbeat always due sooner than those, the
 /// driver is never interrupted for them. Costs two wake-ups a second per worker. Each
-/// beat also frees the buffers of this worker's backend connections that have stayed
-/// idle since the one before ([`conn_pool::heartbeat`]).
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// beat also closes this worker's backend connections idle past `keepalive_timeout`
+/// or closed by the backend, and frees the buffers of those that have stayed idle
+/// since the one before ([`conn_pool::heartbeat`]).
+const HEARTBEAT: std::time::Duration = conn_pool::HEARTBEAT;
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shutdown: Shutdown) {
     let beating = Arc::clone(&shared);
@@ -114,11 +115,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shut
         loop {
             beat.tick().await;
             let snap = beating.live.load();
-            conn_pool::heartbeat(
-                snap.pools
+            conn_pool::heartbeat(snap.pools.iter().flat_map(|pool| {
+                let keepalive = pool.keepalive_timeout;
+                pool.backends
                     .iter()
-                    .flat_map(|pool| pool.backends.iter().map(|b| &b.live.conns)),
-            );
+                    .map(move |b| (&b.live.conns, keepalive))
+            }));
         }
     });
     while let Some(cmd) = rx.recv().await {

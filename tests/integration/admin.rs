@@ -4,6 +4,7 @@
 //! dashboard in a headless browser have their own files below.
 
 mod dashboard;
+mod guard;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -30,15 +31,33 @@ pub fn admin_addr(d: &maitred::app::Daemon) -> SocketAddr {
     d.admin_addr().expect("admin listener is running")
 }
 
+/// A GET to the admin listener, with its address as Host (as curl sends it).
 pub async fn admin_get(d: &maitred::app::Daemon, path: &str) -> Reply {
-    Client::connect(admin_addr(d)).await.get(path, &[]).await
-}
-
-pub async fn admin_post(d: &maitred::app::Daemon, path: &str, auth: Option<&str>) -> Reply {
-    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    let host = admin_addr(d).to_string();
     Client::connect(admin_addr(d))
         .await
-        .send("POST", path, &headers, Bytes::new())
+        .get(path, &[("host", &host)])
+        .await
+}
+
+/// A POST to the admin listener, with its address as Host and no Origin (as curl).
+pub async fn admin_post(d: &maitred::app::Daemon, path: &str, auth: Option<&str>) -> Reply {
+    let host = admin_addr(d).to_string();
+    let mut headers = vec![("host", host.as_str())];
+    headers.extend(auth.map(|a| ("authorization", a)));
+    admin_send(d, "POST", path, &headers).await
+}
+
+/// Any request to the admin listener, with exactly the headers given.
+pub async fn admin_send(
+    d: &maitred::app::Daemon,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    Client::connect(admin_addr(d))
+        .await
+        .send(method, path, headers, Bytes::new())
         .await
         .unwrap()
 }

@@ -10,16 +10,6 @@ use maitred::app::Daemon;
 
 use crate::common::*;
 
-fn in_flight(d: &Daemon) -> u32 {
-    d.shared()
-        .live
-        .load()
-        .pools
-        .iter()
-        .map(|p| p.in_flight())
-        .sum()
-}
-
 async fn no_leak(d: &Daemon, what: &str) {
     assert!(
         wait_until(DEADLINE, || async { in_flight(d) == 0 }).await,

@@ -28,6 +28,17 @@ use maitred::config;
 /// Generous deadline for conditions on a noisy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Requests in flight on every pool of the daemon.
+pub fn in_flight(d: &Daemon) -> u32 {
+    d.shared()
+        .live
+        .load()
+        .pools
+        .iter()
+        .map(|p| p.in_flight())
+        .sum()
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
@@ -361,6 +372,7 @@ impl Client {
         Client { sender }
     }
 
+    /// `headers` may name a Host; `test.local` otherwise.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send("GET", path, headers, Bytes::new()).await.unwrap()
     }
@@ -391,10 +403,10 @@ impl Client {
         body: Bytes,
     ) -> Result<Reply, hyper::Error> {
         self.sender.ready().await?;
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "test.local");
+        let mut b = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", "test.local");
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }

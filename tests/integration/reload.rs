@@ -1,5 +1,7 @@
 //! Hot reload: nothing a client does may notice, except the new config.
 
+mod safety;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -287,6 +289,7 @@ async fn admin_reload_answers_with_the_report_and_refuses_bad_files() {
     );
     let d = start_daemon_file(&path).await;
     let admin = d.admin_addr().unwrap();
+    let host = admin.to_string();
     write(
         &path,
         &with_admin(
@@ -297,7 +300,12 @@ async fn admin_reload_answers_with_the_report_and_refuses_bad_files() {
     );
     let mut c = Client::connect(admin).await;
     let dry = c
-        .send("POST", "/reload?dry_run=true", &[], bytes::Bytes::new())
+        .send(
+            "POST",
+            "/reload?dry_run=true",
+            &[("host", &host)],
+            bytes::Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(dry.status, 200, "{}", dry.body);
@@ -325,7 +333,7 @@ async fn admin_reload_answers_with_the_report_and_refuses_bad_files() {
     );
 
     let real = c
-        .send("POST", "/reload", &[], bytes::Bytes::new())
+        .send("POST", "/reload", &[("host", &host)], bytes::Bytes::new())
         .await
         .unwrap();
     assert_eq!(real.status, 200);
@@ -342,7 +350,7 @@ async fn admin_reload_answers_with_the_report_and_refuses_bad_files() {
         "[[listener]]\nname = 1\n\n[pool.x]\nbalancer = \"nope\"\nbackends = []\n",
     );
     let bad = c
-        .send("POST", "/reload", &[], bytes::Bytes::new())
+        .send("POST", "/reload", &[("host", &host)], bytes::Bytes::new())
         .await
         .unwrap();
     assert_eq!(bad.status, 422);

@@ -4,13 +4,21 @@
 //! (chunk extensions and trailers are dropped: the client's side frames the body
 //! anew); close-delimited bodies run until the backend closes. When a body ends exactly
 //! where its framing says, the connection is handed back for reuse.
+//!
+//! A backend that stops sending mid-body is cut after the pool's `read_timeout` without
+//! progress. The timer exists only once a read has had to wait, so a body that arrives
+//! with its head costs nothing; it is polled only while the client side is asking for
+//! more, so a client that stops reading is never mistaken for a stalled backend.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
 
 use super::response::BodyFraming;
 use super::{UpConn, UpstreamError};
@@ -50,11 +58,22 @@ pub struct UpstreamBody {
     /// An error held back for one poll, so what was already passed on reaches the
     /// client before the connection is cut.
     failed: Option<UpstreamError>,
+    /// No progress reading for this long cuts the body.
+    read_timeout: Duration,
+    /// The read timer, made the first time a read waits.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Bytes arrived since the read timer was last set.
+    progressed: bool,
 }
 
 impl UpstreamBody {
     /// The body of a response just read on `conn`.
-    pub fn new(conn: UpConn, framing: BodyFraming, keep_alive: bool) -> UpstreamBody {
+    pub fn new(
+        conn: UpConn,
+        framing: BodyFraming,
+        keep_alive: bool,
+        read_timeout: Duration,
+    ) -> UpstreamBody {
         let state = match framing {
             BodyFraming::Length(0) => State::Done,
             BodyFraming::Length(n) => State::Length(n),
@@ -66,7 +85,24 @@ impl UpstreamBody {
             state,
             keep_alive,
             failed: None,
+            read_timeout,
+            stall: None,
+            progressed: false,
         }
+    }
+
+    /// A read had to wait: whether `read_timeout` has passed without progress. Sets
+    /// the timer on the first wait and after progress; otherwise polls it.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        match &mut self.stall {
+            None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(t) if std::mem::take(&mut self.progressed) => t.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.stall
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
     /// The connection, if the body is complete and the connection can carry another
@@ -220,14 +256,21 @@ impl Body for UpstreamBody {
                 }
                 _ => MIN_READ,
             };
-            match ready!(fill(conn, cx, want)) {
+            let filled = match fill(conn, cx, want) {
+                Poll::Ready(r) => r,
+                Poll::Pending if this.stalled(cx) => {
+                    return this.fail(UpstreamError::ReadTimeout, cx);
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match filled {
                 Ok(0) if this.state == State::Close => {
                     this.state = State::Done;
                     this.keep_alive = false;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return this.fail(UpstreamError::Truncated, cx),
-                Ok(_) => {}
+                Ok(_) => this.progressed = true,
                 Err(e) => return this.fail(UpstreamError::Io(e), cx),
             }
         }
@@ -253,6 +296,8 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tokio::io::AsyncWriteExt as _;
     use tokio::net::TcpListener;
+
+    const LONG: Duration = Duration::from_secs(60);
 
     /// A connection whose backend sends `bytes` (in pieces of `piece` bytes) and then
     /// keeps the socket open (or closes it with `close`).
@@ -287,7 +332,7 @@ mod tests {
     async fn length_body_ends_exactly_and_gives_the_connection_back() {
         for piece in [1, 3, 64] {
             let conn = conn_sending(b"hello world", piece, false).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Length(11), true);
+            let mut body = UpstreamBody::new(conn, BodyFraming::Length(11), true, LONG);
             assert_eq!(body.size_hint().exact(), Some(11));
             assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
             assert!(body.is_end_stream());
@@ -301,7 +346,7 @@ mod tests {
             b"5;ext=1\r\nhello\r\n1\r\n \r\nA\nworld-0123\r\n0\r\nX-Trailer: 1\r\n\r\n";
         for piece in [1, 2, 7, 1024] {
             let conn = conn_sending(WIRE, piece, false).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true);
+            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true, LONG);
             assert_eq!(read_all(&mut body).await.unwrap(), b"hello world-0123");
             assert!(body.take_reusable().is_some(), "piece {piece}");
         }
@@ -310,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn close_delimited_body_runs_to_eof_and_is_not_reused() {
         let conn = conn_sending(b"all of it", 4, true).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Close, false);
+        let mut body = UpstreamBody::new(conn, BodyFraming::Close, false, LONG);
         assert_eq!(read_all(&mut body).await.unwrap(), b"all of it");
         assert!(body.take_reusable().is_none());
     }
@@ -318,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn truncated_and_malformed_bodies_are_errors() {
         let conn = conn_sending(b"short", 5, true).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true);
+        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true, LONG);
         assert!(matches!(
             read_all(&mut body).await,
             Err(UpstreamError::Truncated)
@@ -330,7 +375,7 @@ mod tests {
             b"5\r\nhel",
         ] {
             let conn = conn_sending(wire, 64, true).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true);
+            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true, LONG);
             assert!(read_all(&mut body).await.is_err());
             assert!(body.take_reusable().is_none());
         }
@@ -339,9 +384,26 @@ mod tests {
     #[tokio::test]
     async fn extra_bytes_after_the_body_make_the_connection_unusable() {
         let conn = conn_sending(b"abcEXTRA", 64, false).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Length(3), true);
+        let mut body = UpstreamBody::new(conn, BodyFraming::Length(3), true, LONG);
         // One write on loopback arrives in one read: the body is its first 3 bytes.
         assert_eq!(read_all(&mut body).await.unwrap(), b"abc");
+        assert!(body.take_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_stalls_mid_body_is_cut_after_read_timeout() {
+        // 5 of 10 bytes, then the backend keeps the socket open and sends nothing.
+        let conn = conn_sending(b"hello", 5, false).await;
+        let timeout = Duration::from_millis(200);
+        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true, timeout);
+        let started = std::time::Instant::now();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), &b"hello"[..]);
+        let end = tokio::time::timeout(Duration::from_secs(20), read_all(&mut body))
+            .await
+            .expect("the stalled body ends");
+        assert!(matches!(end, Err(UpstreamError::ReadTimeout)), "{end:?}");
+        assert!(started.elapsed() >= timeout);
         assert!(body.take_reusable().is_none());
     }
 

@@ -63,6 +63,15 @@ pub enum UpstreamError {
     /// The client's request body failed while it was being forwarded.
     #[error("client request body: {0}")]
     ClientBody(#[source] hyper::Error),
+    /// The client's request body made no progress for `client_body_timeout`.
+    #[error("client sent no request body data within client_body_timeout")]
+    ClientBodyTimeout,
+    /// The backend did not take the request or answer it within `response_timeout`.
+    #[error("backend did not answer within response_timeout")]
+    ResponseTimeout,
+    /// The backend's response body made no progress for `read_timeout`.
+    #[error("backend body made no progress within read_timeout")]
+    ReadTimeout,
 }
 
 /// A failed exchange, and whether any of the request reached the backend.
@@ -73,6 +82,11 @@ pub struct Failure {
     /// Some of the request was written, or some of the client's body taken: it cannot
     /// be sent elsewhere unless it is idempotent and bodiless.
     pub delivered: bool,
+    /// The whole request was written.
+    pub written: bool,
+    /// The backend had closed or reset the connection and no byte of an answer came:
+    /// a reused idle connection that raced the backend's keep-alive timeout.
+    pub stale: bool,
 }
 
 /// One HTTP/1.1 connection to a backend.
@@ -138,98 +152,218 @@ impl UpConn {
     /// of the body, so a body that fails at once sends the backend nothing. If the
     /// backend answers before the body is fully sent, the rest is not sent and the
     /// connection is not reused.
+    ///
+    /// Every wait is bounded by `limits`: the client's body by `client_body` (no
+    /// progress for that long is the client's fault), writes to the backend and the
+    /// wait for its answer by `response`, whose timer for the answer starts once the
+    /// request has been sent whole (a slow upload is never the backend's fault).
     pub async fn exchange(
         &mut self,
         parts: &Parts,
         forwarded: &Forwarded,
         body: &mut UpBody,
+        limits: Limits,
     ) -> Result<ResponseHead, Failure> {
         let framing = request::framing(parts, body);
         self.head.clear();
         request::encode_head(&mut self.head, parts, forwarded, framing);
+        if framing == request::Framing::None {
+            // The common case: the head in one write, then the answer, under one timer.
+            let (mut rd, mut wr) = self.io.split();
+            let exchange = async {
+                write_head(&mut wr, &self.head, false).await?;
+                read_head(&mut rd, &mut self.buf, parts)
+                    .await
+                    .map_err(|e| Failure::after_write(e, &self.buf))
+            };
+            return match tokio::time::timeout(limits.response, exchange).await {
+                Err(_) => Err(Failure::after_write(UpstreamError::ResponseTimeout, &[])),
+                Ok(r) => r,
+            };
+        }
         // `taken`: a piece of the client's body is on its way and cannot be sent again.
         let (mut more, mut taken) = (false, false);
         let mut large = None;
-        if framing != request::Framing::None {
-            match next_data(body).await {
-                Err(error) => return Err(sent(true, error)),
-                Ok(Some(data)) => {
-                    taken = true;
-                    more = !body.is_end_stream();
-                    if data.len() <= COALESCE_MAX {
-                        request::append_piece(&mut self.head, &data, framing);
-                        if !more {
-                            request::append_end(&mut self.head, framing);
-                        }
-                    } else {
-                        large = Some(data);
+        match client_data(body, limits).await {
+            Err(error) => return Err(Failure::before_write(error, true)),
+            Ok(Some(data)) => {
+                taken = true;
+                more = !body.is_end_stream();
+                if data.len() <= COALESCE_MAX {
+                    request::append_piece(&mut self.head, &data, framing);
+                    if !more {
+                        request::append_end(&mut self.head, framing);
                     }
+                } else {
+                    large = Some(data);
                 }
-                Ok(None) => request::append_end(&mut self.head, framing),
             }
+            Ok(None) => request::append_end(&mut self.head, framing),
         }
         let (mut rd, mut wr) = self.io.split();
-        let mut written = 0;
-        while written < self.head.len() {
-            match wr.write(&self.head[written..]).await {
-                Ok(0) => {
-                    let e = io::Error::from(io::ErrorKind::WriteZero);
-                    return Err(sent(written > 0 || taken, e.into()));
+        let sent = async {
+            write_head(&mut wr, &self.head, taken).await?;
+            if let Some(data) = large {
+                let written = async {
+                    write_piece(&mut wr, &data, framing).await?;
+                    if !more && framing == request::Framing::Chunked {
+                        wr.write_all(b"0\r\n\r\n").await?;
+                    }
+                    Ok::<_, io::Error>(())
+                };
+                if let Err(e) = written.await {
+                    return Err(Failure::written_part(e.into()));
                 }
-                Ok(n) => written += n,
-                Err(e) => return Err(sent(written > 0 || taken, e.into())),
             }
-        }
-        if let Some(data) = large {
-            let written = async {
-                write_piece(&mut wr, &data, framing).await?;
-                if !more && framing == request::Framing::Chunked {
-                    wr.write_all(b"0\r\n\r\n").await?;
-                }
-                Ok::<_, io::Error>(())
-            };
-            if let Err(e) = written.await {
-                return Err(sent(true, e.into()));
-            }
+            Ok(())
+        };
+        match tokio::time::timeout(limits.response, sent).await {
+            Err(_) => return Err(Failure::written_part(UpstreamError::ResponseTimeout)),
+            Ok(Err(f)) => return Err(f),
+            Ok(Ok(())) => {}
         }
         if !more {
-            return read_head(&mut rd, &mut self.buf, parts)
-                .await
-                .map_err(|error| sent(true, error));
+            let read = read_head(&mut rd, &mut self.buf, parts);
+            return match tokio::time::timeout(limits.response, read).await {
+                Err(_) => Err(Failure::written_part(UpstreamError::ResponseTimeout)),
+                Ok(r) => r.map_err(|e| Failure::after_write(e, &self.buf)),
+            };
         }
-        let pump = pump_body(&mut wr, body, framing);
+        let pump = pump_body(&mut wr, body, framing, limits);
         let read = read_head(&mut rd, &mut self.buf, parts);
         tokio::pin!(pump, read);
-        let mut body_sent = false;
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut read => {
-                    return match r {
-                        // The backend answered before taking the whole body: the
-                        // connection is out of step and is not reused.
-                        Ok(mut h) => {
-                            h.keep_alive &= body_sent;
-                            Ok(h)
-                        }
-                        Err(error) => Err(sent(true, error)),
-                    };
-                }
-                w = &mut pump, if !body_sent => match w {
-                    Ok(()) => body_sent = true,
-                    Err(UpstreamError::Io(_)) => {
-                        // The backend stopped reading; it may still have answered.
-                        body_sent = true;
-                    }
-                    Err(error) => return Err(sent(true, error)),
-                },
-            }
+        // While the body is on its way the backend may answer early; once it has all
+        // been sent, the response timer starts.
+        let early = tokio::select! {
+            biased;
+            r = &mut read => Some(r),
+            w = &mut pump => match w {
+                Ok(()) => None,
+                // The backend stopped reading; it may still have answered.
+                Err(UpstreamError::Io(_)) => Some(
+                    match tokio::time::timeout(limits.response, &mut read).await {
+                        Err(_) => Err(UpstreamError::ResponseTimeout),
+                        Ok(r) => r,
+                    },
+                ),
+                Err(error) => return Err(Failure::written_part(error)),
+            },
+        };
+        let answer = match early {
+            Some(r) => r.map(|mut h| {
+                // The backend answered before taking the whole body: the connection is
+                // out of step and is not reused.
+                h.keep_alive = false;
+                h
+            }),
+            None => match tokio::time::timeout(limits.response, &mut read).await {
+                Err(_) => Err(UpstreamError::ResponseTimeout),
+                Ok(r) => r,
+            },
+        };
+        answer.map_err(Failure::written_part)
+    }
+}
+
+/// The waits of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From the request sent whole until the response head; also the longest a write
+    /// to the backend may stall.
+    pub response: std::time::Duration,
+    /// The longest the client's request body may make no progress.
+    pub client_body: std::time::Duration,
+}
+
+impl Failure {
+    /// Nothing was written to the backend; `taken` says whether some of the client's
+    /// body was consumed.
+    fn before_write(error: UpstreamError, taken: bool) -> Failure {
+        Failure {
+            error,
+            delivered: taken,
+            written: false,
+            stale: false,
+        }
+    }
+
+    /// Some of the request was written and it failed on the way, or it failed after.
+    fn written_part(error: UpstreamError) -> Failure {
+        Failure {
+            error,
+            delivered: true,
+            written: false,
+            stale: false,
+        }
+    }
+
+    /// The request was written whole and the answer failed; `received` is what had
+    /// arrived of it (nothing at all, on a closed or reset connection, is stale).
+    fn after_write(error: UpstreamError, received: &[u8]) -> Failure {
+        let stale = received.is_empty() && error.is_connection_gone();
+        Failure {
+            error,
+            delivered: true,
+            written: true,
+            stale,
         }
     }
 }
 
-fn sent(delivered: bool, error: UpstreamError) -> Failure {
-    Failure { error, delivered }
+impl UpstreamError {
+    /// The backend closed or reset the connection (as when its keep-alive timeout
+    /// raced the reuse of an idle connection).
+    fn is_connection_gone(&self) -> bool {
+        match self {
+            UpstreamError::Closed => true,
+            UpstreamError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Writes the request head (with any body bytes coalesced into it). A failure before
+/// the whole head is written leaves the request unsent, so a connection the backend
+/// had closed is stale: the request can go again on a fresh one.
+async fn write_head(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    head: &[u8],
+    taken: bool,
+) -> Result<(), Failure> {
+    let mut written = 0;
+    while written < head.len() {
+        let e = match wr.write(&head[written..]).await {
+            Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let error = UpstreamError::Io(e);
+        let stale = written == 0 && error.is_connection_gone();
+        return Err(Failure {
+            error,
+            delivered: written > 0 || taken,
+            written: false,
+            stale,
+        });
+    }
+    Ok(())
+}
+
+/// The next piece of the client's body, waiting at most `limits.client_body` for it.
+async fn client_data(body: &mut UpBody, limits: Limits) -> Result<Option<Bytes>, UpstreamError> {
+    match tokio::time::timeout(limits.client_body, next_data(body)).await {
+        Err(_) => Err(UpstreamError::ClientBodyTimeout),
+        Ok(r) => r,
+    }
 }
 
 /// The next piece of the client's body with data in it; trailers are not forwarded.
@@ -253,9 +387,13 @@ async fn pump_body(
     wr: &mut tokio::net::tcp::WriteHalf<'_>,
     body: &mut UpBody,
     framing: request::Framing,
+    limits: Limits,
 ) -> Result<(), UpstreamError> {
-    while let Some(data) = next_data(body).await? {
-        write_piece(wr, &data, framing).await?;
+    while let Some(data) = client_data(body, limits).await? {
+        match tokio::time::timeout(limits.response, write_piece(wr, &data, framing)).await {
+            Err(_) => return Err(UpstreamError::ResponseTimeout),
+            Ok(r) => r?,
+        }
     }
     if framing == request::Framing::Chunked {
         wr.write_all(b"0\r\n\r\n").await?;
