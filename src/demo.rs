@@ -24,6 +24,9 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const PREFERRED_LISTEN: &str = "127.0.0.1:8080";
 const PREFERRED_ADMIN: &str = "127.0.0.1:9100";
 
+/// Loopback, port 0: the daemon binds it and the OS picks a free port.
+const ANY_PORT: &str = "127.0.0.1:0";
+
 /// A running demo.
 #[derive(Debug)]
 pub struct Demo {
@@ -39,17 +42,42 @@ pub async fn start() -> Result<Demo, Box<dyn std::error::Error + Send + Sync>> {
     for n in 1..=3 {
         backends.push(spawn_backend(n).await?);
     }
-    let listen = free_or_any(PREFERRED_LISTEN).await?;
-    let admin = free_or_any(PREFERRED_ADMIN).await?;
+    let listen = free_or_any(PREFERRED_LISTEN).await;
+    let admin = free_or_any(PREFERRED_ADMIN).await;
+    let daemon = match start_balancer(listen, admin, &backends).await {
+        // Another process took a preferred port after it was found free.
+        Err(e) if addr_in_use(&*e) => start_balancer(ANY_PORT, ANY_PORT, &backends).await?,
+        started => started?,
+    };
+    Ok(Demo { daemon, backends })
+}
+
+/// Starts the balancer listening on `listen`, its admin on `admin`.
+async fn start_balancer(
+    listen: &str,
+    admin: &str,
+    backends: &[SocketAddr],
+) -> Result<Arc<Daemon>, Box<dyn std::error::Error + Send + Sync>> {
     let text = DEMO_CONFIG
-        .replace("{LISTEN}", &listen.to_string())
-        .replace("{ADMIN}", &admin.to_string())
+        .replace("{LISTEN}", listen)
+        .replace("{ADMIN}", admin)
         .replace("{B1}", &backends[0].to_string())
         .replace("{B2}", &backends[1].to_string())
         .replace("{B3}", &backends[2].to_string());
     let cfg: Config = config::parse(&text, "demo.toml", Path::new("."))?;
-    let daemon = Daemon::start(cfg, None).await?;
-    Ok(Demo { daemon, backends })
+    Ok(Daemon::start(cfg, None).await?)
+}
+
+/// Whether `e` says an address was already in use.
+fn addr_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::AddrInUse;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Prints what to try (to stdout; a closed stdout is not an error worth dying for).
@@ -82,13 +110,12 @@ pub fn print_banner(demo: &Demo) {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
-async fn free_or_any(preferred: &str) -> std::io::Result<SocketAddr> {
-    let preferred: SocketAddr = preferred
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+/// `preferred` if it is free now, else port 0. The daemon binds it later, so another
+/// process may take it meanwhile: [`start`] then falls back to port 0.
+async fn free_or_any(preferred: &'static str) -> &'static str {
     match TcpListener::bind(preferred).await {
-        Ok(l) => l.local_addr(),
-        Err(_) => TcpListener::bind("127.0.0.1:0").await?.local_addr(),
+        Ok(_) => preferred,
+        Err(_) => ANY_PORT,
     }
 }
 

@@ -25,7 +25,8 @@ async fn least_connections_sends_fewer_requests_to_a_slow_backend() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     );
-    c.delay.store(150, Ordering::SeqCst);
+    // Slow enough to stand out from the latency a loaded machine adds to every answer.
+    c.delay.store(300, Ordering::SeqCst);
     let d = start_daemon(&simple_config("least-connections", &[&a, &b, &c], "")).await;
     let target = addr(&d);
     let mut tasks = Vec::new();
@@ -118,7 +119,9 @@ async fn hash_on_a_header_is_sticky_and_fails_over_and_back() {
         TestBackend::start("c").await,
     ];
     let refs: Vec<&TestBackend> = backends.iter().collect();
-    let checks = "\n[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n";
+    // Quick checks, but a slow answer on a loaded machine is no failure: with fall = 1
+    // a single timed-out probe of a healthy backend would move its users.
+    let checks = "\n[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 1\nfall = 1\n";
     let d = start_daemon(&hash_config(&refs, "header:x-user", checks)).await;
     let mut c = Client::connect(addr(&d)).await;
     let mut homes = std::collections::HashMap::new();

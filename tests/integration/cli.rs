@@ -1,6 +1,7 @@
 //! The binary: `check`, `--version`, graceful SIGTERM, streaming memory.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,38 +11,46 @@ use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maitred");
 
-/// A config file: one listener on `port` in front of one backend, one worker thread,
-/// with `server` added to `[server]`.
-fn one_pool_config(port: u16, backend: SocketAddr, server: &str) -> String {
+/// A config file: one listener on a port the daemon picks (port 0) in front of one
+/// backend, one worker thread, with `server` added to `[server]`.
+fn one_pool_config(backend: SocketAddr, server: &str) -> String {
     format!(
-        "[server]\nthreads = 1\n{server}\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{backend}\"]\n"
+        "[server]\nthreads = 1\n{server}\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n[pool.web]\nbalancer = \"round-robin\"\nbackends = [\"{backend}\"]\n"
     )
 }
 
-/// A port free right now on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A daemon process, killed when dropped.
+/// A daemon process, killed when dropped. Its stderr (the log) goes to a file beside
+/// its config, so a test can wait for a log line and a failure can show the log.
 pub struct Proc {
     pub child: Child,
+    log: PathBuf,
 }
 
 impl Proc {
-    pub fn start(config: &std::path::Path) -> Proc {
+    /// Runs the binary on `config`, with the log level the file sets (`RUST_LOG` is
+    /// not passed on: tests wait for log lines).
+    pub fn start(config: &Path) -> Proc {
+        let log = config.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(config)
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap();
-        Proc { child }
+        Proc { child, log }
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) -> bool {
+        wait_until(DEADLINE, || async { self.log().contains(needle) }).await
     }
 
     pub fn signal(&self, sig: &str) {
@@ -73,6 +82,30 @@ impl Proc {
         }
         None
     }
+
+    /// Waits until the daemon listens, and returns the address of its only listening
+    /// socket. The config binds port 0, so the kernel picks a port no one else holds;
+    /// choosing a free port in the test and passing it on would race with every other
+    /// test binding sockets meanwhile.
+    pub async fn listening_addr(&mut self) -> SocketAddr {
+        let pid = self.child.id();
+        let mut ports = Vec::new();
+        let mut exited = None;
+        let found = wait_until(DEADLINE, || {
+            ports = listening_ports(pid);
+            exited = self.child.try_wait().unwrap();
+            let done = !ports.is_empty() || exited.is_some();
+            async move { done }
+        })
+        .await;
+        assert!(
+            found && exited.is_none(),
+            "the daemon is not listening (exit: {exited:?}); its log:\n{}",
+            self.log()
+        );
+        assert_eq!(ports.len(), 1, "one listener expected: {ports:?}");
+        SocketAddr::from(([127, 0, 0, 1], ports[0]))
+    }
 }
 
 impl Drop for Proc {
@@ -82,41 +115,53 @@ impl Drop for Proc {
     }
 }
 
-/// Writes `config` to `path`, runs the binary on it, and waits until it listens on
-/// `port`.
-async fn run_binary(path: &std::path::Path, port: u16, config: &str) -> (Proc, SocketAddr) {
+/// The TCP ports process `pid` listens on: its socket descriptors (`/proc/PID/fd`)
+/// matched by inode to the LISTEN entries of the kernel's IPv4 socket table.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            const LISTEN: &str = "0A";
+            if *state != LISTEN || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+/// Writes `config` to `path`, runs the binary on it, and waits until it listens.
+async fn run_binary(path: &Path, config: &str) -> (Proc, SocketAddr) {
     std::fs::write(path, config).unwrap();
     let mut p = Proc::start(path);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr).await;
-    // Something answered; make sure it is this daemon (the port may have been taken
-    // between choosing it and binding it).
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "the daemon exited: is port {port} taken?"
-    );
+    let addr = p.listening_addr().await;
     (p, addr)
 }
 
 /// Runs the binary on a one-pool config in front of `backend`, in a scratch dir named
 /// `tag`; `server` goes into `[server]`.
 async fn run_one_pool(tag: &str, backend: SocketAddr, server: &str) -> (Proc, SocketAddr) {
-    let port = free_port();
     let path = scratch_dir(tag).join("maitred.toml");
-    run_binary(&path, port, &one_pool_config(port, backend, server)).await
-}
-
-pub async fn wait_listening(addr: SocketAddr) {
-    // A loopback connect to a port nobody listens on can connect to itself (TCP
-    // simultaneous open) when the kernel picks that same port as the local one: not a
-    // daemon.
-    let up = wait_until(DEADLINE, || async move {
-        tokio::net::TcpStream::connect(addr)
-            .await
-            .is_ok_and(|s| s.local_addr().ok() != Some(addr))
-    })
-    .await;
-    assert!(up, "daemon did not start listening on {addr}");
+    run_binary(&path, &one_pool_config(backend, server)).await
 }
 
 #[test]
@@ -344,11 +389,10 @@ fn check_accepts_the_shipped_examples() {
 #[tokio::test]
 async fn sighup_reloads_the_file() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let port = free_port();
     let dir = scratch_dir("sighup");
     let path = dir.join("maitred.toml");
-    let conf = |backend: SocketAddr| one_pool_config(port, backend, "access_log = \"off\"");
-    let (p, target) = run_binary(&path, port, &conf(a.addr)).await;
+    let conf = |backend: SocketAddr| one_pool_config(backend, "access_log = \"off\"");
+    let (mut p, target) = run_binary(&path, &conf(a.addr)).await;
     assert_eq!(get(target, "/").await.body, "backend a\n");
     std::fs::write(&path, conf(b.addr)).unwrap();
     p.signal("HUP");
@@ -359,11 +403,17 @@ async fn sighup_reloads_the_file() {
         .await,
         "SIGHUP did not apply the new file"
     );
-    // A broken file on SIGHUP: still serving, process alive.
+    // A broken file on SIGHUP: once the daemon has rejected it, still serving, process
+    // alive.
     std::fs::write(&path, "[[listener]\n").unwrap();
     p.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        p.wait_log("reload failed, running config kept").await,
+        "the broken file was not reported: {}",
+        p.log()
+    );
     assert_eq!(get(target, "/").await.body, "backend b\n");
+    assert!(p.child.try_wait().unwrap().is_none(), "the daemon exited");
 }
 
 #[tokio::test]
@@ -371,12 +421,10 @@ async fn access_log_writes_one_line_per_request() {
     let b = TestBackend::start("a").await;
     let dir = scratch_dir("access");
     let log = dir.join("access.log");
-    let port = free_port();
     let path = dir.join("maitred.toml");
     let (_p, target) = run_binary(
         &path,
-        port,
-        &one_pool_config(port, b.addr, &format!("access_log = \"{}\"", log.display())),
+        &one_pool_config(b.addr, &format!("access_log = \"{}\"", log.display())),
     )
     .await;
     let mut c = Client::connect(target).await;
@@ -409,10 +457,17 @@ async fn second_sigterm_exits_at_once() {
         let mut c = Client::connect(a).await;
         c.send("GET", "/slow?ms=30000", &[], Bytes::new()).await
     });
-    assert!(wait_until(DEADLINE, || async { b.hits() == 1 }).await);
+    let short = tokio::spawn(async move { get(a, "/slow?ms=1500").await });
+    assert!(wait_until(DEADLINE, || async { b.hits() == 2 }).await);
     p.signal("TERM");
-    // The first signal starts a 60 s grace period; the second ends it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first signal starts a 60 s grace period: the daemon says so, finishes the
+    // shorter request, and is still running for the longer one. The second ends it.
+    assert!(
+        p.wait_log("shutting down").await,
+        "the first SIGTERM was not handled: {}",
+        p.log()
+    );
+    assert_eq!(short.await.unwrap().status, 200);
     assert!(
         p.child.try_wait().unwrap().is_none(),
         "exited before the grace period"
@@ -431,10 +486,11 @@ async fn second_sigterm_exits_at_once() {
 #[tokio::test]
 async fn demo_serves_round_robin_and_sticky_pools() {
     use std::io::BufRead;
+    let log = scratch_dir("demo").join("stderr.log");
     let mut child = Command::new(BIN)
         .arg("demo")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -457,9 +513,9 @@ async fn demo_serves_round_robin_and_sticky_pools() {
         .await
         .ok()
         .and_then(Result::ok);
-    let proc = Proc { child };
+    let proc = Proc { child, log };
     let target: SocketAddr = balancer
-        .expect("demo printed no balancer URL")
+        .unwrap_or_else(|| panic!("demo printed no balancer URL; its log:\n{}", proc.log()))
         .parse()
         .unwrap();
     let mut c = Client::connect(target).await;
@@ -495,10 +551,9 @@ async fn access_log_follows_rotation_on_sighup() {
     let dir = scratch_dir("rotate");
     let log = dir.join("access.log");
     let rotated = dir.join("access.log.1");
-    let port = free_port();
     let path = dir.join("maitred.toml");
     let server = format!("access_log = \"{}\"", log.display());
-    let (p, target) = run_binary(&path, port, &one_pool_config(port, b.addr, &server)).await;
+    let (p, target) = run_binary(&path, &one_pool_config(b.addr, &server)).await;
     get(target, "/before").await;
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
     assert!(wait_until(DEADLINE, || async { read(&log).contains("/before") }).await);
@@ -520,39 +575,30 @@ async fn access_log_follows_rotation_on_sighup() {
 async fn log_level_change_applies_on_sighup() {
     let b = TestBackend::start("a").await;
     let dir = scratch_dir("loglevel");
-    let port = free_port();
     let path = dir.join("maitred.toml");
     let with_level = |level: &str| {
         one_pool_config(
-            port,
             b.addr,
             &format!("access_log = \"off\"\nlog_level = \"{level}\""),
         )
     };
-    std::fs::write(&path, with_level("error")).unwrap();
-    let stderr_path = dir.join("stderr.log");
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    let p = Proc { child };
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target).await;
-    let read = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    assert!(
-        !read().contains("INFO"),
-        "info lines logged at log_level = error"
-    );
+    let (p, _target) = run_binary(&path, &with_level("error")).await;
     std::fs::write(&path, with_level("info")).unwrap();
     p.signal("HUP");
     assert!(
-        wait_until(DEADLINE, || async { read().contains("reload: listeners") }).await,
+        p.wait_log("reload: listeners").await,
         "the reload line was not logged after switching to info: {}",
-        read()
+        p.log()
+    );
+    // Everything before the reload applied the new level was logged at `error`: the
+    // start-up line and "SIGHUP: reloading" are info lines and must not be there.
+    let log = p.log();
+    let before: Vec<&str> = log
+        .lines()
+        .take_while(|l| !l.contains("reload: listeners"))
+        .collect();
+    assert!(
+        !before.iter().any(|l| l.contains("INFO")),
+        "info lines logged at log_level = error:\n{log}"
     );
 }

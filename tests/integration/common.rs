@@ -280,6 +280,15 @@ async fn respond(
     Ok(Response::new(full(format!("backend {name}\n"))))
 }
 
+/// A loopback address that refuses connections for as long as the returned socket
+/// lives: bound, so no other test can take the port meanwhile, but not listening.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// Starts the daemon in-process from TOML text.
 pub async fn start_daemon(toml: &str) -> Arc<Daemon> {
     let cfg = config::parse(toml, "test.toml", std::path::Path::new("."))
@@ -429,6 +438,28 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends raw bytes and returns everything the server answers before it closes the
+/// connection; fails the test if it has not closed within the deadline. The close is
+/// what proves that nothing more will come.
+pub async fn raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_ok(), "not closed within {DEADLINE:?}: {text}");
+    text
 }
 
 /// Counts replies by body.

@@ -136,7 +136,9 @@ async fn backend_dying_under_load_costs_no_client_errors_with_one_retry() {
 #[tokio::test]
 async fn passive_ejection_without_active_checks() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let extra = "retries = 0\n\n[pool.web.ejection]\nconsecutive_failures = 3\nduration = \"1s\"\n";
+    // The ejection outlasts the requests below even on a loaded machine: once it
+    // ends, `a` is tried (and fails) again.
+    let extra = "retries = 0\n\n[pool.web.ejection]\nconsecutive_failures = 3\nduration = \"5s\"\n";
     let d = start_daemon(&simple_config("round-robin", &[&a, &b], extra)).await;
     let target = addr(&d);
     let a_addr = a.addr;

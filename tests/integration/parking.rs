@@ -91,6 +91,20 @@ async fn parked_connection(d: &maitred::app::Daemon) -> TcpStream {
     s
 }
 
+/// Proof that the park delay has passed for every connection idle since before the
+/// call, while none of them is parked: a fresh connection serves one request, becomes
+/// the only parked one, closes, and leaves the lot empty. Had another connection been
+/// parked meanwhile (its park was due earlier), the lot would not empty.
+async fn witness_park(d: &maitred::app::Daemon) {
+    let witness = served_once(addr(d)).await;
+    wait_parked(d, 1).await;
+    drop(witness);
+    assert!(
+        wait_until(DEADLINE, || async { parked(d) == 0 }).await,
+        "another connection was parked beside the witness"
+    );
+}
+
 /// `n` more connections that have each served one request, once `total` are parked.
 async fn park_more(d: &maitred::app::Daemon, n: usize, total: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n);
@@ -133,12 +147,16 @@ async fn a_request_split_across_the_park_delay_is_served_whole() {
     // Half a head, a pause longer than the park delay, the rest: one request.
     s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
     wait_parked(&d, 0).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The pause lasts while two witnesses, opened one after the other, each idle until
+    // parked: more than twice the park delay after the half head, on the daemon's clock.
+    for _ in 0..2 {
+        witness_park(&d).await;
+    }
     assert_eq!(parked(&d), 0, "a connection with half a head was parked");
     s.write_all(b"st: x\r\n\r\n").await.unwrap();
     let resp = read_response(&mut s).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert_eq!(b.hits.load(Ordering::Relaxed), 2);
+    assert_eq!(b.hits.load(Ordering::Relaxed), 4);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 

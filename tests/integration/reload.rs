@@ -195,7 +195,8 @@ async fn down_backend_stays_down_across_a_reload() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let dir = scratch_dir("reload-down");
     let path = dir.join("maitred.toml");
-    let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 3\nfall = 1\n";
+    // With fall = 1, one probe slowed by a loaded machine must not take `b` down too.
+    let checks = "[pool.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 3\nfall = 1\n";
     write(&path, &web_pool("round-robin", &[q(&a), q(&b)], checks));
     let d = start_daemon_file(&path).await;
     a.health.store(500, Ordering::SeqCst);
