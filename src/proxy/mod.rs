@@ -330,7 +330,9 @@ async fn proxy(
                     pool.stats
                         .stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    match forward::connect(chosen.backend, pool.connect_timeout).await {
+                    // Boxed: rare, and its state would size every request's future.
+                    let fresh = Box::pin(forward::connect(chosen.backend, pool.connect_timeout));
+                    match fresh.await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => break Err((e, false)),
                     }

@@ -177,6 +177,7 @@ enum Length {
 impl Facts {
     /// Notes one line (with any CRs before its LF); `len` is its whole length when only
     /// its first bytes are given.
+    #[inline]
     fn line(&mut self, line: &[u8], len: usize, first: bool) {
         if first {
             self.preface = line.starts_with(b"PRI * HTTP/2.0");

@@ -181,6 +181,20 @@ impl UpConn {
                 Ok(r) => r,
             };
         }
+        // Boxed: its state (the body pump, the early-answer race and their timers) would
+        // otherwise size every request's future, and move with it, bodiless or not.
+        Box::pin(self.exchange_with_body(parts, body, framing, limits)).await
+    }
+
+    /// [`UpConn::exchange`] for a request with a body: the head goes out with the
+    /// body's first piece, the rest is pumped while the answer may already come.
+    async fn exchange_with_body(
+        &mut self,
+        parts: &Parts,
+        body: &mut UpBody,
+        framing: request::Framing,
+        limits: Limits,
+    ) -> Result<ResponseHead, Failure> {
         // `taken`: a piece of the client's body is on its way and cannot be sent again.
         let (mut more, mut taken) = (false, false);
         let mut large = None;
