@@ -7,6 +7,7 @@
 //! releases the backend's in-flight slot (the guard travels inside the response body).
 
 pub mod body;
+pub mod client_ip;
 pub mod conn_pool;
 pub mod error;
 pub mod forward;
@@ -26,7 +27,6 @@ use crate::access_log::Pending;
 use crate::backend::Health;
 use crate::balancer::{PickContext, Tried};
 use crate::pool::{Chosen, Pool};
-use crate::server::client_ip;
 use crate::shared::Shared;
 use body::{DownBody, UpBody};
 use error::{ProxyError, local_response};

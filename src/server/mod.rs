@@ -1,7 +1,6 @@
-//! Client-facing side: listeners, workers, connection timeouts, TLS, PROXY protocol and
-//! the client IP.
+//! Client-facing side: listeners, workers, connection timeouts, TLS and the PROXY
+//! protocol.
 
-pub mod client_ip;
 pub mod conn_clock;
 pub mod conn_limit;
 pub mod head_scan;
