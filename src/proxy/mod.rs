@@ -120,10 +120,11 @@ pub async fn handle(
     resp
 }
 
-/// The 400 for a head the scanner refused; the connection closes after it, since where
-/// this request's body ends is exactly what is in doubt.
-pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBody> {
-    let mut r = ProxyError::BadRequest(p.reason()).response();
+/// The 400 for a head the server's scanner refused, with its plain-text `reason`; the
+/// connection closes after it, since where this request's body ends is exactly what is
+/// in doubt.
+pub fn refuse_head(reason: &'static str) -> Response<DownBody> {
+    let mut r = ProxyError::BadRequest(reason).response();
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r

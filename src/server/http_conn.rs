@@ -116,7 +116,7 @@ pub(super) fn serve_http<IO: Parkable>(
             let info = Arc::clone(&info);
             async move {
                 let resp = match head {
-                    Err(p) => proxy::refuse_head(p),
+                    Err(p) => proxy::refuse_head(p.reason()),
                     Ok(()) => {
                         let mut handling = pin!(proxy::handle(&shared, &info, req));
                         std::future::poll_fn(|cx| {
