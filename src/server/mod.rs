@@ -1,6 +1,7 @@
 //! Client-facing side: listeners, workers, connection timeouts, TLS and the PROXY
 //! protocol.
 
+mod conn;
 pub mod conn_clock;
 pub mod conn_limit;
 pub mod head_scan;

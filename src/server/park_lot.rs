@@ -28,10 +28,10 @@ use atomic_waker::AtomicWaker;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
+use super::conn::{ClientStream, CloseSignals, Conn, Timeouts};
 use super::conn_limit::ConnPermit;
 use super::heap_trim;
-use super::http_conn::{ClientStream, Conn, Timeouts, resume_conn};
-use super::listener::CloseSignals;
+use super::http_conn::resume_conn;
 use crate::backend::clock_ms;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
