@@ -7,6 +7,7 @@
 //! releases the backend's in-flight slot (the guard travels inside the response body).
 
 pub mod body;
+pub mod client_ip;
 pub mod conn_pool;
 pub mod error;
 pub mod forward;
@@ -26,7 +27,6 @@ use crate::access_log::Pending;
 use crate::backend::Health;
 use crate::balancer::{PickContext, Tried};
 use crate::pool::{Chosen, Pool};
-use crate::server::client_ip;
 use crate::shared::Shared;
 use body::{DownBody, UpBody};
 use error::{ProxyError, local_response};
@@ -120,10 +120,11 @@ pub async fn handle(
     resp
 }
 
-/// The 400 for a head the scanner refused; the connection closes after it, since where
-/// this request's body ends is exactly what is in doubt.
-pub fn refuse_head(p: crate::server::head_scan::HeadProblem) -> Response<DownBody> {
-    let mut r = ProxyError::BadRequest(p.reason()).response();
+/// The 400 for a head the server's scanner refused, with its plain-text `reason`; the
+/// connection closes after it, since where this request's body ends is exactly what is
+/// in doubt.
+pub fn refuse_head(reason: &'static str) -> Response<DownBody> {
+    let mut r = ProxyError::BadRequest(reason).response();
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::conn::Timeouts;
 use super::head_scan::{HeadScan, Verdicts};
-use super::http_conn::Timeouts;
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
 use crate::proxy::upstream::UpstreamError;

@@ -25,70 +25,19 @@ use hyper::server::conn::http1;
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::conn::{ClientStream, CloseSignals, Conn, Proto, Timeouts};
 use super::conn_clock::{Activity, ConnBody, PARK_AFTER, TimedIo, Verdict};
-use super::conn_limit::ConnPermit;
-use super::listener::{CloseSignals, Proto};
 use super::park_lot::{self, Parkable, Parking};
 use super::peer_close;
 use super::stream_clock::{self, StreamExec};
 use super::wake_gate::Gate;
 use crate::backend::clock_ms;
-use crate::proxy::{self, ConnInfo};
-use crate::shared::Shared;
-use crate::shutdown::Tracked;
+use crate::proxy;
 
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 256;
-
-/// A client stream maitred serves HTTP on: plain TCP or TLS over TCP.
-pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The TCP socket underneath, waited on while the connection is parked.
-    fn socket(&self) -> &TcpStream;
-}
-
-impl ClientStream for TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    fn socket(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
-/// A client connection's timeouts, from its listener.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Timeouts {
-    /// `header_timeout`: from a request's first byte to the end of its head.
-    pub header: Duration,
-    /// `idle_timeout`: no request in progress.
-    pub idle: Duration,
-    /// `send_timeout`: no progress writing a response.
-    pub send: Duration,
-}
-
-/// What a client connection keeps for its whole life, parked or served.
-#[derive(Debug)]
-pub(super) struct Conn {
-    /// The daemon.
-    pub shared: Arc<Shared>,
-    /// The client connection as the proxy sees it.
-    pub info: Arc<ConnInfo>,
-    /// Its listener's timeouts.
-    pub timeouts: Timeouts,
-    /// What makes it finish.
-    pub close: CloseSignals,
-    /// Counts it among the connections a graceful shutdown waits for.
-    pub tracked: Tracked,
-    /// Its place under the listener's `max_connections`.
-    pub permit: ConnPermit,
-}
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) stream until it ends or
 /// (HTTP/1) is parked.
@@ -116,7 +65,7 @@ pub(super) fn serve_http<IO: Parkable>(
             let info = Arc::clone(&info);
             async move {
                 let resp = match head {
-                    Err(p) => proxy::refuse_head(p),
+                    Err(p) => proxy::refuse_head(p.reason()),
                     Ok(()) => {
                         let mut handling = pin!(proxy::handle(&shared, &info, req));
                         std::future::poll_fn(|cx| {

@@ -16,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::conn::{CloseSignals, Conn, Proto, Timeouts};
 use super::conn_limit::ConnPermit;
-use super::http_conn::{Conn, Timeouts, serve_http};
+use super::http_conn::serve_http;
 use super::proxy_protocol;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
@@ -53,9 +54,7 @@ pub async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let close = CloseSignals {
-                        stop: retired.clone(),
-                    };
+                    let close = CloseSignals::new(retired.clone());
                     let conn = serve_connection(
                         Arc::clone(&shared),
                         Arc::clone(&name),
@@ -74,31 +73,6 @@ pub async fn accept_loop(
             _ = crate::shutdown::flag_set(&mut stop) => break,
             _ = shutting.wait() => break,
         }
-    }
-}
-
-/// What makes an open client connection finish gracefully: its listener's stop flag,
-/// set when a reload removes the listener and when the daemon shuts down (one flag
-/// keeps the waiting small: a parked connection holds little else).
-#[derive(Debug, Clone)]
-pub(super) struct CloseSignals {
-    stop: watch::Receiver<bool>,
-}
-
-impl CloseSignals {
-    /// Resolves once the connection should finish.
-    pub(super) async fn wait(&mut self) {
-        crate::shutdown::flag_set(&mut self.stop).await
-    }
-
-    /// Whether the connection should finish now.
-    pub(super) fn is_set(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// Whether `other` is the same listener's signal.
-    pub(super) fn same_as(&self, other: &CloseSignals) -> bool {
-        self.stop.same_channel(&other.stop)
     }
 }
 
@@ -182,15 +156,6 @@ async fn serve_tls(conn: Conn, stream: TcpStream, config: Arc<rustls::ServerConf
     }
 }
 
-/// Which HTTP a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Proto {
-    Http1,
-    Http2,
-    /// Not known from the first bytes: let hyper-util's auto builder decide.
-    Auto,
-}
-
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -230,7 +195,7 @@ mod tests {
         let client = TcpStream::connect(addr);
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
-        let close = CloseSignals { stop: stop.clone() };
+        let close = CloseSignals::new(stop.clone());
         let permit = crate::server::conn_limit::ConnLimit::new(0).acquire().await;
         let task = serve_connection(
             Arc::clone(&shared),

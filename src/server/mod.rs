@@ -1,7 +1,7 @@
-//! Client-facing side: listeners, workers, connection timeouts, TLS, PROXY protocol and
-//! the client IP.
+//! Client-facing side: listeners, workers, connection timeouts, TLS and the PROXY
+//! protocol.
 
-pub mod client_ip;
+mod conn;
 pub mod conn_clock;
 pub mod conn_limit;
 pub mod head_scan;

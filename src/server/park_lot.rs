@@ -7,11 +7,11 @@
 //! socket turns readable (each slot registers its own waker with the socket, so only
 //! that slot is looked at), when the earliest idle deadline passes, or when a
 //! listener's close signal fires, and then hands the connection to a new connection
-//! task, or closes it.
+//! task (through the [`Resume`] function the lot was created with), or closes it.
 //!
-//! The lot is thread-local: workers run single-threaded runtimes
-//! ([`super::workers`]), so a connection, the lot it parks in and the lot's task stay
-//! on one thread.
+//! The lot is thread-local, created by its worker: workers run single-threaded
+//! runtimes ([`super::workers`]), so a connection, the lot it parks in and the lot's
+//! task stay on one thread.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -28,10 +28,9 @@ use atomic_waker::AtomicWaker;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
+use super::conn::{ClientStream, CloseSignals, Conn, Timeouts};
 use super::conn_limit::ConnPermit;
 use super::heap_trim;
-use super::http_conn::{ClientStream, Conn, Timeouts, resume_conn};
-use super::listener::CloseSignals;
 use crate::backend::clock_ms;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
@@ -62,23 +61,10 @@ pub(super) trait Parkable: ClientStream + Sized {
     fn lot() -> &'static LocalKey<RefCell<Lot<Self>>>;
 }
 
-thread_local! {
-    static TCP_LOT: RefCell<Lot<tokio::net::TcpStream>> = RefCell::new(Lot::new());
-    static TLS_LOT: RefCell<Lot<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> =
-        RefCell::new(Lot::new());
-}
-
-impl Parkable for tokio::net::TcpStream {
-    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
-        &TCP_LOT
-    }
-}
-
-impl Parkable for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
-        &TLS_LOT
-    }
-}
+/// Serves a connection the lot gives back (its client sent again): the future of the
+/// new connection task that takes over the socket. Given to a lot once, when its worker
+/// creates it; boxed, because that task may park the connection in the lot again.
+pub(super) type Resume<IO> = fn(Conn, IO) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Parks `io` until the client sends again (a new connection task then serves it),
 /// the idle `deadline` (a [`clock_ms`]) passes, or its listener closes.
@@ -173,10 +159,13 @@ pub(super) struct Lot<IO> {
     /// Connections parked since memory was last returned to the system, and when.
     parked_since_trim: u32,
     last_trim: u64,
+    /// Serves a connection whose client sent again.
+    serve_again: Resume<IO>,
 }
 
 impl<IO: Parkable> Lot<IO> {
-    fn new() -> Lot<IO> {
+    /// An empty lot that hands connections whose clients send again to `serve_again`.
+    pub(super) fn new(serve_again: Resume<IO>) -> Lot<IO> {
         Lot {
             slots: Vec::new(),
             wakers: Vec::new(),
@@ -191,6 +180,7 @@ impl<IO: Parkable> Lot<IO> {
             timer_at: u64::MAX,
             parked_since_trim: 0,
             last_trim: 0,
+            serve_again,
         }
     }
 
@@ -312,7 +302,7 @@ impl<IO: Parkable> Lot<IO> {
                 tracked: p.tracked,
                 permit: p.permit,
             };
-            tokio::spawn(resume_conn(conn, p.io));
+            tokio::spawn((self.serve_again)(conn, p.io));
         }
     }
 

@@ -1,5 +1,6 @@
 //! Worker threads: one single-threaded tokio runtime per core, each running an accept
-//! loop for every listener and the connections it accepts.
+//! loop for every listener, the connections it accepts, and the parking lots that keep
+//! its idle ones.
 //!
 //! A runtime per core (as nginx runs a process per core) keeps a connection, its
 //! upstream connections and their wake-ups on one thread; measured cheaper per request
@@ -7,15 +8,40 @@
 //! The control side (signals, reload, health checks, admin) runs elsewhere and talks to
 //! workers only through [`Workers::listen`].
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, LocalKey};
 
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
 
+use super::http_conn::resume_conn;
 use super::listener::accept_loop;
+use super::park_lot::{Lot, Parkable};
 use crate::proxy::conn_pool;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
+
+thread_local! {
+    /// The worker's lot of idle plain connections, made on its thread when the first one
+    /// parks; a connection whose client sends again is served by [`resume_conn`].
+    static TCP_LOT: RefCell<Lot<TcpStream>> = RefCell::new(Lot::new(resume_conn));
+    /// The worker's lot of idle TLS connections, likewise.
+    static TLS_LOT: RefCell<Lot<TlsStream<TcpStream>>> = RefCell::new(Lot::new(resume_conn));
+}
+
+impl Parkable for TcpStream {
+    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
+        &TCP_LOT
+    }
+}
+
+impl Parkable for TlsStream<TcpStream> {
+    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
+        &TLS_LOT
+    }
+}
 
 enum Command {
     Listen {
