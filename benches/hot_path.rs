@@ -255,7 +255,7 @@ fn reload(c: &mut Criterion) {
 /// parsed into the client's header map.
 fn upstream_codec(c: &mut Criterion) {
     use maitred::proxy::headers::Forwarded;
-    use maitred::proxy::upstream::{request, response};
+    use maitred::upstream::{request, response};
     let (parts, ()) = http::Request::get("/api/items?page=2")
         .header("host", "shop.example")
         .header("user-agent", "bench/1.0")

@@ -9,11 +9,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::AdminState;
-use crate::proxy::conn_pool::ConnPool;
 
 /// One backend of one pool, as the current snapshot sees it.
 #[derive(Debug)]
@@ -89,8 +88,45 @@ pub struct BackendLive {
     /// as 5xx of the backend that caused them).
     classes: [AtomicU64; 5],
     last_check: Mutex<Option<CheckResult>>,
-    /// Idle keep-alive connections to this backend.
-    pub conns: ConnPool,
+    /// Idle keep-alive connections to this backend, kept by the layer that speaks to
+    /// backends.
+    pub conns: IdleHandle,
+}
+
+/// A backend's idle keep-alive connections as the backend state sees them: owned and
+/// typed by the layer that speaks to backends (`upstream::pool`), opaque here so that
+/// the state imports nothing above it.
+pub trait IdleConns: std::fmt::Debug + Send + Sync + 'static {
+    /// Idle connections held.
+    fn idle(&self) -> usize;
+    /// Closes them all (backend removed, process stopping).
+    fn clear(&self);
+    /// The owning layer's own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Where a backend's [`IdleConns`] live: made by their owner on first use.
+#[derive(Debug, Default)]
+pub struct IdleHandle(OnceLock<Box<dyn IdleConns>>);
+
+impl IdleHandle {
+    /// The idle connections, made by `make` the first time.
+    #[inline]
+    pub fn get_or_init(&self, make: impl FnOnce() -> Box<dyn IdleConns>) -> &dyn IdleConns {
+        self.0.get_or_init(make).as_ref()
+    }
+
+    /// Idle connections held.
+    pub fn idle(&self) -> usize {
+        self.0.get().map_or(0, |c| c.idle())
+    }
+
+    /// Closes them all.
+    pub fn clear(&self) {
+        if let Some(c) = self.0.get() {
+            c.clear();
+        }
+    }
 }
 
 impl BackendLive {
@@ -109,7 +145,7 @@ impl BackendLive {
             ejections: AtomicU64::new(0),
             classes: Default::default(),
             last_check: Mutex::new(None),
-            conns: ConnPool::new(),
+            conns: IdleHandle::default(),
         }
     }
 

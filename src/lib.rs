@@ -41,3 +41,4 @@ pub mod shutdown;
 pub mod signals;
 pub mod snapshot;
 pub mod stats;
+pub mod upstream;

@@ -13,10 +13,10 @@ use std::path::Path;
 use bytes::BytesMut;
 use http::header;
 use maitred::balancer::{AffinityKey, Token};
-use maitred::proxy::upstream::body::{self, State, Step};
-use maitred::proxy::upstream::response::{self, BodyFraming, Parsed};
 use maitred::server::head_scan::{HeadProblem, HeadScan};
 use maitred::server::proxy_protocol;
+use maitred::upstream::body::{self, State, Step};
+use maitred::upstream::response::{self, BodyFraming, Parsed};
 
 /// Cuts `bytes` into pieces whose lengths follow from `seed`, so that one fuzz input
 /// tries one way of splitting its bytes across reads.

@@ -1,55 +1,17 @@
-//! The body types of the request path: what goes to a backend and what goes back to the
-//! client, as enums rather than boxed trait objects so that a request allocates nothing
-//! for its bodies.
+//! The body of a response on its way to the client: a backend's, carrying the backend's
+//! in-flight slot and the access-log line until it ends, or a short one maitred wrote.
+//! An enum rather than a boxed trait object, so a response allocates nothing for its
+//! body. (The request body on its way to a backend is [`crate::upstream::RequestBody`].)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use super::upstream::{UpstreamBody, UpstreamError};
 use crate::access_log::Pending;
 use crate::backend::InFlight;
-
-/// A request body on its way to a backend.
-#[derive(Debug)]
-pub enum UpBody {
-    /// No body.
-    Empty,
-    /// The client's body, streamed.
-    Client(Incoming),
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpBody::Empty => Poll::Ready(None),
-            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Empty => true,
-            UpBody::Client(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Client(b) => b.size_hint(),
-        }
-    }
-}
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// A response body on its way to the client.
 #[derive(Debug)]
@@ -92,7 +54,9 @@ impl DownBody {
 /// idle pool, then the in-flight slot is released.
 fn release(body: &mut UpstreamBody, guard: &mut Option<InFlight>) {
     if let (Some(c), Some(g)) = (body.take_reusable(), guard.as_ref()) {
-        g.live().conns.put(c);
+        if let Some(pool) = crate::upstream::pool::of(g.live()) {
+            pool.put(c);
+        }
     }
     guard.take();
 }

@@ -5,7 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::DownBody;
-use super::upstream::UpstreamError;
+use crate::upstream::UpstreamError;
 
 /// A failure while proxying one request.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum ProxyError {
     /// The HTTP exchange with the backend failed (reset, closed, protocol error), or
     /// the client's body failed on its way there.
     #[error("backend exchange failed: {0}")]
-    Upstream(#[source] super::upstream::UpstreamError),
+    Upstream(#[source] crate::upstream::UpstreamError),
     /// The backend's response headers did not arrive within `response_timeout` of the
     /// request being sent (or the backend stopped taking the request for that long).
     #[error("backend response timed out")]

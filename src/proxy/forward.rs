@@ -1,8 +1,8 @@
 //! Talking to one backend: take a pooled keep-alive connection or open a new one within
 //! `connect_timeout`, send the request, wait for the response head.
 //!
-//! Connections are [`UpConn`]s kept per backend in [`super::conn_pool`]; the exchange
-//! itself, with its timeouts, is [`super::upstream`]. A failure says whether any of the
+//! Connections are [`UpConn`]s kept per backend in [`crate::upstream::pool`]; the exchange
+//! itself, with its timeouts, is [`crate::upstream`]. A failure says whether any of the
 //! request reached the backend, which decides whether it may go to another one, and
 //! whether the connection was found closed before any answer, which lets a reused
 //! connection's request go again on a fresh one (DESIGN §6).
@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use http::request::Parts;
 
-use super::body::UpBody;
 use super::error::ProxyError;
 use super::headers::Forwarded;
-use super::upstream::{Failure, Limits, ResponseHead, UpConn, UpstreamError};
 use crate::backend::Backend;
+use crate::upstream::{Failure, Limits, RequestBody, ResponseHead, UpConn, UpstreamError, pool};
 
 /// A connection for one attempt.
 #[derive(Debug)]
@@ -32,7 +31,7 @@ pub async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
 ) -> Result<Checkout, ProxyError> {
-    if let Some(conn) = backend.live.conns.take() {
+    if let Some(conn) = pool::of(&backend.live).and_then(|p| p.take()) {
         return Ok(Checkout { conn, reused: true });
     }
     connect(backend, connect_timeout)
@@ -70,7 +69,7 @@ pub async fn send(
     conn: &mut UpConn,
     parts: &Parts,
     forwarded: &Forwarded,
-    body: &mut UpBody,
+    body: &mut RequestBody,
     limits: Limits,
 ) -> Result<ResponseHead, SendFailure> {
     conn.exchange(parts, forwarded, body, limits).await.map_err(

@@ -11,6 +11,9 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::hop::{Hop, hop_kind};
+use crate::upstream::request::AddedHeaders;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -126,54 +129,6 @@ fn hop_bit(name: &HeaderName) -> u8 {
     }
 }
 
-/// What a header name is to a proxy: end to end, or one of the hop-by-hop kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hop {
-    /// End to end: forwarded.
-    No,
-    /// `Connection`.
-    Connection,
-    /// `TE`.
-    Te,
-    /// `Trailer`.
-    Trailer,
-    /// `Transfer-Encoding`.
-    TransferEncoding,
-    /// `Upgrade`.
-    Upgrade,
-    /// `Keep-Alive`.
-    KeepAlive,
-    /// `Proxy-*`.
-    Proxy,
-}
-
-/// Classifies a header name, in any case (the request side sees hyper's lowercase
-/// names, the response side the backend's bytes as sent).
-pub fn hop_kind(name: &[u8]) -> Hop {
-    match name.first() {
-        Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'k' | b'K' | b'p' | b'P') => {}
-        _ => return Hop::No,
-    }
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    if is("connection") {
-        Hop::Connection
-    } else if is("transfer-encoding") {
-        Hop::TransferEncoding
-    } else if is("upgrade") {
-        Hop::Upgrade
-    } else if is("keep-alive") {
-        Hop::KeepAlive
-    } else if is("te") {
-        Hop::Te
-    } else if is("trailer") {
-        Hop::Trailer
-    } else if name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
-        Hop::Proxy
-    } else {
-        Hop::No
-    }
-}
-
 /// `Connection: keep-alive` or `close` alone (what most peers send) names no other
 /// header, so there is nothing to look up.
 fn connection_is_plain(headers: &HeaderMap) -> bool {
@@ -247,14 +202,14 @@ impl Forwarded {
             host,
         }
     }
+}
 
-    /// Whether `name` is one of the headers this replaces.
-    pub fn replaces(name: &HeaderName) -> bool {
+impl AddedHeaders for Forwarded {
+    fn replaces(name: &HeaderName) -> bool {
         *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
     }
 
-    /// The header lines, as (name, value) pairs.
-    pub fn lines(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+    fn lines(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         [
             Some(("x-forwarded-for", self.for_.as_bytes())),
             Some(("x-forwarded-proto", self.proto.as_bytes())),

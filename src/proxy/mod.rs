@@ -8,13 +8,11 @@
 
 pub mod body;
 pub mod client_ip;
-pub mod conn_pool;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod host;
 mod upgrade;
-pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,7 +26,9 @@ use crate::backend::Health;
 use crate::balancer::{PickContext, Tried};
 use crate::pool::{Chosen, Pool};
 use crate::shared::Shared;
-use body::{DownBody, UpBody};
+use crate::upstream;
+use crate::upstream::RequestBody;
+use body::DownBody;
 use error::{ProxyError, local_response};
 
 /// What the proxy knows about the client connection a request arrived on.
@@ -277,9 +277,9 @@ async fn proxy(
     let bodiless = body.is_end_stream();
     let replayable = bodiless && !upgrading && is_idempotent(&parts.method);
     let mut body = if bodiless {
-        UpBody::Empty
+        RequestBody::Empty
     } else {
-        UpBody::Client(body)
+        RequestBody::Client(body)
     };
 
     // Only affinity tokens need the wall clock.

@@ -9,9 +9,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
-use super::upstream::UpConn;
 use crate::backend::InFlight;
 use crate::shared::Shared;
+use crate::upstream::UpConn;
 
 /// Starts the tunnel task for an upgrade both sides agreed to: once hyper has sent the
 /// 101 to the client, whatever the backend sent after its own 101 goes first, then bytes

@@ -28,7 +28,7 @@ use super::conn::Timeouts;
 use super::head_scan::{HeadScan, Verdicts};
 use crate::backend::clock_ms;
 use crate::proxy::body::DownBody;
-use crate::proxy::upstream::UpstreamError;
+use crate::upstream::UpstreamError;
 
 /// What the watchdog knows about one connection.
 ///

@@ -19,9 +19,9 @@ use tokio_rustls::server::TlsStream;
 use super::http_conn::resume_conn;
 use super::listener::accept_loop;
 use super::park_lot::{Lot, Parkable};
-use crate::proxy::conn_pool;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
+use crate::upstream::pool as conn_pool;
 
 thread_local! {
     /// The worker's lot of idle plain connections, made on its thread when the first one
@@ -145,7 +145,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shut
                 let keepalive = pool.keepalive_timeout;
                 pool.backends
                     .iter()
-                    .map(move |b| (&b.live.conns, keepalive))
+                    .filter_map(move |b| Some((conn_pool::of(&b.live)?, keepalive)))
             }));
         }
     });

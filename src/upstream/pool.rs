@@ -23,7 +23,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::upstream::UpConn;
+use super::UpConn;
+use crate::backend::{BackendLive, IdleConns};
 
 /// Idle connections kept per backend per worker slot; beyond this, a finished
 /// connection is closed instead of pooled.
@@ -69,6 +70,15 @@ pub fn set_worker_index(index: usize) {
 
 fn slot() -> usize {
     WORKER_SLOT.with(|s| s.get())
+}
+
+/// The idle connections of `live`'s backend (made on first use).
+#[inline]
+pub fn of(live: &BackendLive) -> Option<&ConnPool> {
+    live.conns
+        .get_or_init(|| Box::new(ConnPool::new()))
+        .as_any()
+        .downcast_ref()
 }
 
 /// Idle connections to one backend.
@@ -162,6 +172,20 @@ impl ConnPool {
                 v.clear();
             }
         }
+    }
+}
+
+impl IdleConns for ConnPool {
+    fn idle(&self) -> usize {
+        ConnPool::idle(self)
+    }
+
+    fn clear(&self) {
+        ConnPool::clear(self);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

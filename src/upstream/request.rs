@@ -8,10 +8,62 @@
 
 use http::header;
 use http::request::Parts;
-use http_body::Body as _;
 
-use crate::proxy::body::UpBody;
-use crate::proxy::headers::Forwarded;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderName;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A request body on its way to a backend: none, or the client's, streamed.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// The client's body, streamed.
+    Client(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Client(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Client(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Header lines the request logic adds to a request for its backend (the X-Forwarded-*
+/// headers), each in place of any line of that name the client sent. Written straight
+/// into the request head, so they cost no header-map insertions.
+pub trait AddedHeaders {
+    /// Whether a client header of this name is left out because a line replaces it.
+    fn replaces(name: &HeaderName) -> bool;
+    /// The lines, as (name, value) pairs.
+    fn lines(&self) -> impl Iterator<Item = (&'static str, &[u8])>;
+}
 
 /// How the request body is framed on the wire to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +77,7 @@ pub enum Framing {
 }
 
 /// The framing for `body` under `parts`.
-pub fn framing(parts: &Parts, body: &UpBody) -> Framing {
+pub fn framing(parts: &Parts, body: &RequestBody) -> Framing {
     if body.is_end_stream() {
         Framing::None
     } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
@@ -36,8 +88,8 @@ pub fn framing(parts: &Parts, body: &UpBody) -> Framing {
 }
 
 /// Appends the request head to `out`: the request's headers but for any
-/// X-Forwarded-For/-Proto/-Host the client sent, then `forwarded`'s.
-pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, forwarded: &Forwarded, framing: Framing) {
+/// lines `added` replaces, then `added`'s lines.
+pub fn encode_head<A: AddedHeaders>(out: &mut Vec<u8>, parts: &Parts, added: &A, framing: Framing) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let target = if target.is_empty() { "/" } else { target };
     let method = parts.method.as_str();
@@ -45,7 +97,7 @@ pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, forwarded: &Forwarded, fram
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
-    for (name, value) in forwarded.lines() {
+    for (name, value) in added.lines() {
         size += name.len() + value.len() + 4;
     }
     out.reserve(size + 28);
@@ -54,11 +106,11 @@ pub fn encode_head(out: &mut Vec<u8>, parts: &Parts, forwarded: &Forwarded, fram
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if !Forwarded::replaces(name) {
+        if !A::replaces(name) {
             line(out, name.as_str(), value.as_bytes());
         }
     }
-    for (name, value) in forwarded.lines() {
+    for (name, value) in added.lines() {
         line(out, name, value);
     }
     if framing == Framing::Chunked {
@@ -111,19 +163,37 @@ pub fn chunk_size_line(line: &mut [u8; 20], len: usize) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::{ForwardedFor, IpText};
     use http::Request;
+
+    /// The forwarding lines the request logic adds, as the tests need them.
+    struct Fwd {
+        host: Option<http::HeaderValue>,
+    }
+
+    impl AddedHeaders for Fwd {
+        fn replaces(name: &HeaderName) -> bool {
+            name.as_str().starts_with("x-forwarded-")
+        }
+
+        fn lines(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+            [
+                Some(("x-forwarded-for", &b"10.0.0.1"[..])),
+                Some(("x-forwarded-proto", &b"http"[..])),
+                self.host
+                    .as_ref()
+                    .map(|h| ("x-forwarded-host", h.as_bytes())),
+            ]
+            .into_iter()
+            .flatten()
+        }
+    }
 
     fn parts(req: Request<()>) -> Parts {
         req.into_parts().0
     }
 
-    fn fwd() -> Forwarded {
-        Forwarded {
-            for_: ForwardedFor::Client(IpText::new([10, 0, 0, 1].into())),
-            proto: "http",
-            host: None,
-        }
+    fn fwd() -> Fwd {
+        Fwd { host: None }
     }
 
     #[test]

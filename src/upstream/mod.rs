@@ -15,6 +15,8 @@
 //! the backend, which decides whether a retry is allowed (DESIGN §5, `retries`).
 
 pub mod body;
+pub mod hop;
+pub mod pool;
 pub mod request;
 pub mod response;
 
@@ -27,9 +29,8 @@ use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::body::UpBody;
-use super::headers::Forwarded;
 pub use body::UpstreamBody;
+pub use request::{AddedHeaders, RequestBody};
 pub use response::ResponseHead;
 
 /// The most a response head may take; a larger one is a bad gateway.
@@ -160,8 +161,8 @@ impl UpConn {
     pub async fn exchange(
         &mut self,
         parts: &Parts,
-        forwarded: &Forwarded,
-        body: &mut UpBody,
+        forwarded: &impl AddedHeaders,
+        body: &mut RequestBody,
         limits: Limits,
     ) -> Result<ResponseHead, Failure> {
         let framing = request::framing(parts, body);
@@ -191,7 +192,7 @@ impl UpConn {
     async fn exchange_with_body(
         &mut self,
         parts: &Parts,
-        body: &mut UpBody,
+        body: &mut RequestBody,
         framing: request::Framing,
         limits: Limits,
     ) -> Result<ResponseHead, Failure> {
@@ -373,7 +374,10 @@ async fn write_head(
 }
 
 /// The next piece of the client's body, waiting at most `limits.client_body` for it.
-async fn client_data(body: &mut UpBody, limits: Limits) -> Result<Option<Bytes>, UpstreamError> {
+async fn client_data(
+    body: &mut RequestBody,
+    limits: Limits,
+) -> Result<Option<Bytes>, UpstreamError> {
     match tokio::time::timeout(limits.client_body, next_data(body)).await {
         Err(_) => Err(UpstreamError::ClientBodyTimeout),
         Ok(r) => r,
@@ -381,7 +385,7 @@ async fn client_data(body: &mut UpBody, limits: Limits) -> Result<Option<Bytes>,
 }
 
 /// The next piece of the client's body with data in it; trailers are not forwarded.
-async fn next_data(body: &mut UpBody) -> Result<Option<Bytes>, UpstreamError> {
+async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, UpstreamError> {
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
         let frame = frame.map_err(UpstreamError::ClientBody)?;
         if let Ok(data) = frame.into_data() {
@@ -399,7 +403,7 @@ async fn next_data(body: &mut UpBody) -> Result<Option<Bytes>, UpstreamError> {
 /// Writes the rest of the client's body to the backend as it arrives, raw or chunked.
 async fn pump_body(
     wr: &mut tokio::net::tcp::WriteHalf<'_>,
-    body: &mut UpBody,
+    body: &mut RequestBody,
     framing: request::Framing,
     limits: Limits,
 ) -> Result<(), UpstreamError> {

@@ -22,7 +22,7 @@ use http::request::Parts;
 use http::{Method, StatusCode};
 
 use super::UpstreamError;
-use crate::proxy::headers::{Hop, hop_kind};
+use super::hop::{Hop, hop_kind};
 
 /// Header lines a response may have.
 pub const MAX_HEADERS: usize = 128;
