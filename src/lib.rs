@@ -1,12 +1,21 @@
 //! maitred: an HTTP (layer-7) reverse-proxy load balancer.
 //!
+//! # The layers
+//!
+//! `server/` (client connections) → `proxy/` (one request's logic) → `upstream/`
+//! (backend connections), above the state leaves (`config/`, `snapshot.rs`, `pool.rs`,
+//! `balancer/`, `backend.rs`, `router.rs`, `health/`, `stats.rs`). Imports only go down:
+//! no layer imports one above it and no state leaf imports a layer. `ARCHITECTURE.md`
+//! is the map.
+//!
 //! # The request path
 //!
-//! `server/listener.rs` accepts a connection (PROXY header, TLS, HTTP/1.1 or HTTP/2) →
-//! `proxy/mod.rs` handles each request against the current [`snapshot::Snapshot`] →
-//! `router.rs` picks the pool → `pool.rs` picks a backend through one of `balancer/*`
-//! and takes its in-flight slot → `proxy/forward.rs` sends it on a pooled keep-alive
-//! connection. The response body carries the in-flight guard and the connection back.
+//! `server/listener.rs` accepts a connection (connection limit, PROXY header, TLS) →
+//! `server/http_conn.rs` serves HTTP/1.1 or HTTP/2 with its watchdog → `proxy/mod.rs`
+//! handles each request against the current [`snapshot::Snapshot`] → `router.rs` picks
+//! the pool → `pool.rs` picks a backend through one of `balancer/*` and takes its
+//! in-flight slot → `proxy/forward.rs` sends it on a pooled keep-alive connection with
+//! `upstream/`. The response body carries the in-flight guard and the connection back.
 //!
 //! # The health flow
 //!
