@@ -21,10 +21,10 @@ use ipnet::IpNet;
 
 use crate::backend::BackendLive;
 use crate::config::{AdminState, Config};
+use crate::conn_limit::ConnLimit;
 use crate::pool::Pool;
 use crate::router::Router;
-use crate::server::conn_limit::ConnLimit;
-use crate::server::tls::{self, TlsError};
+use crate::tls::{self, TlsError};
 
 /// A listener's per-request settings.
 #[derive(Debug)]

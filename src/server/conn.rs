@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::conn_limit::ConnPermit;
+use crate::conn_limit::ConnPermit;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
 use crate::shutdown::Tracked;

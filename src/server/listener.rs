@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{CloseSignals, Conn, Proto, Timeouts};
-use super::conn_limit::ConnPermit;
 use super::http_conn::serve_http;
 use super::proxy_protocol;
+use crate::conn_limit::ConnPermit;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -196,7 +196,7 @@ mod tests {
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
         let close = CloseSignals::new(stop.clone());
-        let permit = crate::server::conn_limit::ConnLimit::new(0).acquire().await;
+        let permit = crate::conn_limit::ConnLimit::new(0).acquire().await;
         let task = serve_connection(
             Arc::clone(&shared),
             Arc::from("l"),

@@ -3,7 +3,6 @@
 
 mod conn;
 pub mod conn_clock;
-pub mod conn_limit;
 pub mod head_scan;
 mod heap_trim;
 mod http_conn;
@@ -12,6 +11,5 @@ mod park_lot;
 mod peer_close;
 pub mod proxy_protocol;
 mod stream_clock;
-pub mod tls;
 mod wake_gate;
 pub mod workers;

@@ -29,9 +29,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use super::conn::{ClientStream, CloseSignals, Conn, Timeouts};
-use super::conn_limit::ConnPermit;
 use super::heap_trim;
 use crate::backend::clock_ms;
+use crate::conn_limit::ConnPermit;
 use crate::proxy::ConnInfo;
 use crate::shared::Shared;
 use crate::shutdown::Tracked;
