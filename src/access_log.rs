@@ -159,6 +159,15 @@ thread_local! {
     };
 }
 
+/// Frees the current worker's line buffer; called once when the worker stops.
+pub fn clear_worker_buffer() {
+    let _ = LINE.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.text = Vec::new();
+        }
+    });
+}
+
 /// A worker's line buffer.
 struct Line {
     text: Vec<u8>,

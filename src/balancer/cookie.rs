@@ -63,6 +63,15 @@ thread_local! {
         const { RefCell::new([const { None }; ISSUED_SLOTS]) };
 }
 
+/// Forgets this worker's issued tokens (the worker is stopping).
+pub(super) fn clear_worker_cache() {
+    let _ = ISSUED.try_with(|i| {
+        if let Ok(mut i) = i.try_borrow_mut() {
+            i.iter_mut().for_each(|slot| *slot = None);
+        }
+    });
+}
+
 impl CookieAffinity {
     /// Builds it from the pool's `[affinity]` settings.
     pub fn new(

@@ -33,6 +33,13 @@ pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
 pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError};
 
+/// Forgets the current worker's affinity caches (issued and verified tokens); called
+/// once when the worker stops.
+pub fn clear_worker_caches() {
+    cookie::clear_worker_cache();
+    token::clear_worker_cache();
+}
+
 /// What a balancer may read about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct PickContext<'a> {

@@ -71,6 +71,15 @@ thread_local! {
         std::cell::RefCell::new(vec![None; CACHE_SLOTS]);
 }
 
+/// Forgets this worker's verified tokens (the worker is stopping).
+pub(super) fn clear_worker_cache() {
+    let _ = VERIFIED.try_with(|v| {
+        if let Ok(mut v) = v.try_borrow_mut() {
+            v.iter_mut().for_each(|slot| *slot = None);
+        }
+    });
+}
+
 impl AffinityKey {
     /// From the configured `secret`, or, without one, a key derived from the pool's name
     /// (stable across restarts and instances, but not secret).

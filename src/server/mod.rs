@@ -12,4 +12,5 @@ mod peer_close;
 pub mod proxy_protocol;
 mod stream_clock;
 mod wake_gate;
+mod worker;
 pub mod workers;

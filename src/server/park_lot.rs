@@ -404,7 +404,7 @@ impl<IO: Parkable> Lot<IO> {
     }
 
     /// Closes everything: the worker is ending.
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         for slot in 0..self.slots.len() as u32 {
             if let Some(p) = self.take(slot) {
                 drop(p);

@@ -8,40 +8,16 @@
 //! The control side (signals, reload, health checks, admin) runs elsewhere and talks to
 //! workers only through [`Workers::listen`].
 
-use std::cell::RefCell;
 use std::sync::Arc;
-use std::thread::{JoinHandle, LocalKey};
+use std::thread::JoinHandle;
 
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::server::TlsStream;
 
-use super::http_conn::resume_conn;
 use super::listener::accept_loop;
-use super::park_lot::{Lot, Parkable};
+use super::worker::Worker;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::upstream::pool as conn_pool;
-
-thread_local! {
-    /// The worker's lot of idle plain connections, made on its thread when the first one
-    /// parks; a connection whose client sends again is served by [`resume_conn`].
-    static TCP_LOT: RefCell<Lot<TcpStream>> = RefCell::new(Lot::new(resume_conn));
-    /// The worker's lot of idle TLS connections, likewise.
-    static TLS_LOT: RefCell<Lot<TlsStream<TcpStream>>> = RefCell::new(Lot::new(resume_conn));
-}
-
-impl Parkable for TcpStream {
-    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
-        &TCP_LOT
-    }
-}
-
-impl Parkable for TlsStream<TcpStream> {
-    fn lot() -> &'static LocalKey<RefCell<Lot<Self>>> {
-        &TLS_LOT
-    }
-}
 
 enum Command {
     Listen {
@@ -85,8 +61,12 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("maitred-worker-{index}"))
                 .spawn(move || {
-                    conn_pool::set_worker_index(index);
+                    let worker = Worker::start(index);
                     runtime.block_on(run(rx, shared, shutdown));
+                    // The runtime's tasks (connections, the parking lots' tasks) end
+                    // first, then the worker's own state goes.
+                    drop(runtime);
+                    drop(worker);
                 })?;
             senders.push(tx);
             threads.push(thread);
@@ -140,13 +120,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>, shut
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             beat.tick().await;
-            let snap = beating.live.load();
-            conn_pool::heartbeat(snap.pools.iter().flat_map(|pool| {
-                let keepalive = pool.keepalive_timeout;
-                pool.backends
-                    .iter()
-                    .filter_map(move |b| Some((conn_pool::of(&b.live)?, keepalive)))
-            }));
+            Worker::heartbeat(&beating.live.load());
         }
     });
     while let Some(cmd) = rx.recv().await {

@@ -121,6 +121,21 @@ fn header_name(
     Ok(name)
 }
 
+/// Frees the current worker's spare header maps and parse scratch; called once when
+/// the worker stops.
+pub fn clear_worker_state() {
+    let _ = SPARE_MAPS.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = Vec::new();
+        }
+    });
+    let _ = SCRATCH.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = Scratch::default();
+        }
+    });
+}
+
 /// Spare maps kept per worker thread, at most.
 const MAX_SPARES: usize = 512;
 
