@@ -8,6 +8,7 @@
 //! skips them.
 
 mod cookie;
+mod eligible;
 mod hash;
 mod key;
 mod least_conn;
@@ -26,6 +27,7 @@ use crate::backend::Backend;
 use crate::config::{BalancerKind, PoolConfig};
 
 pub use cookie::CookieAffinity;
+pub use eligible::{Limits, Tried};
 pub use hash::ConsistentHash;
 pub use key::KeyExtractor;
 pub use least_conn::LeastConnections;
@@ -46,75 +48,6 @@ pub struct PickContext<'a> {
     pub now_secs: u64,
     /// Requests in flight on the whole pool now (bounded load).
     pub pool_in_flight: u32,
-}
-
-/// Pool-wide limits every balancer honours.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Concurrent requests per backend; 0 = unlimited. A backend at the limit is skipped.
-    pub max_connections: u32,
-    /// Bounded load for sticky choices; 0 = off.
-    pub balance_factor: f64,
-}
-
-impl Limits {
-    /// Whether `b` may take a new client now: eligible and under `max_connections`.
-    #[inline]
-    pub fn can_take_new(&self, b: &Backend) -> bool {
-        b.live.accepts_new() && self.has_room(b)
-    }
-
-    /// Whether `b` may serve a client bound to it: up, active or draining, with room.
-    #[inline]
-    pub fn can_take_bound(&self, b: &Backend) -> bool {
-        b.live.accepts_bound() && self.has_room(b)
-    }
-
-    #[inline]
-    fn has_room(&self, b: &Backend) -> bool {
-        self.max_connections == 0 || b.live.in_flight() < self.max_connections
-    }
-
-    /// Bounded load: whether a sticky choice of `b` must overflow because its in-flight
-    /// load would exceed `balance_factor` × its weighted share of the pool's load
-    /// (counting the request being placed).
-    #[inline]
-    pub fn over_bound(&self, b: &Backend, pool_in_flight: u32, total_weight: u32) -> bool {
-        if self.balance_factor <= 0.0 || total_weight == 0 {
-            return false;
-        }
-        let share = f64::from(b.weight) / f64::from(total_weight);
-        let bound = (self.balance_factor * f64::from(pool_in_flight + 1) * share).ceil();
-        f64::from(b.live.in_flight() + 1) > bound
-    }
-}
-
-/// Backends a request has already tried, skipped by every balancer on a retry.
-#[derive(Debug, Clone, Default)]
-pub struct Tried {
-    idx: [u32; crate::config::MAX_RETRIES as usize + 1],
-    len: usize,
-}
-
-impl Tried {
-    /// No backend tried yet.
-    pub fn new() -> Tried {
-        Tried::default()
-    }
-
-    /// Whether backend `i` was tried.
-    #[inline]
-    pub fn contains(&self, i: usize) -> bool {
-        self.idx[..self.len].iter().any(|&t| t as usize == i)
-    }
-
-    /// Records backend `i`; beyond capacity the oldest entries are kept.
-    pub fn insert(&mut self, i: usize) {
-        if self.len < self.idx.len() {
-            self.idx[self.len] = i as u32;
-            self.len += 1;
-        }
-    }
 }
 
 /// A balancer's choice.
