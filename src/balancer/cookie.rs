@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 use super::key::find_cookie;
 use super::token::{AffinityKey, Token};
-use super::{Balancer, Limits, Pick, PickContext, Placement, Tried};
+use super::{Balancer, Eligible, Limits, Pick, PickContext, Placement, Tried};
 use crate::backend::Backend;
 use crate::config::{BalancerKind, PoolConfig};
 
@@ -202,12 +202,11 @@ impl Balancer for CookieAffinity {
         let Some(i) = self.index_of(token.backend).filter(|&i| i < backends.len()) else {
             return self.place(backends, ctx, limits, tried, Placement::Replaced);
         };
-        let b = &backends[i];
-        if tried.contains(i) || !b.live.accepts_bound() {
+        let eligible = Eligible::new(backends, limits, tried);
+        if !eligible.accepts_bound(i) {
             return self.place(backends, ctx, limits, tried, Placement::Replaced);
         }
-        if !limits.can_take_bound(b) || limits.over_bound(b, ctx.pool_in_flight, self.total_weight)
-        {
+        if !eligible.has_room(i) || eligible.over_bound(i, ctx.pool_in_flight, self.total_weight) {
             return self.place(backends, ctx, limits, tried, Placement::Overflow);
         }
         let half_life_passed = self

@@ -24,18 +24,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Whether `b` may take a new client now: eligible and under `max_connections`.
-    #[inline]
-    pub fn can_take_new(&self, b: &Backend) -> bool {
-        b.live.accepts_new() && self.has_room(b)
-    }
-
-    /// Whether `b` may serve a client bound to it: up, active or draining, with room.
-    #[inline]
-    pub fn can_take_bound(&self, b: &Backend) -> bool {
-        b.live.accepts_bound() && self.has_room(b)
-    }
-
+    /// Whether `b` is under `max_connections`.
     #[inline]
     fn has_room(&self, b: &Backend) -> bool {
         self.max_connections == 0 || b.live.in_flight() < self.max_connections
@@ -52,6 +41,59 @@ impl Limits {
         let share = f64::from(b.weight) / f64::from(total_weight);
         let bound = (self.balance_factor * f64::from(pool_in_flight + 1) * share).ceil();
         f64::from(b.live.in_flight() + 1) > bound
+    }
+}
+
+/// The eligibility rule for one pick: the pool's backends, its limits, and the backends
+/// this request has already tried. Built by each balancer at the top of its `pick`; it
+/// only borrows, so it costs nothing once inlined.
+#[derive(Debug, Clone, Copy)]
+pub struct Eligible<'a> {
+    backends: &'a [Backend],
+    limits: &'a Limits,
+    tried: &'a Tried,
+}
+
+impl<'a> Eligible<'a> {
+    /// The rule over `backends` (indices below refer to this slice).
+    #[inline]
+    pub fn new(backends: &'a [Backend], limits: &'a Limits, tried: &'a Tried) -> Eligible<'a> {
+        Eligible {
+            backends,
+            limits,
+            tried,
+        }
+    }
+
+    /// Whether backend `i` may take a new client now: not tried, up, active, not
+    /// ejected, and under `max_connections`.
+    #[inline]
+    pub fn accepts_new(&self, i: usize) -> bool {
+        !self.tried.contains(i) && {
+            let b = &self.backends[i];
+            b.live.accepts_new() && self.limits.has_room(b)
+        }
+    }
+
+    /// Whether backend `i` may serve a client bound to it: not tried, up, and active or
+    /// draining. Room is asked apart ([`Eligible::has_room`]): a bound client whose
+    /// backend is full overflows without being rebound.
+    #[inline]
+    pub fn accepts_bound(&self, i: usize) -> bool {
+        !self.tried.contains(i) && self.backends[i].live.accepts_bound()
+    }
+
+    /// Whether backend `i` is under `max_connections`.
+    #[inline]
+    pub fn has_room(&self, i: usize) -> bool {
+        self.limits.has_room(&self.backends[i])
+    }
+
+    /// Bounded load ([`Limits::over_bound`]) for backend `i`.
+    #[inline]
+    pub fn over_bound(&self, i: usize, pool_in_flight: u32, total_weight: u32) -> bool {
+        self.limits
+            .over_bound(&self.backends[i], pool_in_flight, total_weight)
     }
 }
 

@@ -8,7 +8,8 @@
 //! without the key is spread round-robin.
 
 use super::{
-    Balancer, KeyExtractor, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin, Tried,
+    Balancer, Eligible, KeyExtractor, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin,
+    Tried,
 };
 use crate::backend::Backend;
 use crate::config::BalancerKind;
@@ -50,14 +51,15 @@ impl Balancer for ConsistentHash {
             return self.keyless.pick(backends, ctx, limits, tried);
         };
         let home = self.ring.home(key)?;
-        let eligible = |i: usize| !tried.contains(i) && limits.can_take_new(&backends[i]);
+        let eligible = Eligible::new(backends, limits, tried);
         let bounded = |i: usize| {
-            eligible(i) && !limits.over_bound(&backends[i], ctx.pool_in_flight, self.total_weight)
+            eligible.accepts_new(i)
+                && !eligible.over_bound(i, ctx.pool_in_flight, self.total_weight)
         };
         let index = self
             .ring
             .lookup(key, bounded)
-            .or_else(|| self.ring.lookup(key, eligible))?;
+            .or_else(|| self.ring.lookup(key, |i| eligible.accepts_new(i)))?;
         Some(Pick {
             index,
             set_cookie: None,

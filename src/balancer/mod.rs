@@ -27,7 +27,7 @@ use crate::backend::Backend;
 use crate::config::{BalancerKind, PoolConfig};
 
 pub use cookie::CookieAffinity;
-pub use eligible::{Limits, Tried};
+pub use eligible::{Eligible, Limits, Tried};
 pub use hash::ConsistentHash;
 pub use key::KeyExtractor;
 pub use least_conn::LeastConnections;
@@ -95,8 +95,9 @@ pub enum Placement {
 /// # Contract
 ///
 /// - `pick` returns an index into `backends` (the slice the balancer was built from)
-///   whose backend can take the request under `limits`, or `None` when none can.
-/// - It skips every index in `tried`.
+///   that [`Eligible`] accepts under `limits` and `tried` (a new client, or a bound one
+///   for cookie affinity), or `None` when none can take the request. Eligibility is
+///   that one rule's business; a balancer only chooses among what it accepts.
 /// - It reads only atomics and its own tables: no allocation (except to build a cookie
 ///   for a response that needs one), no lock, no blocking, no I/O.
 ///
