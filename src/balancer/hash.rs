@@ -7,18 +7,18 @@
 //! on a tiny pool), the bound is ignored rather than refusing the request. A request
 //! without the key is spread round-robin.
 
+use super::key::hash_of;
 use super::{
-    Balancer, Eligible, KeyExtractor, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin,
-    Tried,
+    Balancer, Eligible, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin, Tried,
 };
 use crate::backend::Backend;
-use crate::config::BalancerKind;
+use crate::config::{BalancerKind, HashKey};
 
 /// Consistent hashing of a request key.
 #[derive(Debug)]
 pub struct ConsistentHash {
     ring: Ring,
-    key: KeyExtractor,
+    key: HashKey,
     keyless: SmoothRoundRobin,
     kind: BalancerKind,
     total_weight: u32,
@@ -26,7 +26,7 @@ pub struct ConsistentHash {
 
 impl ConsistentHash {
     /// Builds the ring for `backends`; `kind` is `IpHash` or `Hash` (as configured).
-    pub fn new(backends: &[Backend], key: KeyExtractor, kind: BalancerKind) -> ConsistentHash {
+    pub fn new(backends: &[Backend], key: HashKey, kind: BalancerKind) -> ConsistentHash {
         let named: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.name, b.weight)).collect();
         ConsistentHash {
             ring: Ring::new(&named),
@@ -47,7 +47,7 @@ impl Balancer for ConsistentHash {
         limits: &Limits,
         tried: &Tried,
     ) -> Option<Pick> {
-        let Some(key) = self.key.hash(ctx) else {
+        let Some(key) = hash_of(&self.key, ctx) else {
             return self.keyless.pick(backends, ctx, limits, tried);
         };
         let home = self.ring.home(key)?;
@@ -103,7 +103,7 @@ mod tests {
     }
 
     fn header_hash(bs: &[Backend]) -> ConsistentHash {
-        let key = KeyExtractor::Header(http::HeaderName::from_static("x-user"));
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
         ConsistentHash::new(bs, key, BalancerKind::Hash)
     }
 

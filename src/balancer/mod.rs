@@ -24,12 +24,11 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Uri};
 
 use crate::backend::Backend;
-use crate::config::{BalancerKind, PoolConfig};
+use crate::config::{BalancerKind, HashKey, PoolConfig};
 
 pub use cookie::CookieAffinity;
 pub use eligible::{Eligible, Limits, Tried};
 pub use hash::ConsistentHash;
-pub use key::KeyExtractor;
 pub use least_conn::LeastConnections;
 pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
@@ -108,8 +107,8 @@ pub enum Placement {
 /// - **least-connections** ([`LeastConnections`]): ignores the request; reads every
 ///   backend's in-flight atomic and its weight.
 /// - **ip-hash** and **hash** ([`ConsistentHash`]): read the client IP from
-///   [`PickContext::client_ip`], or a header, cookie, query parameter or the path through
-///   a [`KeyExtractor`], then look the key up on a [`Ring`]; without a key they delegate
+///   [`PickContext::client_ip`], or the header, cookie, query parameter or path its
+///   [`HashKey`](crate::config::HashKey) names, then look the key up on a [`Ring`]; without a key they delegate
 ///   to round-robin.
 /// - **cookie-affinity** ([`CookieAffinity`]): reads its cookie from
 ///   [`PickContext::headers`], decodes and verifies the [`Token`], and returns the bound
@@ -148,15 +147,11 @@ fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Bo
         BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
         BalancerKind::IpHash => Box::new(ConsistentHash::new(
             backends,
-            KeyExtractor::ClientIp,
+            HashKey::ClientIp,
             BalancerKind::IpHash,
         )),
         BalancerKind::Hash => {
-            let key = pool
-                .key
-                .as_ref()
-                .map(KeyExtractor::from_config)
-                .unwrap_or(KeyExtractor::ClientIp);
+            let key = pool.key.clone().unwrap_or(HashKey::ClientIp);
             Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
         }
         BalancerKind::CookieAffinity => {
