@@ -24,9 +24,9 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Uri};
 
 use crate::backend::Backend;
-use crate::config::{BalancerKind, HashKey, PoolConfig};
+use crate::config::BalancerKind;
 
-pub use cookie::CookieAffinity;
+pub use cookie::{CookieAffinity, CookieParams};
 pub use eligible::{Eligible, Limits, Tried};
 pub use hash::ConsistentHash;
 pub use least_conn::LeastConnections;
@@ -132,39 +132,5 @@ pub trait Balancer: Send + Sync + Debug {
     /// stateless balancers.
     fn home_of(&self, _key: u64) -> Option<usize> {
         None
-    }
-}
-
-/// Builds the balancer a pool's config asks for, over `backends` (built from the same
-/// config, in the same order).
-pub fn build(pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
-    build_kind(pool.balancer, pool, backends)
-}
-
-fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
-    match kind {
-        BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
-        BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
-        BalancerKind::IpHash => Box::new(ConsistentHash::new(
-            backends,
-            HashKey::ClientIp,
-            BalancerKind::IpHash,
-        )),
-        BalancerKind::Hash => {
-            let key = pool.key.clone().unwrap_or(HashKey::ClientIp);
-            Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
-        }
-        BalancerKind::CookieAffinity => {
-            let fallback_kind = pool
-                .affinity
-                .as_ref()
-                .map(|a| a.fallback)
-                .unwrap_or(BalancerKind::LeastConnections);
-            let fallback = match fallback_kind {
-                BalancerKind::RoundRobin => build_kind(BalancerKind::RoundRobin, pool, backends),
-                _ => build_kind(BalancerKind::LeastConnections, pool, backends),
-            };
-            Box::new(CookieAffinity::new(pool, backends, fallback))
-        }
     }
 }
