@@ -24,6 +24,8 @@ pub struct Pool {
     /// Backends in config order.
     pub backends: Vec<Backend>,
     balancer: Arc<dyn Balancer>,
+    /// Whether the balancer reads the wall clock, asked once at build.
+    needs_clock: bool,
     /// Limits every pick honours.
     pub limits: Limits,
     /// Upstream connect timeout.
@@ -88,6 +90,7 @@ impl Pool {
         Pool {
             name: Arc::from(cfg.name.as_str()),
             backends,
+            needs_clock: balancer.needs_clock(),
             balancer,
             limits: Limits {
                 max_connections: cfg.max_connections,
@@ -110,6 +113,13 @@ impl Pool {
     /// Which balancer the pool runs.
     pub fn balancer_kind(&self) -> BalancerKind {
         self.balancer.kind()
+    }
+
+    /// Whether a pick needs [`PickContext::now_secs`] (the wall clock); when not, the
+    /// caller reads no clock.
+    #[inline]
+    pub fn needs_clock(&self) -> bool {
+        self.needs_clock
     }
 
     /// The balancer itself (reload report, benchmarks).

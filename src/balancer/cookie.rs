@@ -250,6 +250,11 @@ impl Balancer for CookieAffinity {
     fn kind(&self) -> BalancerKind {
         BalancerKind::CookieAffinity
     }
+
+    /// Token issue times and expiry are in wall-clock seconds.
+    fn needs_clock(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,12 @@ pub trait Balancer: Send + Sync + Debug {
     /// Which balancer this is.
     fn kind(&self) -> BalancerKind;
 
+    /// Whether `pick` reads [`PickContext::now_secs`]; for the others the caller leaves
+    /// it 0 and reads no clock.
+    fn needs_clock(&self) -> bool {
+        false
+    }
+
     /// For sticky balancers, the backend index a sticky key hashing to `key` maps to with
     /// every backend healthy (the reload report's moved-keys estimate). `None` for
     /// stateless balancers.
