@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Uri, header};
 use maitred::backend::{Backend, BackendLive};
-use maitred::balancer::{self, AffinityKey, Limits, PickContext, Ring, Token, Tried};
+use maitred::balancer::{AffinityKey, Limits, PickContext, Ring, Token, Tried};
 use maitred::config::{self, AdminState, BalancerKind, Config, PoolConfig};
 use maitred::router::Router;
 use maitred::snapshot::Snapshot;
@@ -79,7 +79,7 @@ fn picks(c: &mut Criterion) {
         for n in SIZES {
             let bs = backends(n);
             let cfg = pool_config(kind, &bs);
-            let b = balancer::build(&cfg, &bs);
+            let b = maitred::pool::build_balancer(&cfg, &bs);
             let mut headers = HeaderMap::new();
             headers.insert("x-user", "user-1234".parse().unwrap());
             if kind == BalancerKind::CookieAffinity {

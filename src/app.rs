@@ -17,6 +17,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::access_log::{AccessLog, FLUSH_INTERVAL};
+use crate::admin;
 use crate::config::{self, AccessLogTarget, Config, ConfigErrors};
 use crate::health::HealthCheckers;
 use crate::reload_report::ReloadReport;
@@ -424,7 +425,7 @@ impl Daemon {
 
     fn serve_admin(self: &Arc<Self>, listener: tokio::net::TcpListener, local: SocketAddr) {
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(crate::admin::serve(
+        tokio::spawn(admin::serve(
             Arc::clone(self),
             listener,
             stop_rx,
@@ -470,6 +471,24 @@ impl Daemon {
             log.flush();
         }
         clean
+    }
+}
+
+impl admin::Control for Daemon {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        Daemon::listener_addr(self, name)
+    }
+
+    fn reload(
+        self: &Arc<Self>,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<ReloadReport, Vec<String>>> + Send + '_ {
+        let reload = Daemon::reload(self, dry_run);
+        async move { reload.await.map_err(|e| e.messages()) }
     }
 }
 

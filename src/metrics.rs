@@ -23,9 +23,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::app::Daemon;
 use crate::config::BalancerKind;
 use crate::pool::Pool;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::stats::LATENCY_BUCKETS;
 
@@ -39,9 +39,9 @@ const NO_LABELS: [(&str, &str); 0] = [];
 /// Status-class label values, in the order of `BackendLive::status_classes`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Renders every metric of the running daemon as OpenMetrics text, ending in `# EOF`.
-pub fn render(daemon: &Daemon) -> Result<String, fmt::Error> {
-    let shared = daemon.shared();
+/// Renders every metric of the running daemon (its shared state) as OpenMetrics text,
+/// ending in `# EOF`.
+pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
     let scrape = Scrape {
         snapshot: shared.live.load_full(),
         reloads_ok: shared.reloads_ok.load(Ordering::Relaxed),

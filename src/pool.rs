@@ -1,6 +1,7 @@
 //! A pool: its backends, its balancer and its policy (limits, timeouts, retries,
 //! ejection). `pick` is the one place a request gets a backend: balancer choice, the
-//! `max_connections` limit, and the in-flight guard, together.
+//! `max_connections` limit, and the in-flight guard, together. [`build_balancer`] is the
+//! one place a balancer's parameters are read from the pool's config.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,11 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::backend::{Backend, BackendLive, InFlight};
-use crate::balancer::{self, Balancer, Limits, PickContext, Placement, Tried};
-use crate::config::{BalancerKind, PoolConfig};
+use crate::balancer::{
+    AffinityKey, Balancer, ConsistentHash, CookieAffinity, CookieParams, LeastConnections, Limits,
+    PickContext, Placement, SmoothRoundRobin, Tried,
+};
+use crate::config::{BalancerKind, HashKey, PoolConfig};
 use crate::stats::PoolStats;
 
 /// One pool in the live snapshot.
@@ -20,6 +24,8 @@ pub struct Pool {
     /// Backends in config order.
     pub backends: Vec<Backend>,
     balancer: Arc<dyn Balancer>,
+    /// Whether the balancer reads the wall clock, asked once at build.
+    needs_clock: bool,
     /// Limits every pick honours.
     pub limits: Limits,
     /// Upstream connect timeout.
@@ -79,11 +85,12 @@ impl Pool {
             .collect();
         let balancer = match unchanged {
             Some(old) => Arc::clone(&old.balancer),
-            None => Arc::from(balancer::build(cfg, &backends)),
+            None => Arc::from(build_balancer(cfg, &backends)),
         };
         Pool {
             name: Arc::from(cfg.name.as_str()),
             backends,
+            needs_clock: balancer.needs_clock(),
             balancer,
             limits: Limits {
                 max_connections: cfg.max_connections,
@@ -106,6 +113,13 @@ impl Pool {
     /// Which balancer the pool runs.
     pub fn balancer_kind(&self) -> BalancerKind {
         self.balancer.kind()
+    }
+
+    /// Whether a pick needs [`PickContext::now_secs`] (the wall clock); when not, the
+    /// caller reads no clock.
+    #[inline]
+    pub fn needs_clock(&self) -> bool {
+        self.needs_clock
     }
 
     /// The balancer itself (reload report, benchmarks).
@@ -145,5 +159,45 @@ impl Pool {
             }
         }
         None
+    }
+}
+
+/// Builds the balancer a pool's config asks for, over `backends` (built from the same
+/// config, in the same order).
+pub fn build_balancer(cfg: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
+    match cfg.balancer {
+        BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
+        BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
+        BalancerKind::IpHash => Box::new(ConsistentHash::new(
+            backends,
+            HashKey::ClientIp,
+            BalancerKind::IpHash,
+        )),
+        BalancerKind::Hash => {
+            let key = cfg.key.clone().unwrap_or(HashKey::ClientIp);
+            Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
+        }
+        BalancerKind::CookieAffinity => {
+            Box::new(CookieAffinity::new(cookie_params(cfg, backends), backends))
+        }
+    }
+}
+
+/// A cookie-affinity pool's `[affinity]` settings, with their defaults when absent.
+fn cookie_params(cfg: &PoolConfig, backends: &[Backend]) -> CookieParams {
+    let aff = cfg.affinity.as_ref();
+    let fallback: Box<dyn Balancer> =
+        match aff.map_or(BalancerKind::LeastConnections, |a| a.fallback) {
+            BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
+            _ => Box::new(LeastConnections::new(backends)),
+        };
+    CookieParams {
+        cookie: aff.map_or_else(|| format!("maitred_{}", cfg.name), |a| a.cookie.clone()),
+        max_age: aff.and_then(|a| a.max_age),
+        secure: aff.is_some_and(|a| a.secure),
+        http_only: aff.is_some_and(|a| a.http_only),
+        same_site: aff.and_then(|a| a.same_site),
+        key: AffinityKey::new(aff.and_then(|a| a.secret.as_deref()), &cfg.name),
+        fallback,
     }
 }

@@ -12,8 +12,8 @@
 mod guard;
 mod status;
 
+use std::future::Future;
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,9 +25,29 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::Daemon;
 use crate::config::AdminState;
+use crate::reload_report::ReloadReport;
+use crate::shared::Shared;
 use crate::shutdown::Shutdown;
+
+/// What the admin listener needs of the running daemon. The daemon implements it and
+/// starts, moves and stops the listener; this module knows the daemon only through it,
+/// so the dependency runs one way.
+pub trait Control: Send + Sync + 'static {
+    /// The live snapshot and the daemon-wide counters.
+    fn shared(&self) -> &Shared;
+
+    /// The local address client listener `name` is bound to (the real port with port 0).
+    fn listener_addr(&self, name: &str) -> Option<SocketAddr>;
+
+    /// Reloads from the config file, the same path as SIGHUP; with `dry_run`, validates
+    /// and reports without applying. A refusal is one message per problem (the reload
+    /// path has logged them already).
+    fn reload(
+        self: &Arc<Self>,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<ReloadReport, Vec<String>>> + Send + '_;
+}
 
 /// How long an admin client may take to send a request head, or to start the next one.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -36,8 +56,8 @@ const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 const ADMIN_CONN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves the admin listener until stopped.
-pub async fn serve(
-    daemon: Arc<Daemon>,
+pub async fn serve<D: Control>(
+    daemon: Arc<D>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     mut shutdown: Shutdown,
@@ -78,20 +98,20 @@ pub async fn serve(
 }
 
 /// Answers one admin request that reached the listener at `local`.
-pub async fn handle(
-    daemon: &Arc<Daemon>,
+pub async fn handle<D: Control>(
+    daemon: &Arc<D>,
     req: Request<Incoming>,
     local: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    if let Err(refusal) = check_guard(daemon, &req, local) {
+    if let Err(refusal) = check_guard(daemon.as_ref(), &req, local) {
         return refuse(refusal);
     }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, []) => html(include_str!("dashboard.html")),
-        (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(daemon)),
-        (&Method::GET, ["metrics"]) => match crate::metrics::render(daemon) {
+        (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(daemon.as_ref())),
+        (&Method::GET, ["metrics"]) => match crate::metrics::render(daemon.shared()) {
             Ok(body) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
             Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,7 +119,7 @@ pub async fn handle(
             ),
         },
         (&Method::POST, ["reload"]) => {
-            if let Some(denied) = check_token(daemon, &req) {
+            if let Some(denied) = check_token(daemon.as_ref(), &req) {
                 return denied;
             }
             let dry_run = req.uri().query().is_some_and(|q| {
@@ -113,15 +133,15 @@ pub async fn handle(
                 ),
                 Err(e) => json(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({"applied": false, "errors": e.messages()}),
+                    &serde_json::json!({"applied": false, "errors": e}),
                 ),
             }
         }
         (&Method::POST, ["pools", pool, "backends", addr, action]) => {
-            if let Some(denied) = check_token(daemon, &req) {
+            if let Some(denied) = check_token(daemon.as_ref(), &req) {
                 return denied;
             }
-            set_state(daemon, pool, addr, action)
+            set_state(daemon.as_ref(), pool, addr, action)
         }
         (&Method::GET | &Method::HEAD, ["reload"] | ["pools", _, "backends", _, _]) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
@@ -130,7 +150,7 @@ pub async fn handle(
     }
 }
 
-fn set_state(daemon: &Daemon, pool: &str, addr: &str, action: &str) -> Response<Full<Bytes>> {
+fn set_state(daemon: &impl Control, pool: &str, addr: &str, action: &str) -> Response<Full<Bytes>> {
     let state = match action {
         "drain" => AdminState::Drain,
         "disable" => AdminState::Disabled,
@@ -178,7 +198,7 @@ fn percent_decode(s: &str) -> String {
 
 /// The DNS-rebinding and cross-origin checks, against the running `allowed_hosts`.
 fn check_guard(
-    daemon: &Daemon,
+    daemon: &impl Control,
     req: &Request<Incoming>,
     local: SocketAddr,
 ) -> Result<(), guard::Refusal> {
@@ -206,7 +226,7 @@ fn refuse(refusal: guard::Refusal) -> Response<Full<Bytes>> {
 }
 
 /// `None` when the request may proceed; otherwise the 401 to send.
-fn check_token(daemon: &Daemon, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+fn check_token(daemon: &impl Control, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let snap = daemon.shared().live.load();
     let token = snap.config.admin.as_ref()?.token.as_ref()?;
     let presented = req

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::app::Daemon;
+use super::Control;
 use crate::backend::Backend;
 use crate::config::{AdminState, HostMatch, ListenerConfig};
 use crate::pool::Pool;
 
 /// The status document.
-pub fn status(daemon: &Daemon) -> Value {
+pub fn status(daemon: &impl Control) -> Value {
     let snap = daemon.shared().live.load();
     let mut pools = Map::new();
     for cfg in &snap.config.pools {
@@ -105,7 +105,7 @@ fn backend_view(b: &Backend) -> Value {
     })
 }
 
-fn listener_view(daemon: &Daemon, l: &ListenerConfig) -> Value {
+fn listener_view(daemon: &impl Control, l: &ListenerConfig) -> Value {
     let routes: Vec<RouteView> = l
         .routes
         .iter()

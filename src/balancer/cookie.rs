@@ -11,15 +11,36 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
 
 use super::key::find_cookie;
 use super::token::{AffinityKey, Token};
-use super::{Balancer, Limits, Pick, PickContext, Placement, Tried};
+use super::{Balancer, Eligible, Limits, Pick, PickContext, Placement, Tried};
 use crate::backend::Backend;
-use crate::config::{BalancerKind, PoolConfig};
+use crate::config::{BalancerKind, SameSite};
+
+/// What a cookie-affinity balancer is built from: its cookie, the key its tokens are
+/// signed with, and the balancer that places clients without a valid cookie.
+#[derive(Debug)]
+pub struct CookieParams {
+    /// The cookie's name.
+    pub cookie: String,
+    /// Token lifetime and the cookie's `Max-Age`; a browser-session cookie when `None`.
+    pub max_age: Option<Duration>,
+    /// Whether the cookie carries `Secure`.
+    pub secure: bool,
+    /// Whether the cookie carries `HttpOnly`.
+    pub http_only: bool,
+    /// The cookie's `SameSite` attribute, if any.
+    pub same_site: Option<SameSite>,
+    /// Signs and verifies the tokens.
+    pub key: AffinityKey,
+    /// Places clients without a valid cookie (a stateless balancer).
+    pub fallback: Box<dyn Balancer>,
+}
 
 /// Cookie affinity.
 #[derive(Debug)]
@@ -73,14 +94,17 @@ pub(super) fn clear_worker_cache() {
 }
 
 impl CookieAffinity {
-    /// Builds it from the pool's `[affinity]` settings.
-    pub fn new(
-        pool: &PoolConfig,
-        backends: &[Backend],
-        fallback: Box<dyn Balancer>,
-    ) -> CookieAffinity {
-        let aff = pool.affinity.as_ref();
-        let key = AffinityKey::new(aff.and_then(|a| a.secret.as_deref()), &pool.name);
+    /// Builds it over `backends` from its parameters.
+    pub fn new(params: CookieParams, backends: &[Backend]) -> CookieAffinity {
+        let CookieParams {
+            cookie,
+            max_age,
+            secure,
+            http_only,
+            same_site,
+            key,
+            fallback,
+        } = params;
         let tags: Box<[u64]> = backends.iter().map(|b| key.backend_tag(&b.name)).collect();
         let mut by_tag: Vec<(u64, u32)> = tags
             .iter()
@@ -89,22 +113,22 @@ impl CookieAffinity {
             .collect();
         by_tag.sort_unstable();
         let mut attributes = String::from("; Path=/");
-        let max_age = aff.and_then(|a| a.max_age).map(|d| d.as_secs().max(1));
+        let max_age = max_age.map(|d| d.as_secs().max(1));
         if let Some(m) = max_age {
             attributes.push_str(&format!("; Max-Age={m}"));
         }
-        if aff.is_some_and(|a| a.secure) {
+        if secure {
             attributes.push_str("; Secure");
         }
-        if aff.is_some_and(|a| a.http_only) {
+        if http_only {
             attributes.push_str("; HttpOnly");
         }
-        if let Some(s) = aff.and_then(|a| a.same_site) {
+        if let Some(s) = same_site {
             attributes.push_str(&format!("; SameSite={}", s.name()));
         }
         CookieAffinity {
             key,
-            cookie: aff.map_or_else(|| format!("maitred_{}", pool.name), |a| a.cookie.clone()),
+            cookie,
             attributes,
             max_age,
             by_tag: by_tag.into_boxed_slice(),
@@ -211,12 +235,11 @@ impl Balancer for CookieAffinity {
         let Some(i) = self.index_of(token.backend).filter(|&i| i < backends.len()) else {
             return self.place(backends, ctx, limits, tried, Placement::Replaced);
         };
-        let b = &backends[i];
-        if tried.contains(i) || !b.live.accepts_bound() {
+        let eligible = Eligible::new(backends, limits, tried);
+        if !eligible.accepts_bound(i) {
             return self.place(backends, ctx, limits, tried, Placement::Replaced);
         }
-        if !limits.can_take_bound(b) || limits.over_bound(b, ctx.pool_in_flight, self.total_weight)
-        {
+        if !eligible.has_room(i) || eligible.over_bound(i, ctx.pool_in_flight, self.total_weight) {
             return self.place(backends, ctx, limits, tried, Placement::Overflow);
         }
         let half_life_passed = self
@@ -236,45 +259,33 @@ impl Balancer for CookieAffinity {
     fn kind(&self) -> BalancerKind {
         BalancerKind::CookieAffinity
     }
+
+    /// Token issue times and expiry are in wall-clock seconds.
+    fn needs_clock(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::time::Duration;
-
     use http::{HeaderMap, header};
 
     use super::*;
     use crate::backend::Health;
     use crate::balancer::LeastConnections;
     use crate::balancer::testing::{NO_LIMITS, backends, ctx};
-    use crate::config::{AdminState, AffinityConfig, SameSite};
+    use crate::config::AdminState;
 
-    fn pool(max_age: Option<u64>) -> PoolConfig {
-        PoolConfig {
-            name: "cart".into(),
-            balancer: BalancerKind::CookieAffinity,
-            key: None,
-            backends: vec![],
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            keepalive_timeout: Duration::from_secs(1),
-            retries: 0,
-            max_connections: 0,
-            balance_factor: 0.0,
-            health: None,
-            ejection: None,
-            affinity: Some(AffinityConfig {
-                cookie: "sticky".into(),
-                max_age: max_age.map(Duration::from_secs),
-                secure: true,
-                http_only: true,
-                same_site: Some(SameSite::Lax),
-                fallback: BalancerKind::LeastConnections,
-                secret: Some("k".into()),
-            }),
+    fn params(bs: &[Backend], max_age: Option<u64>) -> CookieParams {
+        CookieParams {
+            cookie: "sticky".into(),
+            max_age: max_age.map(Duration::from_secs),
+            secure: true,
+            http_only: true,
+            same_site: Some(SameSite::Lax),
+            key: AffinityKey::new(Some("k"), "cart"),
+            fallback: Box::new(LeastConnections::new(bs)),
         }
     }
 
@@ -294,7 +305,7 @@ mod tests {
     }
 
     fn affinity(bs: &[Backend], max_age: Option<u64>) -> CookieAffinity {
-        CookieAffinity::new(&pool(max_age), bs, Box::new(LeastConnections::new(bs)))
+        CookieAffinity::new(params(bs, max_age), bs)
     }
 
     #[test]
@@ -339,11 +350,9 @@ mod tests {
         let other = c.set_cookie(2, 5000).unwrap();
         assert_ne!(a, other);
         // Another pool (another instance, same secret): never served from this one's cache.
-        let mut p2 = pool(Some(60));
-        if let Some(aff) = p2.affinity.as_mut() {
-            aff.cookie = "other".into();
-        }
-        let c2 = CookieAffinity::new(&p2, &bs, Box::new(LeastConnections::new(&bs)));
+        let mut p2 = params(&bs, Some(60));
+        p2.cookie = "other".into();
+        let c2 = CookieAffinity::new(p2, &bs);
         let v2 = c2.set_cookie(1, 5000).unwrap();
         assert!(v2.to_str().unwrap().starts_with("other="), "{v2:?}");
         // And the cached value still carries a valid token for its backend.

@@ -7,17 +7,18 @@
 //! on a tiny pool), the bound is ignored rather than refusing the request. A request
 //! without the key is spread round-robin.
 
+use super::key::hash_of;
 use super::{
-    Balancer, KeyExtractor, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin, Tried,
+    Balancer, Eligible, Limits, Pick, PickContext, Placement, Ring, SmoothRoundRobin, Tried,
 };
 use crate::backend::Backend;
-use crate::config::BalancerKind;
+use crate::config::{BalancerKind, HashKey};
 
 /// Consistent hashing of a request key.
 #[derive(Debug)]
 pub struct ConsistentHash {
     ring: Ring,
-    key: KeyExtractor,
+    key: HashKey,
     keyless: SmoothRoundRobin,
     kind: BalancerKind,
     total_weight: u32,
@@ -25,7 +26,7 @@ pub struct ConsistentHash {
 
 impl ConsistentHash {
     /// Builds the ring for `backends`; `kind` is `IpHash` or `Hash` (as configured).
-    pub fn new(backends: &[Backend], key: KeyExtractor, kind: BalancerKind) -> ConsistentHash {
+    pub fn new(backends: &[Backend], key: HashKey, kind: BalancerKind) -> ConsistentHash {
         let named: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.name, b.weight)).collect();
         ConsistentHash {
             ring: Ring::new(&named),
@@ -46,18 +47,19 @@ impl Balancer for ConsistentHash {
         limits: &Limits,
         tried: &Tried,
     ) -> Option<Pick> {
-        let Some(key) = self.key.hash(ctx) else {
+        let Some(key) = hash_of(&self.key, ctx) else {
             return self.keyless.pick(backends, ctx, limits, tried);
         };
         let home = self.ring.home(key)?;
-        let eligible = |i: usize| !tried.contains(i) && limits.can_take_new(&backends[i]);
+        let eligible = Eligible::new(backends, limits, tried);
         let bounded = |i: usize| {
-            eligible(i) && !limits.over_bound(&backends[i], ctx.pool_in_flight, self.total_weight)
+            eligible.accepts_new(i)
+                && !eligible.over_bound(i, ctx.pool_in_flight, self.total_weight)
         };
         let index = self
             .ring
             .lookup(key, bounded)
-            .or_else(|| self.ring.lookup(key, eligible))?;
+            .or_else(|| self.ring.lookup(key, |i| eligible.accepts_new(i)))?;
         Some(Pick {
             index,
             set_cookie: None,
@@ -101,7 +103,7 @@ mod tests {
     }
 
     fn header_hash(bs: &[Backend]) -> ConsistentHash {
-        let key = KeyExtractor::Header(http::HeaderName::from_static("x-user"));
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
         ConsistentHash::new(bs, key, BalancerKind::Hash)
     }
 

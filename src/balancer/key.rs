@@ -1,4 +1,5 @@
-//! Sticky keys: what a `hash` pool hashes, read from the request in place.
+//! Sticky keys: what a `hash` pool hashes (the config's [`HashKey`]), read from the
+//! request in place.
 //!
 //! `client-ip`, `header:NAME`, `cookie:NAME`, `query:NAME` or `path`. Nothing is copied
 //! or decoded: cookies and query parameters are found by scanning the raw header value
@@ -8,51 +9,24 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, header};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::PickContext;
 use crate::config::HashKey;
 
-/// Extracts and hashes a request's sticky key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyExtractor {
-    /// The client IP (DESIGN §4).
-    ClientIp,
-    /// A header's value (the first one, when repeated).
-    Header(HeaderName),
-    /// A cookie's value.
-    Cookie(String),
-    /// A query parameter's raw value.
-    Query(String),
-    /// The request path.
-    Path,
-}
-
-impl KeyExtractor {
-    /// The extractor for a configured key.
-    pub fn from_config(k: &HashKey) -> KeyExtractor {
-        match k {
-            HashKey::ClientIp => KeyExtractor::ClientIp,
-            HashKey::Header(n) => KeyExtractor::Header(n.clone()),
-            HashKey::Cookie(n) => KeyExtractor::Cookie(n.clone()),
-            HashKey::Query(n) => KeyExtractor::Query(n.clone()),
-            HashKey::Path => KeyExtractor::Path,
-        }
-    }
-
-    /// The key's hash, or `None` when the request has no such key.
-    #[inline]
-    pub fn hash(&self, ctx: &PickContext<'_>) -> Option<u64> {
-        let bytes: &[u8] = match self {
-            KeyExtractor::ClientIp => return Some(hash_ip(ctx.client_ip)),
-            KeyExtractor::Header(n) => ctx.headers.get(n)?.as_bytes(),
-            KeyExtractor::Cookie(n) => find_cookie(ctx.headers, n)?,
-            KeyExtractor::Query(n) => find_query(ctx.uri.query()?, n)?,
-            KeyExtractor::Path => ctx.uri.path().as_bytes(),
-        };
-        (!bytes.is_empty()).then(|| xxh3_64(bytes))
-    }
+/// The hash of `key` as `ctx`'s request carries it, or `None` when the request has no
+/// such key.
+#[inline]
+pub(crate) fn hash_of(key: &HashKey, ctx: &PickContext<'_>) -> Option<u64> {
+    let bytes: &[u8] = match key {
+        HashKey::ClientIp => return Some(hash_ip(ctx.client_ip)),
+        HashKey::Header(n) => ctx.headers.get(n)?.as_bytes(),
+        HashKey::Cookie(n) => find_cookie(ctx.headers, n)?,
+        HashKey::Query(n) => find_query(ctx.uri.query()?, n)?,
+        HashKey::Path => ctx.uri.path().as_bytes(),
+    };
+    (!bytes.is_empty()).then(|| xxh3_64(bytes))
 }
 
 /// The hash of an IP address (IPv4-mapped IPv6 hashes as the IPv4 address).
@@ -140,11 +114,11 @@ mod tests {
         let uri: http::Uri = "/".parse().unwrap();
         let c = ctx(&h, &uri);
         assert_eq!(
-            KeyExtractor::Cookie("c".into()).hash(&c),
+            hash_of(&HashKey::Cookie("c".into()), &c),
             None,
             "empty value is no key"
         );
-        assert!(KeyExtractor::Cookie("JSESSIONID".into()).hash(&c).is_some());
+        assert!(hash_of(&HashKey::Cookie("JSESSIONID".into()), &c).is_some());
     }
 
     #[test]
@@ -155,14 +129,14 @@ mod tests {
         let c = ctx(&h, &uri);
         assert_eq!(find_query("x=1&user=7&flag", "user"), Some(&b"7"[..]));
         assert_eq!(find_query("x=1&user=7&flag", "flag"), Some(&b""[..]));
-        assert_eq!(KeyExtractor::Query("flag".into()).hash(&c), None);
-        assert_eq!(KeyExtractor::Query("nope".into()).hash(&c), None);
-        let u = KeyExtractor::Query("user".into()).hash(&c);
+        assert_eq!(hash_of(&HashKey::Query("flag".into()), &c), None);
+        assert_eq!(hash_of(&HashKey::Query("nope".into()), &c), None);
+        let u = hash_of(&HashKey::Query("user".into()), &c);
         assert_eq!(u, Some(xxh3_64(b"7")));
-        let hk = KeyExtractor::Header(HeaderName::from_static("x-user"));
-        assert_eq!(hk.hash(&c), Some(xxh3_64(b"42")));
-        assert_eq!(KeyExtractor::Path.hash(&c), Some(xxh3_64(b"/a/b")));
+        let hk = HashKey::Header(http::HeaderName::from_static("x-user"));
+        assert_eq!(hash_of(&hk, &c), Some(xxh3_64(b"42")));
+        assert_eq!(hash_of(&HashKey::Path, &c), Some(xxh3_64(b"/a/b")));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(hash_ip(mapped), KeyExtractor::ClientIp.hash(&c).unwrap());
+        assert_eq!(hash_ip(mapped), hash_of(&HashKey::ClientIp, &c).unwrap());
     }
 }

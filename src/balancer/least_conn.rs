@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Limits, Pick, PickContext, Tried};
+use super::{Balancer, Eligible, Limits, Pick, PickContext, Tried};
 use crate::backend::Backend;
 use crate::config::BalancerKind;
 
@@ -55,9 +55,9 @@ impl Balancer for LeastConnections {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let ok = |i: usize| !tried.contains(i) && limits.can_take_new(&backends[i]);
+        let eligible = Eligible::new(backends, limits, tried);
         let better = |i: usize, best: Option<usize>| {
-            ok(i) && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
+            eligible.accepts_new(i) && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
         };
         let mut best: Option<usize> = None;
         if n > EXACT_SCAN {

@@ -8,6 +8,7 @@
 //! skips them.
 
 mod cookie;
+mod eligible;
 mod hash;
 mod key;
 mod least_conn;
@@ -23,11 +24,11 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Uri};
 
 use crate::backend::Backend;
-use crate::config::{BalancerKind, PoolConfig};
+use crate::config::BalancerKind;
 
-pub use cookie::CookieAffinity;
+pub use cookie::{CookieAffinity, CookieParams};
+pub use eligible::{Eligible, Limits, Tried};
 pub use hash::ConsistentHash;
-pub use key::KeyExtractor;
 pub use least_conn::LeastConnections;
 pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
@@ -53,75 +54,6 @@ pub struct PickContext<'a> {
     pub now_secs: u64,
     /// Requests in flight on the whole pool now (bounded load).
     pub pool_in_flight: u32,
-}
-
-/// Pool-wide limits every balancer honours.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Concurrent requests per backend; 0 = unlimited. A backend at the limit is skipped.
-    pub max_connections: u32,
-    /// Bounded load for sticky choices; 0 = off.
-    pub balance_factor: f64,
-}
-
-impl Limits {
-    /// Whether `b` may take a new client now: eligible and under `max_connections`.
-    #[inline]
-    pub fn can_take_new(&self, b: &Backend) -> bool {
-        b.live.accepts_new() && self.has_room(b)
-    }
-
-    /// Whether `b` may serve a client bound to it: up, active or draining, with room.
-    #[inline]
-    pub fn can_take_bound(&self, b: &Backend) -> bool {
-        b.live.accepts_bound() && self.has_room(b)
-    }
-
-    #[inline]
-    fn has_room(&self, b: &Backend) -> bool {
-        self.max_connections == 0 || b.live.in_flight() < self.max_connections
-    }
-
-    /// Bounded load: whether a sticky choice of `b` must overflow because its in-flight
-    /// load would exceed `balance_factor` × its weighted share of the pool's load
-    /// (counting the request being placed).
-    #[inline]
-    pub fn over_bound(&self, b: &Backend, pool_in_flight: u32, total_weight: u32) -> bool {
-        if self.balance_factor <= 0.0 || total_weight == 0 {
-            return false;
-        }
-        let share = f64::from(b.weight) / f64::from(total_weight);
-        let bound = (self.balance_factor * f64::from(pool_in_flight + 1) * share).ceil();
-        f64::from(b.live.in_flight() + 1) > bound
-    }
-}
-
-/// Backends a request has already tried, skipped by every balancer on a retry.
-#[derive(Debug, Clone, Default)]
-pub struct Tried {
-    idx: [u32; crate::config::MAX_RETRIES as usize + 1],
-    len: usize,
-}
-
-impl Tried {
-    /// No backend tried yet.
-    pub fn new() -> Tried {
-        Tried::default()
-    }
-
-    /// Whether backend `i` was tried.
-    #[inline]
-    pub fn contains(&self, i: usize) -> bool {
-        self.idx[..self.len].iter().any(|&t| t as usize == i)
-    }
-
-    /// Records backend `i`; beyond capacity the oldest entries are kept.
-    pub fn insert(&mut self, i: usize) {
-        if self.len < self.idx.len() {
-            self.idx[self.len] = i as u32;
-            self.len += 1;
-        }
-    }
 }
 
 /// A balancer's choice.
@@ -169,8 +101,9 @@ pub enum Placement {
 /// # Contract
 ///
 /// - `pick` returns an index into `backends` (the slice the balancer was built from)
-///   whose backend can take the request under `limits`, or `None` when none can.
-/// - It skips every index in `tried`.
+///   that [`Eligible`] accepts under `limits` and `tried` (a new client, or a bound one
+///   for cookie affinity), or `None` when none can take the request. Eligibility is
+///   that one rule's business; a balancer only chooses among what it accepts.
 /// - It reads only atomics and its own tables: no allocation (except to build a cookie
 ///   for a response that needs one), no lock, no blocking, no I/O.
 ///
@@ -181,8 +114,8 @@ pub enum Placement {
 /// - **least-connections** ([`LeastConnections`]): ignores the request; reads every
 ///   backend's in-flight atomic and its weight.
 /// - **ip-hash** and **hash** ([`ConsistentHash`]): read the client IP from
-///   [`PickContext::client_ip`], or a header, cookie, query parameter or the path through
-///   a [`KeyExtractor`], then look the key up on a [`Ring`]; without a key they delegate
+///   [`PickContext::client_ip`], or the header, cookie, query parameter or path its
+///   [`HashKey`](crate::config::HashKey) names, then look the key up on a [`Ring`]; without a key they delegate
 ///   to round-robin.
 /// - **cookie-affinity** ([`CookieAffinity`]): reads its cookie from
 ///   [`PickContext::headers`], decodes and verifies the [`Token`], and returns the bound
@@ -201,48 +134,16 @@ pub trait Balancer: Send + Sync + Debug {
     /// Which balancer this is.
     fn kind(&self) -> BalancerKind;
 
+    /// Whether `pick` reads [`PickContext::now_secs`]; for the others the caller leaves
+    /// it 0 and reads no clock.
+    fn needs_clock(&self) -> bool {
+        false
+    }
+
     /// For sticky balancers, the backend index a sticky key hashing to `key` maps to with
     /// every backend healthy (the reload report's moved-keys estimate). `None` for
     /// stateless balancers.
     fn home_of(&self, _key: u64) -> Option<usize> {
         None
-    }
-}
-
-/// Builds the balancer a pool's config asks for, over `backends` (built from the same
-/// config, in the same order).
-pub fn build(pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
-    build_kind(pool.balancer, pool, backends)
-}
-
-fn build_kind(kind: BalancerKind, pool: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
-    match kind {
-        BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
-        BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
-        BalancerKind::IpHash => Box::new(ConsistentHash::new(
-            backends,
-            KeyExtractor::ClientIp,
-            BalancerKind::IpHash,
-        )),
-        BalancerKind::Hash => {
-            let key = pool
-                .key
-                .as_ref()
-                .map(KeyExtractor::from_config)
-                .unwrap_or(KeyExtractor::ClientIp);
-            Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
-        }
-        BalancerKind::CookieAffinity => {
-            let fallback_kind = pool
-                .affinity
-                .as_ref()
-                .map(|a| a.fallback)
-                .unwrap_or(BalancerKind::LeastConnections);
-            let fallback = match fallback_kind {
-                BalancerKind::RoundRobin => build_kind(BalancerKind::RoundRobin, pool, backends),
-                _ => build_kind(BalancerKind::LeastConnections, pool, backends),
-            };
-            Box::new(CookieAffinity::new(pool, backends, fallback))
-        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Limits, Pick, PickContext, Tried};
+use super::{Balancer, Eligible, Limits, Pick, PickContext, Tried};
 use crate::backend::Backend;
 use crate::config::BalancerKind;
 
@@ -79,11 +79,12 @@ impl Balancer for SmoothRoundRobin {
         if self.cycle.is_empty() || backends.len() != self.len {
             return None;
         }
+        let eligible = Eligible::new(backends, limits, tried);
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let walk = self.cycle.len().min(MAX_CYCLE_WALK);
         for step in 0..walk {
             let i = self.cycle[(start + step) % self.cycle.len()] as usize;
-            if !tried.contains(i) && limits.can_take_new(&backends[i]) {
+            if eligible.accepts_new(i) {
                 if step > 0 {
                     self.cursor.fetch_add(step, Ordering::Relaxed);
                 }
@@ -92,7 +93,7 @@ impl Balancer for SmoothRoundRobin {
         }
         (0..self.len)
             .map(|k| (start + k) % self.len)
-            .find(|&i| !tried.contains(i) && limits.can_take_new(&backends[i]))
+            .find(|&i| eligible.accepts_new(i))
             .map(Pick::plain)
     }
 

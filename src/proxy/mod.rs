@@ -282,11 +282,7 @@ async fn proxy(
         RequestBody::Client(body)
     };
 
-    // Only affinity tokens need the wall clock.
-    let now = match pool.balancer_kind() {
-        crate::config::BalancerKind::CookieAffinity => now_secs(),
-        _ => 0,
-    };
+    let now = if pool.needs_clock() { now_secs() } else { 0 };
     let limits = upstream::Limits {
         response: pool.response_timeout,
         client_body: client.body_timeout,
