@@ -11,17 +11,17 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::access_log::Pending;
 use crate::backend::InFlight;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::upstream::{BackendBody, UpstreamError};
 
 /// A response body on its way to the client.
 #[derive(Debug)]
-pub enum DownBody {
+pub enum ResponseBody {
     /// A backend's body, streamed; holds the backend's in-flight slot until it ends or
     /// is dropped (client gone).
     Backend {
         /// The backend's body, with its connection, which goes back to the backend's
         /// idle pool when the body completes.
-        body: UpstreamBody,
+        body: BackendBody,
         /// Released when the body completes or is dropped.
         guard: Option<InFlight>,
         /// The access-log line, written when the body completes or is dropped.
@@ -31,28 +31,28 @@ pub enum DownBody {
     Local(Option<Bytes>, Option<Box<Pending>>),
 }
 
-impl DownBody {
+impl ResponseBody {
     /// A body of fixed bytes.
-    pub fn local(b: impl Into<Bytes>) -> DownBody {
-        DownBody::Local(Some(b.into()), None)
+    pub fn local(b: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Local(Some(b.into()), None)
     }
 
     /// No body.
-    pub fn empty() -> DownBody {
-        DownBody::Local(None, None)
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Local(None, None)
     }
 
     /// Attaches the access-log line to write when this body completes.
     pub fn set_log(&mut self, pending: Option<Box<Pending>>) {
         match self {
-            DownBody::Backend { log, .. } | DownBody::Local(_, log) => *log = pending,
+            ResponseBody::Backend { log, .. } | ResponseBody::Local(_, log) => *log = pending,
         }
     }
 }
 
 /// The response is over: a connection whose body completed goes back to the backend's
 /// idle pool, then the in-flight slot is released.
-fn release(body: &mut UpstreamBody, guard: &mut Option<InFlight>) {
+fn release(body: &mut BackendBody, guard: &mut Option<InFlight>) {
     if let (Some(c), Some(g)) = (body.take_reusable(), guard.as_ref()) {
         if let Some(pool) = crate::upstream::pool::of(g.live()) {
             pool.put(c);
@@ -61,16 +61,16 @@ fn release(body: &mut UpstreamBody, guard: &mut Option<InFlight>) {
     guard.take();
 }
 
-impl Drop for DownBody {
+impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A body hyper never polled (HEAD, 204, 304, or an empty one) may be complete.
-        if let DownBody::Backend { body, guard, .. } = self {
+        if let ResponseBody::Backend { body, guard, .. } = self {
             release(body, guard);
         }
     }
 }
 
-impl Body for DownBody {
+impl Body for ResponseBody {
     type Data = Bytes;
     type Error = UpstreamError;
 
@@ -79,7 +79,7 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
-            DownBody::Backend { body, guard, log } => {
+            ResponseBody::Backend { body, guard, log } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -105,7 +105,7 @@ impl Body for DownBody {
                 }
                 polled
             }
-            DownBody::Local(b, log) => {
+            ResponseBody::Local(b, log) => {
                 let frame = b.take();
                 if let (Some(l), Some(d)) = (log.as_mut(), frame.as_ref()) {
                     l.bytes += d.len() as u64;
@@ -117,16 +117,16 @@ impl Body for DownBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            DownBody::Backend { body, .. } => body.is_end_stream(),
-            DownBody::Local(b, _) => b.is_none(),
+            ResponseBody::Backend { body, .. } => body.is_end_stream(),
+            ResponseBody::Local(b, _) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            DownBody::Backend { body, .. } => body.size_hint(),
-            DownBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
-            DownBody::Local(None, _) => SizeHint::with_exact(0),
+            ResponseBody::Backend { body, .. } => body.size_hint(),
+            ResponseBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Local(None, _) => SizeHint::with_exact(0),
         }
     }
 }

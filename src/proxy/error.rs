@@ -4,7 +4,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::DownBody;
+use super::body::ResponseBody;
 use crate::upstream::UpstreamError;
 
 /// A failure while proxying one request.
@@ -84,7 +84,7 @@ impl ProxyError {
     }
 
     /// The short plain-text response for this error.
-    pub fn response(&self) -> Response<DownBody> {
+    pub fn response(&self) -> Response<ResponseBody> {
         let status = self.status();
         let text = match self {
             ProxyError::NoBackend | ProxyError::ListenerGone => "no backend available\n",
@@ -112,8 +112,8 @@ impl ProxyError {
 }
 
 /// A short plain-text response written by maitred itself.
-pub fn local_response(status: StatusCode, text: &'static str) -> Response<DownBody> {
-    let mut r = Response::new(DownBody::local(text));
+pub fn local_response(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::local(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

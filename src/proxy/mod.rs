@@ -28,7 +28,7 @@ use crate::pool::{Chosen, Pool};
 use crate::shared::Shared;
 use crate::upstream;
 use crate::upstream::RequestBody;
-use body::DownBody;
+use body::ResponseBody;
 use error::{ProxyError, local_response};
 
 /// What the proxy knows about the client connection a request arrived on.
@@ -58,7 +58,7 @@ pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-) -> Response<DownBody> {
+) -> Response<ResponseBody> {
     let start = Instant::now();
     let snap = shared.live.load_full();
     let Some(listener) = snap.listener(&conn.listener) else {
@@ -123,7 +123,7 @@ pub async fn handle(
 /// The 400 for a head the server's scanner refused, with its plain-text `reason`; the
 /// connection closes after it, since where this request's body ends is exactly what is
 /// in doubt.
-pub fn refuse_head(reason: &'static str) -> Response<DownBody> {
+pub fn refuse_head(reason: &'static str) -> Response<ResponseBody> {
     let mut r = ProxyError::BadRequest(reason).response();
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -260,7 +260,7 @@ async fn proxy(
     req: Request<Incoming>,
     checked: Checked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> (Response<DownBody>, Option<Arc<str>>) {
+) -> (Response<ResponseBody>, Option<Arc<str>>) {
     let client_ip = client.ip;
     let Checked { host, present } = checked;
     let (mut parts, body) = req.into_parts();
@@ -415,7 +415,7 @@ fn respond(
     conn: upstream::UpConn,
     head: upstream::ResponseHead,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<DownBody> {
+) -> Response<ResponseBody> {
     let status = head.status;
     let live = &chosen.backend.live;
     live.record_status(status.as_u16());
@@ -436,10 +436,10 @@ fn respond(
             return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
         };
         upgrade::spawn_tunnel(shared, client, conn, chosen.guard);
-        DownBody::empty()
+        ResponseBody::empty()
     } else {
-        DownBody::Backend {
-            body: upstream::UpstreamBody::new(
+        ResponseBody::Backend {
+            body: upstream::BackendBody::new(
                 conn,
                 head.framing,
                 head.keep_alive,

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::conn::Timeouts;
 use super::head_scan::{HeadScan, Verdicts};
 use crate::backend::clock_ms;
-use crate::proxy::body::DownBody;
+use crate::proxy::body::ResponseBody;
 use crate::upstream::UpstreamError;
 
 /// What the watchdog knows about one connection.
@@ -303,16 +303,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 }
 
-/// A response body that keeps its request counted as active until it ends.
+/// The response body as the client connection sends it: the request logic's
+/// [`ResponseBody`], keeping its request counted as active (for the watchdog) until it
+/// ends. The one wrapper the server layer adds; the request body needs none.
 #[derive(Debug)]
 pub struct ConnBody {
-    inner: DownBody,
+    inner: ResponseBody,
     active: Option<RequestActive>,
 }
 
 impl ConnBody {
     /// Wraps a response body.
-    pub fn new(inner: DownBody, active: RequestActive) -> ConnBody {
+    pub fn new(inner: ResponseBody, active: RequestActive) -> ConnBody {
         ConnBody {
             inner,
             active: Some(active),

@@ -64,9 +64,10 @@ impl State {
     }
 }
 
-/// A response body streaming from a backend connection.
+/// A backend's response body, streaming from its connection (the inner part of the
+/// response body the client receives).
 #[derive(Debug)]
-pub struct UpstreamBody {
+pub struct BackendBody {
     conn: Option<UpConn>,
     state: State,
     keep_alive: bool,
@@ -81,15 +82,15 @@ pub struct UpstreamBody {
     progressed: bool,
 }
 
-impl UpstreamBody {
+impl BackendBody {
     /// The body of a response just read on `conn`.
     pub fn new(
         conn: UpConn,
         framing: BodyFraming,
         keep_alive: bool,
         read_timeout: Duration,
-    ) -> UpstreamBody {
-        UpstreamBody {
+    ) -> BackendBody {
+        BackendBody {
             conn: Some(conn),
             state: State::new(framing),
             keep_alive,
@@ -260,7 +261,7 @@ pub fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, UpstreamErr
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for BackendBody {
     type Data = Bytes;
     type Error = UpstreamError;
 
@@ -350,7 +351,7 @@ mod tests {
         UpConn::connect(addr).await.unwrap()
     }
 
-    async fn read_all(body: &mut UpstreamBody) -> Result<Vec<u8>, UpstreamError> {
+    async fn read_all(body: &mut BackendBody) -> Result<Vec<u8>, UpstreamError> {
         let mut out = Vec::new();
         while let Some(f) = body.frame().await {
             if let Ok(d) = f?.into_data() {
@@ -364,7 +365,7 @@ mod tests {
     async fn length_body_ends_exactly_and_gives_the_connection_back() {
         for piece in [1, 3, 64] {
             let conn = conn_sending(b"hello world", piece, false).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Length(11), true, LONG);
+            let mut body = BackendBody::new(conn, BodyFraming::Length(11), true, LONG);
             assert_eq!(body.size_hint().exact(), Some(11));
             assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
             assert!(body.is_end_stream());
@@ -378,7 +379,7 @@ mod tests {
             b"5;ext=1\r\nhello\r\n1\r\n \r\nA\nworld-0123\r\n0\r\nX-Trailer: 1\r\n\r\n";
         for piece in [1, 2, 7, 1024] {
             let conn = conn_sending(WIRE, piece, false).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true, LONG);
+            let mut body = BackendBody::new(conn, BodyFraming::Chunked, true, LONG);
             assert_eq!(read_all(&mut body).await.unwrap(), b"hello world-0123");
             assert!(body.take_reusable().is_some(), "piece {piece}");
         }
@@ -387,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn close_delimited_body_runs_to_eof_and_is_not_reused() {
         let conn = conn_sending(b"all of it", 4, true).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Close, false, LONG);
+        let mut body = BackendBody::new(conn, BodyFraming::Close, false, LONG);
         assert_eq!(read_all(&mut body).await.unwrap(), b"all of it");
         assert!(body.take_reusable().is_none());
     }
@@ -395,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn truncated_and_malformed_bodies_are_errors() {
         let conn = conn_sending(b"short", 5, true).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true, LONG);
+        let mut body = BackendBody::new(conn, BodyFraming::Length(10), true, LONG);
         assert!(matches!(
             read_all(&mut body).await,
             Err(UpstreamError::Truncated)
@@ -407,7 +408,7 @@ mod tests {
             b"5\r\nhel",
         ] {
             let conn = conn_sending(wire, 64, true).await;
-            let mut body = UpstreamBody::new(conn, BodyFraming::Chunked, true, LONG);
+            let mut body = BackendBody::new(conn, BodyFraming::Chunked, true, LONG);
             assert!(read_all(&mut body).await.is_err());
             assert!(body.take_reusable().is_none());
         }
@@ -416,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn extra_bytes_after_the_body_make_the_connection_unusable() {
         let conn = conn_sending(b"abcEXTRA", 64, false).await;
-        let mut body = UpstreamBody::new(conn, BodyFraming::Length(3), true, LONG);
+        let mut body = BackendBody::new(conn, BodyFraming::Length(3), true, LONG);
         // One write on loopback arrives in one read: the body is its first 3 bytes.
         assert_eq!(read_all(&mut body).await.unwrap(), b"abc");
         assert!(body.take_reusable().is_none());
@@ -427,7 +428,7 @@ mod tests {
         // 5 of 10 bytes, then the backend keeps the socket open and sends nothing.
         let conn = conn_sending(b"hello", 5, false).await;
         let timeout = Duration::from_millis(200);
-        let mut body = UpstreamBody::new(conn, BodyFraming::Length(10), true, timeout);
+        let mut body = BackendBody::new(conn, BodyFraming::Length(10), true, timeout);
         let started = std::time::Instant::now();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), &b"hello"[..]);

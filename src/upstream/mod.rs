@@ -29,7 +29,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use body::UpstreamBody;
+pub use body::BackendBody;
 pub use request::{AddedHeaders, RequestBody};
 pub use response::ResponseHead;
 
