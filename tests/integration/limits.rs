@@ -260,44 +260,56 @@ async fn a_client_that_leaves_cancels_its_request_at_the_backend() {
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
-/// A keep-alive backend that closes a connection after `idle` without a request, as
-/// gunicorn and Node do; counts the connections it accepted.
-async fn short_keepalive_backend(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A backend on loopback whose connections are each served by `serve`; counts the
+/// connections it accepted.
+async fn raw_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    match tokio::time::timeout(idle, s.read(&mut chunk)).await {
-                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                    while let Some(end) = find(&buf, b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                        if buf.len() < end + 4 + len {
-                            break;
-                        }
-                        buf.drain(..end + 4 + len);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(serve(s));
         }
     });
     (addr, accepted)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+
+/// A keep-alive backend that closes a connection after `idle` without a request, as
+/// gunicorn and Node do.
+async fn short_keepalive_backend(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_backend(move |mut s| async move {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+            while let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                if buf.len() < end + 4 + len {
+                    break;
+                }
+                buf.drain(..end + 4 + len);
+                if s.write_all(OK).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -308,32 +320,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// closes the connection without a word when the next one arrives: what a reuse that
 /// races the backend's keep-alive timeout looks like from the proxy, every time.
 async fn one_answer_per_connection_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while find(&buf, b"\r\n\r\n").is_none() {
-                    match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
-                if s.write_all(reply).await.is_err() {
-                    return;
-                }
-                // The next request's first bytes: close without answering.
-                let _ = s.read(&mut chunk).await;
-            });
+    raw_backend(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
         }
-    });
-    (addr, accepted)
+        if s.write_all(OK).await.is_err() {
+            return;
+        }
+        // The next request's first bytes: close without answering.
+        let _ = s.read(&mut chunk).await;
+    })
+    .await
 }
 
 #[tokio::test]
