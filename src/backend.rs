@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::AdminState;
+use crate::queue::WaitQueue;
 
 /// One backend of one pool, as the current snapshot sees it.
 #[derive(Debug)]
@@ -287,8 +288,10 @@ impl BackendLive {
 
     /// Counts one request into the backend and returns the guard that holds its
     /// in-flight slot. With `limit > 0`, refuses (None) when the backend is at the limit.
+    /// `queue` is the pool's wait queue, told when the slot comes back; `None` for a
+    /// pool without one.
     #[inline]
-    pub fn enter(self: &Arc<Self>, limit: u32) -> Option<InFlight> {
+    pub fn enter(self: &Arc<Self>, limit: u32, queue: Option<&Arc<WaitQueue>>) -> Option<InFlight> {
         let prev = self.in_flight.fetch_add(1, Ordering::Relaxed);
         if limit != 0 && prev >= limit {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -297,6 +300,7 @@ impl BackendLive {
         self.requests.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
             live: Arc::clone(self),
+            queue: queue.cloned(),
         })
     }
 }
@@ -311,10 +315,12 @@ fn admin_to_u8(s: AdminState) -> u8 {
 
 /// An in-flight request on a backend. The only way the in-flight count changes: taken by
 /// [`BackendLive::enter`], given back on drop, which happens when the response body ends
-/// or the request is abandoned anywhere on the way.
+/// or the request is abandoned anywhere on the way. In a pool with a wait queue, giving
+/// the slot back wakes the request at the head of the queue.
 #[derive(Debug)]
 pub struct InFlight {
     live: Arc<BackendLive>,
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl InFlight {
@@ -327,6 +333,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(q) = &self.queue {
+            q.released();
+        }
     }
 }
 
@@ -344,16 +353,33 @@ mod tests {
     #[test]
     fn in_flight_guard_counts_and_releases() {
         let live = Arc::new(BackendLive::new(false, AdminState::Active));
-        let a = live.enter(2);
-        let b = live.enter(2);
+        let a = live.enter(2, None);
+        let b = live.enter(2, None);
         assert!(a.is_some() && b.is_some());
         assert_eq!(live.in_flight(), 2);
-        assert!(live.enter(2).is_none(), "third request is over the limit");
+        assert!(
+            live.enter(2, None).is_none(),
+            "third request is over the limit"
+        );
         assert_eq!(live.in_flight(), 2);
         drop(a);
         drop(b);
         assert_eq!(live.in_flight(), 0);
         assert_eq!(live.requests(), 2);
+    }
+
+    #[test]
+    fn giving_a_slot_back_wakes_the_pool_queue() {
+        let queue = Arc::new(WaitQueue::default());
+        let live = Arc::new(BackendLive::new(false, AdminState::Active));
+        let held = live.enter(1, Some(&queue));
+        let place = queue.join();
+        let mut woken = std::pin::pin!(place.woken());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        drop(held);
+        assert!(woken.as_mut().poll(&mut cx).is_ready());
+        assert!(live.enter(1, Some(&queue)).is_some());
     }
 
     #[test]

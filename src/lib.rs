@@ -43,6 +43,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod queue;
 pub mod reload_report;
 pub mod router;
 pub mod server;

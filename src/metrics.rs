@@ -93,6 +93,15 @@ impl Collector for Scrape {
             by_class,
         )?;
         latency(&mut enc, pools)?;
+        queue_wait(&mut enc, pools)?;
+        family(
+            &mut enc,
+            "maitred_queue_length",
+            "Requests waiting now in the pool's queue for a slot (queue_timeout).",
+            pools
+                .iter()
+                .map(|p| ([("pool", &*p.name)], ConstGauge::new(p.queued() as i64))),
+        )?;
         family(
             &mut enc,
             "maitred_backend_in_flight",
@@ -139,6 +148,12 @@ impl Collector for Scrape {
             "maitred_unavailable",
             "Requests answered 503 because no backend of the pool could take them.",
             per_pool(|p| p.stats.unavailable.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "maitred_queue_timeouts",
+            "Requests answered 503 because queue_timeout passed before a slot came free.",
+            per_pool(|p| p.stats.queue_timeouts.load(Ordering::Relaxed)),
         )?;
         family(
             &mut enc,
@@ -235,6 +250,25 @@ fn latency(enc: &mut DescriptorEncoder, pools: &[Arc<Pool>]) -> Result<(), fmt::
     )?;
     for p in pools {
         let (cumulative, sum, count) = p.stats.latency.read();
+        let buckets = per_bucket(&cumulative);
+        let labels = [("pool", &*p.name)];
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// `maitred_queue_wait_seconds{pool}`: how long requests waited in the pool's queue,
+/// per request that waited (served, or answered 503 at `queue_timeout`).
+fn queue_wait(enc: &mut DescriptorEncoder, pools: &[Arc<Pool>]) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(
+        "maitred_queue_wait",
+        "Time a request waited in its pool's queue for a slot, per request that waited.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for p in pools.iter().filter(|p| p.queue().is_some()) {
+        let (cumulative, sum, count) = p.stats.queue_wait.read();
         let buckets = per_bucket(&cumulative);
         let labels = [("pool", &*p.name)];
         m.encode_family(&labels)?

@@ -1,10 +1,13 @@
 //! A pool: its backends, its balancer and its policy (limits, timeouts, retries,
 //! ejection). `pick` is the one place a request gets a backend: balancer choice, the
-//! `max_connections` limit, and the in-flight guard, together. [`build_balancer`] is the
-//! one place a balancer's parameters are read from the pool's config.
+//! `max_connections` limit, and the in-flight guard, together; [`Pool::wait_for_slot`]
+//! is the same pick made from the pool's wait queue (`queue_timeout`).
+//! [`build_balancer`] is the one place a balancer's parameters are read from the pool's
+//! config.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
@@ -14,6 +17,7 @@ use crate::balancer::{
     PickContext, Placement, SmoothRoundRobin, Tried,
 };
 use crate::config::{BalancerKind, HashKey, PoolConfig};
+use crate::queue::WaitQueue;
 use crate::stats::PoolStats;
 
 /// One pool in the live snapshot.
@@ -28,6 +32,11 @@ pub struct Pool {
     needs_clock: bool,
     /// Limits every pick honours.
     pub limits: Limits,
+    /// Where requests wait for a slot when every backend is at `max_connections`;
+    /// `None` without `queue_timeout` (or without `max_connections`).
+    queue: Option<Arc<WaitQueue>>,
+    /// How long a request waits in `queue` at most.
+    pub queue_timeout: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// From the request fully sent until the response headers arrive.
@@ -63,11 +72,14 @@ pub struct Chosen<'a> {
 
 impl Pool {
     /// Builds a pool from its config, reusing live state where `live_for` has it.
+    /// `queue` is the previous snapshot's wait queue of this pool, kept when the pool
+    /// still queues (its waiters and the guards of its requests stay connected).
     /// `unchanged` is the previous snapshot's pool when its config is identical: its
     /// balancer (hash table, round-robin cycle) is kept instead of rebuilt.
     pub fn build(
         cfg: &PoolConfig,
         stats: Arc<PoolStats>,
+        queue: Option<Arc<WaitQueue>>,
         unchanged: Option<&Pool>,
         mut live_for: impl FnMut(&str) -> Option<Arc<BackendLive>>,
     ) -> Pool {
@@ -96,6 +108,9 @@ impl Pool {
                 max_connections: cfg.max_connections,
                 balance_factor: cfg.balance_factor,
             },
+            queue: (!cfg.queue_timeout.is_zero() && cfg.max_connections > 0)
+                .then(|| queue.unwrap_or_default()),
+            queue_timeout: cfg.queue_timeout,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             read_timeout: cfg.read_timeout,
@@ -132,8 +147,19 @@ impl Pool {
         self.backends.iter().map(|b| b.live.in_flight()).sum()
     }
 
+    /// The pool's wait queue, when it has one.
+    #[inline]
+    pub fn queue(&self) -> Option<&Arc<WaitQueue>> {
+        self.queue.as_ref()
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.waiting())
+    }
+
     /// Chooses a backend and takes its in-flight slot, or `None` when no backend can take
-    /// the request (the caller answers 503).
+    /// the request (the caller answers 503, or waits in the queue when the pool has one).
     pub fn pick(&self, ctx: &mut PickContext<'_>, tried: &mut Tried) -> Option<Chosen<'_>> {
         if self.limits.balance_factor > 0.0 {
             ctx.pool_in_flight = self.in_flight();
@@ -145,7 +171,10 @@ impl Pool {
                 .balancer
                 .pick(&self.backends, ctx, &self.limits, tried)?;
             let backend = self.backends.get(p.index)?;
-            match backend.live.enter(self.limits.max_connections) {
+            match backend
+                .live
+                .enter(self.limits.max_connections, self.queue.as_ref())
+            {
                 Some(guard) => {
                     return Some(Chosen {
                         index: p.index,
@@ -159,6 +188,69 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// The pick of a pool with a queue: `None` at once when others wait already (first
+    /// come, first served: the request goes behind them) or no backend can take it, and
+    /// `tried` is left as it was, so the queue sees which backends are only full.
+    pub fn pick_unqueued(&self, ctx: &mut PickContext<'_>, tried: &Tried) -> Option<Chosen<'_>> {
+        if self.queued() > 0 {
+            return None;
+        }
+        self.pick(ctx, &mut tried.clone())
+    }
+
+    /// Waits in the queue, first come first served, for a slot on a backend not in
+    /// `tried`, until `deadline` (set now to `queue_timeout` from now when it is `None`:
+    /// one bound for every attempt of the request). `None`: the deadline passed (503),
+    /// or no backend is merely full (down, disabled: waiting would not help).
+    ///
+    /// Only the head of the queue picks; an in-flight guard released, or the head
+    /// leaving, wakes the next try. Dropping the future leaves the queue.
+    pub async fn wait_for_slot(
+        &self,
+        queue: &WaitQueue,
+        ctx: &mut PickContext<'_>,
+        tried: &Tried,
+        deadline: &mut Option<Instant>,
+    ) -> Option<Chosen<'_>> {
+        let place = queue.join();
+        let joined = Instant::now();
+        let deadline = *deadline.get_or_insert(joined + self.queue_timeout);
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut waited = false;
+        let chosen = loop {
+            if place.is_head() {
+                if let Some(c) = self.pick(ctx, &mut tried.clone()) {
+                    break Some(c);
+                }
+                if !self.has_full_backend(tried) {
+                    break None;
+                }
+            }
+            waited = true;
+            tokio::select! {
+                () = place.woken() => {}
+                () = &mut sleep => {
+                    self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                    break None;
+                }
+            }
+        };
+        if waited {
+            self.stats.queue_wait.observe(joined.elapsed());
+        }
+        chosen
+    }
+
+    /// Whether some backend not in `tried` could take the request but for
+    /// `max_connections`: what a slot coming back would help.
+    fn has_full_backend(&self, tried: &Tried) -> bool {
+        let max = self.limits.max_connections;
+        self.backends.iter().enumerate().any(|(i, b)| {
+            max != 0 && !tried.contains(i) && b.live.accepts_new() && b.live.in_flight() >= max
+        })
     }
 }
 

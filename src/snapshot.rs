@@ -6,7 +6,7 @@
 //! half-way. Building a snapshot carries over the live state of every backend that stays
 //! in its pool at the same address (health, ejection, in-flight, counters, pooled
 //! connections, and an admin state set at runtime unless the file changes that
-//! backend's `state`).
+//! backend's `state`), and every pool's counters and wait queue by the pool's name.
 //!
 //! Building never writes to the running world: a dry run, or a reload that fails after
 //! the build, leaves it as it was. What the new file changes on carried-over state (a
@@ -101,8 +101,9 @@ impl Snapshot {
                 let old_pool = previous.and_then(|s| s.pool(&pc.name));
                 let old_cfg = previous.and_then(|s| s.config.pool(&pc.name));
                 let stats = old_pool.map(|p| Arc::clone(&p.stats)).unwrap_or_default();
+                let queue = old_pool.and_then(|p| p.queue().cloned());
                 let unchanged = old_pool.filter(|_| old_cfg == Some(pc)).map(|p| &**p);
-                Arc::new(Pool::build(pc, stats, unchanged, |addr| {
+                Arc::new(Pool::build(pc, stats, queue, unchanged, |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
                     Some(Arc::clone(&old.live))
                 }))

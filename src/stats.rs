@@ -1,5 +1,5 @@
 //! Counters the request path bumps and the admin listener reads: a pool's latency
-//! histogram, its affinity placements, retries and refusals. Plain relaxed atomics,
+//! histogram, its affinity placements, retries, refusals and queue waits. Plain relaxed atomics,
 //! carried over reloads with the pool's name like a backend's live state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,11 @@ pub struct PoolStats {
     /// Requests sent again on a fresh connection because the reused one had been
     /// closed by the backend before any answer.
     pub stale_retries: AtomicU64,
+    /// Time requests waited in the pool's queue for a slot, per request that waited
+    /// (served or not).
+    pub queue_wait: Histogram,
+    /// Requests answered 503 because `queue_timeout` passed before a slot came free.
+    pub queue_timeouts: AtomicU64,
 }
 
 /// What clients did to their own requests, across every listener: never counted

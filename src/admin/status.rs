@@ -79,6 +79,9 @@ fn pool_view(pool: &Pool, health_checks: bool) -> Value {
         "errors": pool.backends.iter().map(|b| b.live.errors()).sum::<u64>(),
         "retries": stats.retries.load(Relaxed),
         "unavailable": stats.unavailable.load(Relaxed),
+        "queue": pool.queued(),
+        "queue_timeout": humantime::format_duration(pool.queue_timeout).to_string(),
+        "queue_timeouts": stats.queue_timeouts.load(Relaxed),
         "health_checks": health_checks,
         "backends": pool.backends.iter().map(backend_view).collect::<Vec<_>>(),
     })

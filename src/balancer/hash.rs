@@ -140,7 +140,7 @@ mod tests {
         let hot_home = pick_for(&h, &bs, "hot", &limits, 0).index;
         // The hot key's backend holds 8 requests; the pool holds 8 in all.
         let _held: Vec<_> = (0..8)
-            .map(|_| bs[hot_home].live.enter(0).unwrap())
+            .map(|_| bs[hot_home].live.enter(0, None).unwrap())
             .collect();
         let p = pick_for(&h, &bs, "hot", &limits, 8);
         assert_ne!(

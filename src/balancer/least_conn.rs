@@ -120,7 +120,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..50 {
             let i = pick(&lc, &bs, &Tried::new()).unwrap();
-            held.push(bs[i].live.enter(0).unwrap());
+            held.push(bs[i].live.enter(0, None).unwrap());
         }
         let loads: Vec<u32> = bs.iter().map(|b| b.live.in_flight()).collect();
         assert_eq!(loads, vec![10, 10, 30], "in flight follows weight 1:1:3");
@@ -147,7 +147,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..2000 {
             let i = pick(&lc, &bs, &Tried::new()).unwrap();
-            held.push(bs[i].live.enter(0).unwrap());
+            held.push(bs[i].live.enter(0, None).unwrap());
         }
         let max = bs.iter().map(|b| b.live.in_flight()).max().unwrap();
         assert!(max <= 20 + 4, "busiest holds {max} with a mean of 20");

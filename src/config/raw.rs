@@ -157,6 +157,8 @@ pub struct RawPool {
     pub retries: Option<Spanned<i64>>,
     /// Per-backend concurrency limit.
     pub max_connections: Option<Spanned<i64>>,
+    /// How long a request waits for a slot when every backend is at the limit.
+    pub queue_timeout: Option<Spanned<String>>,
     /// Bounded-load factor.
     pub balance_factor: Option<Spanned<f64>>,
     /// `[pool.NAME.health]`.

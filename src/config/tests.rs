@@ -110,6 +110,7 @@ fn minimal_file_gets_the_design_defaults() {
     assert_eq!(p.response_timeout, Duration::from_secs(60));
     assert_eq!(p.retries, 2);
     assert_eq!(p.max_connections, 0);
+    assert_eq!(p.queue_timeout, Duration::ZERO);
     assert_eq!(p.balance_factor, 0.0);
     assert_eq!(
         (p.health.clone(), p.ejection.clone(), p.affinity.clone()),
@@ -346,6 +347,28 @@ fn balance_factor_is_zero_or_at_least_one_and_only_for_sticky_pools() {
     assert_one_error_containing(
         &stateless,
         "balance_factor applies only to balancers hash, ip-hash and cookie-affinity",
+    );
+}
+
+#[test]
+fn queue_timeout_is_a_duration_and_needs_max_connections() {
+    let queued = format!("{BASE}max_connections = 4\nqueue_timeout = \"2s\"\n");
+    assert_eq!(ok(&queued).pools[0].queue_timeout, Duration::from_secs(2));
+    let zero = format!("{BASE}queue_timeout = \"0s\"\n");
+    assert_eq!(ok(&zero).pools[0].queue_timeout, Duration::ZERO);
+    assert_eq!(
+        errors(&queued.replace("\"2s\"", "\"soon\"")),
+        [
+            "maitred.toml:11:17: invalid duration \"soon\" for queue_timeout (expected number at 0); \
+          expected a duration like \"250ms\", \"2s\" or \"1m\""
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{BASE}queue_timeout = \"2s\"\n")),
+        [
+            "maitred.toml:10:17: queue_timeout needs max_connections > 0: requests wait for a slot \
+          only when every backend is at that limit; set max_connections or remove queue_timeout"
+        ]
     );
 }
 

@@ -306,6 +306,9 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Concurrent requests per backend; 0 = unlimited.
     pub max_connections: u32,
+    /// How long a request that finds every backend at `max_connections` waits for a
+    /// slot, first come first served; zero = no queue (503 at once).
+    pub queue_timeout: Duration,
     /// Bounded-load factor for sticky balancers; 0 = off.
     pub balance_factor: f64,
     /// Active health checks.

@@ -288,6 +288,8 @@ async fn proxy(
         client_body: client.body_timeout,
     };
     let mut tried = Tried::new();
+    // When the request first waited in the pool's queue, plus `queue_timeout`.
+    let mut queued_until = None;
     let mut last_err = ProxyError::NoBackend;
     for attempt in 0..=pool.retries {
         let mut ctx = PickContext {
@@ -297,7 +299,17 @@ async fn proxy(
             now_secs: now,
             pool_in_flight: 0,
         };
-        let Some(chosen) = pool.pick(&mut ctx, &mut tried) else {
+        let picked = match pool.queue() {
+            None => pool.pick(&mut ctx, &mut tried),
+            Some(queue) => match pool.pick_unqueued(&mut ctx, &tried) {
+                Some(c) => Some(c),
+                // Boxed: only requests that queue carry the wait's state.
+                None => {
+                    Box::pin(pool.wait_for_slot(queue, &mut ctx, &tried, &mut queued_until)).await
+                }
+            },
+        };
+        let Some(chosen) = picked else {
             break;
         };
         tried.insert(chosen.index);

@@ -79,6 +79,9 @@ pub struct TestBackend {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Milliseconds every request waits before it is answered.
     pub delay: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests being answered now, and the most ever answered at once (health
+    /// probes aside).
+    pub concurrency: Arc<Concurrency>,
     tasks: Arc<Mutex<JoinSet<()>>>,
     stopped: Arc<AtomicBool>,
 }
@@ -112,22 +115,38 @@ impl TestBackend {
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let stopped = Arc::new(AtomicBool::new(false));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (n, h, hl, s, t, dl) = (
+        let concurrency = Arc::new(Concurrency::default());
+        let (n, h, hl, s, t, dl, cc) = (
             name.to_string(),
             hits.clone(),
             health.clone(),
             seen.clone(),
             tasks.clone(),
             delay.clone(),
+            concurrency.clone(),
         );
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, hl, s, dl) = (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
+                let (n, h, hl, s, dl, cc) = (
+                    n.clone(),
+                    h.clone(),
+                    hl.clone(),
+                    s.clone(),
+                    dl.clone(),
+                    cc.clone(),
+                );
                 let conn = async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, hl, s, dl) =
-                            (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
+                        let (n, h, hl, s, dl, cc) = (
+                            n.clone(),
+                            h.clone(),
+                            hl.clone(),
+                            s.clone(),
+                            dl.clone(),
+                            cc.clone(),
+                        );
                         async move {
+                            let _busy = (req.uri().path() != "/healthz").then(|| cc.enter());
                             let wait = dl.load(Ordering::SeqCst);
                             if wait > 0 && req.uri().path() != "/healthz" {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -150,6 +169,7 @@ impl TestBackend {
             health,
             seen,
             delay,
+            concurrency,
             tasks,
             stopped,
         }
@@ -167,6 +187,36 @@ impl TestBackend {
 
     pub fn last_seen(&self) -> Option<Seen> {
         self.seen.lock().unwrap().last().cloned()
+    }
+}
+
+/// How many requests a test backend answers at once: now, and the most so far.
+#[derive(Debug, Default)]
+pub struct Concurrency {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Concurrency {
+    /// Counts one request in until the returned guard drops.
+    fn enter(self: &Arc<Self>) -> Busy {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        Busy(Arc::clone(self))
+    }
+
+    /// The most requests answered at once so far.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// One request being answered.
+struct Busy(Arc<Concurrency>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -11,6 +11,7 @@ mod health;
 mod limits;
 mod parking;
 mod proxy;
+mod queue;
 mod reload;
 mod tls;
 mod upstream;

@@ -57,6 +57,7 @@ pub(super) fn pool(
         0,
         u32::MAX,
     );
+    let queue_timeout = queue_timeout(ctx, max_connections, raw);
     let balance_factor = balancer.and_then(|b| balance_factor(ctx, b, raw.balance_factor.as_ref()));
     let health = match &raw.health {
         None => Some(None),
@@ -80,6 +81,7 @@ pub(super) fn pool(
         keepalive_timeout: keepalive_timeout?,
         retries: retries?,
         max_connections: max_connections?,
+        queue_timeout: queue_timeout?,
         balance_factor: balance_factor?,
         health: health?,
         ejection: ejection?,
@@ -191,6 +193,25 @@ fn backend(ctx: &mut Ctx<'_>, entry: &Spanned<RawBackend>) -> Option<BackendConf
         weight: weight?,
         state: state?,
     })
+}
+
+/// `queue_timeout`: a duration, `"0s"` (no queue) by default; a queue needs a
+/// `max_connections` to wait for.
+fn queue_timeout(
+    ctx: &mut Ctx<'_>,
+    max_connections: Option<u32>,
+    raw: &RawPool,
+) -> Option<Duration> {
+    let v = raw.queue_timeout.as_ref();
+    let d = ctx.parse_or(v, Duration::ZERO, |s| values::duration("queue_timeout", s))?;
+    if let Some(v) = v.filter(|_| !d.is_zero() && max_connections == Some(0)) {
+        ctx.error(
+            v.span(),
+            "queue_timeout needs max_connections > 0: requests wait for a slot only when every backend is at that limit; set max_connections or remove queue_timeout".to_string(),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// `balance_factor`: 0 (off) or at least 1.0, and only on sticky balancers.

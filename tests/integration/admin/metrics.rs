@@ -112,7 +112,14 @@ async fn metrics_are_well_formed_and_count_requests() {
         } else if let Some(rest) = line.strip_prefix("# HELP ") {
             helped.insert(rest.split_once(' ').unwrap().0.to_string());
         } else if let Some(rest) = line.strip_prefix("# UNIT ") {
-            assert_eq!(rest, "maitred_request_duration_seconds seconds");
+            assert!(
+                [
+                    "maitred_request_duration_seconds seconds",
+                    "maitred_queue_wait_seconds seconds"
+                ]
+                .contains(&rest),
+                "{line}"
+            );
         } else {
             let s = parse_sample(line).unwrap_or_else(|| panic!("malformed sample line: {line:?}"));
             assert!(
@@ -130,6 +137,9 @@ async fn metrics_are_well_formed_and_count_requests() {
         ("maitred_health_transitions", "counter"),
         ("maitred_ejections", "counter"),
         ("maitred_retries", "counter"),
+        ("maitred_queue_length", "gauge"),
+        ("maitred_queue_wait_seconds", "histogram"),
+        ("maitred_queue_timeouts", "counter"),
         ("maitred_reloads", "counter"),
         ("maitred_affinity_placements", "counter"),
     ];
