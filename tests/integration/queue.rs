@@ -6,6 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -170,6 +174,34 @@ async fn a_client_that_leaves_gives_up_its_place_in_the_queue() {
         .map(|s| s.path.clone())
         .collect();
     assert!(!paths.iter().any(|p| p.contains("leaver")), "{paths:?}");
+    drop(holder);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_while_queued_leaves_the_queue() {
+    let b = TestBackend::start("a").await;
+    let d = start_daemon(&queued_config(&b, 1, "30s")).await;
+    let holder = send_and_hold(&d, "/slow?ms=5000").await;
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 1 }).await);
+    let io = TokioIo::new(TcpStream::connect(addr(&d)).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://h2.test/slow?ms=10&who=leaver")
+        .body(Empty::new())
+        .unwrap();
+    let waiting = tokio::spawn(sender.send_request(req));
+    assert!(wait_until(DEADLINE, || async { queued(&d) == 1 }).await);
+    // Dropping the response future resets the stream.
+    waiting.abort();
+    assert!(
+        wait_until(DEADLINE, || async { queued(&d) == 0 }).await,
+        "a reset stream still holds its place"
+    );
+    assert_eq!(in_flight(&d), 1, "the holder keeps its slot");
     drop(holder);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
