@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::AdminState;
+use crate::latency::Estimate;
 
 /// One backend of one pool, as the current snapshot sees it.
 #[derive(Debug)]
@@ -88,6 +89,8 @@ pub struct BackendLive {
     /// as 5xx of the backend that caused them).
     classes: [AtomicU64; 5],
     last_check: Mutex<Option<CheckResult>>,
+    /// The peak-EWMA latency estimate, fed and read only in `peak-ewma` pools.
+    pub latency: Estimate,
     /// Idle keep-alive connections to this backend, kept by the layer that speaks to
     /// backends.
     pub conns: IdleHandle,
@@ -145,6 +148,7 @@ impl BackendLive {
             ejections: AtomicU64::new(0),
             classes: Default::default(),
             last_check: Mutex::new(None),
+            latency: Estimate::default(),
             conns: IdleHandle::default(),
         }
     }

@@ -70,7 +70,8 @@ pub struct Seen {
 /// Paths: `/` and anything else answers `backend NAME`; `/healthz` answers the status in
 /// `health`; `/slow?ms=N` waits N ms first; `/status/N` answers N; `/echo` streams the
 /// request body back; `/sink` reads the body and answers its length; `/big?mb=N`
-/// streams N MiB.
+/// streams N MiB. `delay` holds every answer back; a non-zero `fixed_status` answers
+/// every request (but the health check) with that status at once.
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -79,6 +80,8 @@ pub struct TestBackend {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Milliseconds every request waits before it is answered.
     pub delay: Arc<std::sync::atomic::AtomicU64>,
+    /// When not 0, the status every request is answered with at once.
+    pub fixed_status: Arc<AtomicU16>,
     tasks: Arc<Mutex<JoinSet<()>>>,
     stopped: Arc<AtomicBool>,
 }
@@ -112,22 +115,44 @@ impl TestBackend {
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let stopped = Arc::new(AtomicBool::new(false));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (n, h, hl, s, t, dl) = (
+        let fixed_status = Arc::new(AtomicU16::new(0));
+        let (n, h, hl, s, t, dl, fs) = (
             name.to_string(),
             hits.clone(),
             health.clone(),
             seen.clone(),
             tasks.clone(),
             delay.clone(),
+            fixed_status.clone(),
         );
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, hl, s, dl) = (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
+                let (n, h, hl, s, dl, fs) = (
+                    n.clone(),
+                    h.clone(),
+                    hl.clone(),
+                    s.clone(),
+                    dl.clone(),
+                    fs.clone(),
+                );
                 let conn = async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, hl, s, dl) =
-                            (n.clone(), h.clone(), hl.clone(), s.clone(), dl.clone());
+                        let (n, h, hl, s, dl, fs) = (
+                            n.clone(),
+                            h.clone(),
+                            hl.clone(),
+                            s.clone(),
+                            dl.clone(),
+                            fs.clone(),
+                        );
                         async move {
+                            let fixed = fs.load(Ordering::SeqCst);
+                            if fixed != 0 && req.uri().path() != "/healthz" {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                let mut r = Response::new(full(format!("status from {n}\n")));
+                                *r.status_mut() = StatusCode::from_u16(fixed).unwrap();
+                                return Ok(r);
+                            }
                             let wait = dl.load(Ordering::SeqCst);
                             if wait > 0 && req.uri().path() != "/healthz" {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -150,6 +175,7 @@ impl TestBackend {
             health,
             seen,
             delay,
+            fixed_status,
             tasks,
             stopped,
         }
