@@ -4,9 +4,9 @@
 //!
 //! `server/` (client connections) → `proxy/` (one request's logic) → `upstream/`
 //! (backend connections), above the state leaves (`config/`, `snapshot.rs`, `pool.rs`,
-//! `balancer/`, `backend.rs`, `latency.rs`, `router.rs`, `health/`, `stats.rs`). Imports only go down:
-//! no layer imports one above it and no state leaf imports a layer. `ARCHITECTURE.md`
-//! is the map.
+//! `balancer/`, `backend.rs`, `latency.rs`, `router.rs`, `health/`, `stats.rs`).
+//! Imports only go down: no layer imports one above it and no state leaf imports a
+//! layer. `ARCHITECTURE.md` is the map.
 //!
 //! # The request path
 //!

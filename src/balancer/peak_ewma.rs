@@ -7,8 +7,9 @@
 //! median estimate a never-measured backend counts as. The request path feeds it (an
 //! answer's latency, a failure's penalty, a 429's Retry-After) only for pools that run
 //! this balancer; the per-backend estimate lives in the backend's live state
-//! ([`crate::latency::Estimate`]). A pick reads one clock, draws from a per-thread
-//! xorshift generator, and reads atomics: no allocation, no lock.
+//! ([`crate::latency::Estimate`]). A pick reads the thread's recent clock reading
+//! ([`recent_ns`]), draws from a per-thread xorshift generator, and reads atomics: no
+//! clock read, allocation or lock of its own.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use super::{Balancer, Eligible, Limits, Pick, PickContext, Tried};
 use crate::backend::Backend;
 use crate::config::{BalancerKind, LatencyConfig};
-use crate::latency::{UNMEASURED, clock_ns};
+use crate::latency::{UNMEASURED, clock_ns, recent_ns};
 
 /// How often, at most, the pool's median estimate is recomputed (nanoseconds): often
 /// enough that a backend joining the pool starts near its peers, rare enough that its
@@ -44,8 +45,9 @@ pub struct Latency {
     decay_ns: f64,
     /// What a failed attempt is charged, in nanoseconds.
     penalty_ns: f64,
-    /// The median of the measured backends' estimates in nanoseconds as `f64` bits: what
-    /// a never-measured backend counts as; [`UNMEASURED`] while none is measured.
+    /// The median of the measured backends' estimates at `median_at`, in nanoseconds as
+    /// `f64` bits: what a never-measured backend counts as (decaying like the others
+    /// from then); [`UNMEASURED`] while none is measured.
     /// Written by the observer that refreshes it, read by picks; `Relaxed`.
     median_bits: AtomicU64,
     /// [`clock_ns`] of the last median refresh; 0 = never. Observers race for it with a
@@ -73,7 +75,8 @@ impl Latency {
     pub fn estimate(&self, b: &Backend, now: u64) -> Option<f64> {
         b.live.latency.value(now, self.decay_ns).or_else(|| {
             let m = self.median_bits.load(Ordering::Relaxed);
-            (m != UNMEASURED).then(|| f64::from_bits(m))
+            let age = now.saturating_sub(self.median_at.load(Ordering::Relaxed)) as f64;
+            (m != UNMEASURED).then(|| f64::from_bits(m) * (-age / self.decay_ns).exp())
         })
     }
 
@@ -226,7 +229,7 @@ impl Balancer for PeakEwma {
         if n == 0 {
             return None;
         }
-        let now = clock_ns();
+        let now = recent_ns();
         let eligible = Eligible::new(backends, limits, tried);
         let mut best: Option<(usize, f64)> = None;
         let consider = |best: &mut Option<(usize, f64)>, i: usize| {
