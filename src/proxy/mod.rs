@@ -497,3 +497,22 @@ fn respond(
     *resp.headers_mut() = headers;
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_only() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after(&h)
+        };
+        assert_eq!(with("120"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(with(" 5 "), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(with("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+}

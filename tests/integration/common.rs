@@ -71,7 +71,8 @@ pub struct Seen {
 /// `health`; `/slow?ms=N` waits N ms first; `/status/N` answers N; `/echo` streams the
 /// request body back; `/sink` reads the body and answers its length; `/big?mb=N`
 /// streams N MiB. `delay` holds every answer back; a non-zero `fixed_status` answers
-/// every request (but the health check) with that status at once.
+/// every request (but the health check) with that status at once (a 429 with
+/// `Retry-After: 30`).
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -151,6 +152,12 @@ impl TestBackend {
                                 h.fetch_add(1, Ordering::SeqCst);
                                 let mut r = Response::new(full(format!("status from {n}\n")));
                                 *r.status_mut() = StatusCode::from_u16(fixed).unwrap();
+                                if fixed == 429 {
+                                    r.headers_mut().insert(
+                                        "retry-after",
+                                        http::HeaderValue::from_static("30"),
+                                    );
+                                }
                                 return Ok(r);
                             }
                             let wait = dl.load(Ordering::SeqCst);

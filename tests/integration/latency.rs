@@ -14,7 +14,7 @@ const REQUESTS: usize = 600;
 const CLIENTS: usize = 6;
 
 /// Sends [`REQUESTS`] GETs of `/` from [`CLIENTS`] keep-alive clients; returns how many
-/// were answered 503.
+/// were answered 503 or 429.
 async fn load(target: std::net::SocketAddr) -> usize {
     let unavailable = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -26,7 +26,7 @@ async fn load(target: std::net::SocketAddr) -> usize {
                 let r = client.get("/", &[]).await;
                 match r.status {
                     200 => {}
-                    503 => {
+                    429 | 503 => {
                         unavailable.fetch_add(1, Ordering::SeqCst);
                     }
                     other => panic!("unexpected {other}: {}", r.body),
@@ -110,5 +110,29 @@ async fn peak_ewma_starves_a_backend_that_fails_fast() {
         b.hits()
     );
     assert_eq!(unavailable, hc, "each 503 the client saw came from it");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn peak_ewma_honours_retry_after_of_a_429() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    a.delay.store(2, Ordering::SeqCst);
+    b.delay.store(2, Ordering::SeqCst);
+    c.fixed_status.store(429, Ordering::SeqCst);
+    // A penalty below the others' latency: only the Retry-After (30 s) keeps it out.
+    let extra = "[pool.web.latency]\npenalty = \"1ms\"\n";
+    let d = start_daemon(&simple_config("peak-ewma", &[&a, &b, &c], extra)).await;
+    let refused = load(addr(&d)).await;
+    let hc = c.hits();
+    eprintln!("backend answering 429: {hc} of {REQUESTS}");
+    assert!(
+        hc <= CLIENTS,
+        "asked to retry after 30 s, it still got {hc} of {REQUESTS}"
+    );
+    assert_eq!(refused, hc);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
