@@ -75,11 +75,20 @@ fn picks(c: &mut Criterion) {
         BalancerKind::IpHash,
         BalancerKind::Hash,
         BalancerKind::CookieAffinity,
+        BalancerKind::PeakEwma,
     ] {
         for n in SIZES {
             let bs = backends(n);
             let cfg = pool_config(kind, &bs);
             let b = maitred::pool::build_balancer(&cfg, &bs);
+            if let Some(latency) = b.latency() {
+                // Every backend measured, at 1 to 20 ms: the steady state.
+                let now = maitred::latency::clock_ns();
+                for i in 0..n {
+                    let rtt = Duration::from_millis(1 + (i % 20) as u64);
+                    latency.observe(&bs, i, rtt, now);
+                }
+            }
             let mut headers = HeaderMap::new();
             headers.insert("x-user", "user-1234".parse().unwrap());
             if kind == BalancerKind::CookieAffinity {

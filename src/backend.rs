@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::AdminState;
+use crate::latency::Estimate;
 use crate::queue::WaitQueue;
 
 /// One backend of one pool, as the current snapshot sees it.
@@ -89,6 +90,8 @@ pub struct BackendLive {
     /// as 5xx of the backend that caused them).
     classes: [AtomicU64; 5],
     last_check: Mutex<Option<CheckResult>>,
+    /// The peak-EWMA latency estimate, fed and read only in `peak-ewma` pools.
+    pub latency: Estimate,
     /// Idle keep-alive connections to this backend, kept by the layer that speaks to
     /// backends.
     pub conns: IdleHandle,
@@ -146,6 +149,7 @@ impl BackendLive {
             ejections: AtomicU64::new(0),
             classes: Default::default(),
             last_check: Mutex::new(None),
+            latency: Estimate::default(),
             conns: IdleHandle::default(),
         }
     }

@@ -4,9 +4,9 @@
 //!
 //! `server/` (client connections) → `proxy/` (one request's logic) → `upstream/`
 //! (backend connections), above the state leaves (`config/`, `snapshot.rs`, `pool.rs`,
-//! `balancer/`, `backend.rs`, `router.rs`, `health/`, `stats.rs`). Imports only go down:
-//! no layer imports one above it and no state leaf imports a layer. `ARCHITECTURE.md`
-//! is the map.
+//! `balancer/`, `backend.rs`, `latency.rs`, `router.rs`, `health/`, `stats.rs`).
+//! Imports only go down: no layer imports one above it and no state leaf imports a
+//! layer. `ARCHITECTURE.md` is the map.
 //!
 //! # The request path
 //!
@@ -40,6 +40,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod demo;
 pub mod health;
+pub mod latency;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

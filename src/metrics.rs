@@ -24,6 +24,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::BalancerKind;
+use crate::latency::clock_ns;
 use crate::pool::Pool;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -101,6 +102,24 @@ impl Collector for Scrape {
             pools
                 .iter()
                 .map(|p| ([("pool", &*p.name)], ConstGauge::new(p.queued() as i64))),
+        )?;
+        let now = clock_ns();
+        let ewma = pools.iter().flat_map(|p| {
+            p.latency().into_iter().flat_map(move |l| {
+                p.backends.iter().filter_map(move |b| {
+                    let seconds = l.estimate(b, now)? / 1e9;
+                    Some((
+                        [("pool", &*p.name), ("backend", &*b.name)],
+                        ConstGauge::new(seconds),
+                    ))
+                })
+            })
+        });
+        family(
+            &mut enc,
+            "maitred_backend_latency_ewma_seconds",
+            "peak-ewma pools: a backend's peak-EWMA latency estimate (the pool's median for one never measured).",
+            ewma,
         )?;
         family(
             &mut enc,

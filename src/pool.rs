@@ -13,8 +13,8 @@ use http::HeaderValue;
 
 use crate::backend::{Backend, BackendLive, InFlight};
 use crate::balancer::{
-    AffinityKey, Balancer, ConsistentHash, CookieAffinity, CookieParams, LeastConnections, Limits,
-    PickContext, Placement, SmoothRoundRobin, Tried,
+    AffinityKey, Balancer, ConsistentHash, CookieAffinity, CookieParams, Latency, LeastConnections,
+    Limits, PeakEwma, PickContext, Placement, SmoothRoundRobin, Tried,
 };
 use crate::config::{BalancerKind, HashKey, PoolConfig};
 use crate::queue::WaitQueue;
@@ -30,6 +30,9 @@ pub struct Pool {
     balancer: Arc<dyn Balancer>,
     /// Whether the balancer reads the wall clock, asked once at build.
     needs_clock: bool,
+    /// The latency estimator the request path feeds (`peak-ewma` only), asked once at
+    /// build.
+    latency: Option<Arc<Latency>>,
     /// Limits every pick honours.
     pub limits: Limits,
     /// Where requests wait for a slot when every backend is at `max_connections`;
@@ -103,6 +106,7 @@ impl Pool {
             name: Arc::from(cfg.name.as_str()),
             backends,
             needs_clock: balancer.needs_clock(),
+            latency: balancer.latency(),
             balancer,
             limits: Limits {
                 max_connections: cfg.max_connections,
@@ -135,6 +139,13 @@ impl Pool {
     #[inline]
     pub fn needs_clock(&self) -> bool {
         self.needs_clock
+    }
+
+    /// The latency estimator to feed with this pool's answers and failures, for a
+    /// `peak-ewma` pool; `None` for the others, which then read no clock for it.
+    #[inline]
+    pub fn latency(&self) -> Option<&Latency> {
+        self.latency.as_deref()
     }
 
     /// The balancer itself (reload report, benchmarks).
@@ -271,6 +282,9 @@ pub fn build_balancer(cfg: &PoolConfig, backends: &[Backend]) -> Box<dyn Balance
         }
         BalancerKind::CookieAffinity => {
             Box::new(CookieAffinity::new(cookie_params(cfg, backends), backends))
+        }
+        BalancerKind::PeakEwma => {
+            Box::new(PeakEwma::new(backends, cfg.latency.unwrap_or_default()))
         }
     }
 }

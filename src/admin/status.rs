@@ -1,7 +1,8 @@
 //! `GET /status`: the live state of every listener, route, pool and backend as JSON, in
 //! the shape of DESIGN §7 (`{"pools": {NAME: {"balancer", "backends": [{"addr",
 //! "health", "state", "in_flight", "requests", "errors", ...}]}}}`) with more fields
-//! beside the contract's. The dashboard polls it; so can scripts.
+//! beside the contract's (for `peak-ewma` pools, each backend's `latency_ewma_ms` and
+//! `cost`). The dashboard polls it; so can scripts.
 //!
 //! Read-only: one snapshot load, then relaxed loads of the backends' atomics.
 
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 use super::Control;
 use crate::backend::Backend;
 use crate::config::{AdminState, HostMatch, ListenerConfig};
+use crate::latency::clock_ns;
 use crate::pool::Pool;
 
 /// The status document.
@@ -83,14 +85,14 @@ fn pool_view(pool: &Pool, health_checks: bool) -> Value {
         "queue_timeout": humantime::format_duration(pool.queue_timeout).to_string(),
         "queue_timeouts": stats.queue_timeouts.load(Relaxed),
         "health_checks": health_checks,
-        "backends": pool.backends.iter().map(backend_view).collect::<Vec<_>>(),
+        "backends": pool.backends.iter().map(|b| backend_view(pool, b)).collect::<Vec<_>>(),
     })
 }
 
-fn backend_view(b: &Backend) -> Value {
+fn backend_view(pool: &Pool, b: &Backend) -> Value {
     let live = &b.live;
     let classes = live.status_classes();
-    json!({
+    let mut view = json!({
         "addr": b.name.as_ref(),
         "weight": b.weight,
         "health": health(b),
@@ -105,7 +107,19 @@ fn backend_view(b: &Backend) -> Value {
         "health_transitions": live.health_transitions(),
         "ejections": live.ejections(),
         "last_check": live.last_check().map(|c| json!({"passed": c.passed, "detail": c.detail})),
-    })
+    });
+    if let (Some(latency), Some(fields)) = (pool.latency(), view.as_object_mut()) {
+        // peak-ewma (DESIGN §13): the estimate now (the pool's median for a backend never
+        // measured, null while none is) and the cost a pick compares, both in ms.
+        let now = clock_ns();
+        let ms = |ns: f64| (ns / 1e3).round() / 1e3;
+        fields.insert(
+            "latency_ewma_ms".to_string(),
+            json!(latency.estimate(b, now).map(ms)),
+        );
+        fields.insert("cost".to_string(), json!(ms(latency.cost(b, now))));
+    }
+    view
 }
 
 fn listener_view(daemon: &impl Control, l: &ListenerConfig) -> Value {

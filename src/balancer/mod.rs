@@ -12,6 +12,7 @@ mod eligible;
 mod hash;
 mod key;
 mod least_conn;
+mod peak_ewma;
 mod ring;
 mod round_robin;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod token;
 
 use std::fmt::Debug;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
 
@@ -30,6 +32,7 @@ pub use cookie::{CookieAffinity, CookieParams};
 pub use eligible::{Eligible, Limits, Tried};
 pub use hash::ConsistentHash;
 pub use least_conn::LeastConnections;
+pub use peak_ewma::{Latency, MAX_RETRY_AFTER, PeakEwma};
 pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
 pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError};
@@ -121,6 +124,8 @@ pub enum Placement {
 ///   [`PickContext::headers`], decodes and verifies the [`Token`], and returns the bound
 ///   backend; a client without a valid cookie is placed by the fallback balancer and the
 ///   returned [`Pick::set_cookie`] carries the new cookie for the response.
+/// - **peak-ewma** ([`PeakEwma`]): ignores the request; reads a monotonic clock, each
+///   drawn backend's latency estimate and in-flight atomic.
 pub trait Balancer: Send + Sync + Debug {
     /// Chooses a backend, or `None` when no backend can take the request.
     fn pick(
@@ -144,6 +149,12 @@ pub trait Balancer: Send + Sync + Debug {
     /// every backend healthy (the reload report's moved-keys estimate). `None` for
     /// stateless balancers.
     fn home_of(&self, _key: u64) -> Option<usize> {
+        None
+    }
+
+    /// For `peak-ewma`, the pool's latency estimator, which the request path feeds;
+    /// `None` for the others, whose requests then pay nothing for it.
+    fn latency(&self) -> Option<Arc<Latency>> {
         None
     }
 }

@@ -167,6 +167,8 @@ pub struct RawPool {
     pub ejection: Option<RawEjection>,
     /// `[pool.NAME.affinity]`; spanned to point at it when it does not belong.
     pub affinity: Option<Spanned<RawAffinity>>,
+    /// `[pool.NAME.latency]`; spanned to point at it when it does not belong.
+    pub latency: Option<Spanned<RawLatency>>,
 }
 
 /// A backend entry: `"host:port"` or `{ addr, weight, state }`.
@@ -271,6 +273,18 @@ pub struct RawAffinity {
     pub fallback: Option<Spanned<String>>,
     /// HMAC key material.
     pub secret: Option<Spanned<String>>,
+}
+
+/// `[pool.NAME.latency]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    /// Decay time constant.
+    pub decay: Option<Spanned<String>>,
+    /// Failure penalty.
+    pub penalty: Option<Spanned<String>>,
+    /// Backends compared per pick.
+    pub choices: Option<Spanned<i64>>,
 }
 
 /// Parses the TOML text; a syntax or type error becomes one positioned [`ConfigError`].

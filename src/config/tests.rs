@@ -57,7 +57,10 @@ backends = ["10.0.0.1:8000"]
 fn example_config_is_accepted() {
     let config = ok(EXAMPLE);
     let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["api", "beta", "cart", "chat", "sessions", "web"]);
+    assert_eq!(
+        names,
+        ["api", "beta", "cart", "chat", "search", "sessions", "web"]
+    );
     let kinds: Vec<BalancerKind> = config.pools.iter().map(|p| p.balancer).collect();
     for kind in [
         BalancerKind::RoundRobin,
@@ -65,6 +68,7 @@ fn example_config_is_accepted() {
         BalancerKind::Hash,
         BalancerKind::IpHash,
         BalancerKind::CookieAffinity,
+        BalancerKind::PeakEwma,
     ] {
         assert!(
             kinds.contains(&kind),
@@ -219,7 +223,7 @@ fn unknown_balancer_names_every_balancer_at_its_position() {
         errors(&src),
         [
             "maitred.toml:8:12: unknown balancer \"round_robin\"; expected one of round-robin, \
-          least-connections, ip-hash, hash, cookie-affinity"
+          least-connections, ip-hash, hash, cookie-affinity, peak-ewma"
         ]
     );
 }
@@ -313,6 +317,53 @@ fn affinity_on_a_non_cookie_pool_is_rejected() {
     assert_one_error_containing(
         &src,
         "[pool.web.affinity] applies only to balancer \"cookie-affinity\"",
+    );
+}
+
+#[test]
+fn peak_ewma_takes_latency_defaults_and_its_section() {
+    let src = BASE.replace("round-robin", "peak-ewma");
+    assert_eq!(ok(&src).pools[0].latency, Some(LatencyConfig::default()));
+    let src = format!("{src}\n[pool.web.latency]\ndecay = \"30s\"\nchoices = 1\n");
+    let latency = ok(&src).pools[0].latency.unwrap();
+    assert_eq!(latency.decay, Duration::from_secs(30));
+    assert_eq!(latency.penalty, Duration::from_secs(1));
+    assert_eq!(latency.choices, 1);
+    assert_eq!(ok(BASE).pools[0].latency, None);
+}
+
+#[test]
+fn latency_section_is_checked_at_its_values() {
+    let pool = BASE.replace("round-robin", "peak-ewma");
+    let src =
+        format!("{pool}\n[pool.web.latency]\nchoices = 0\ndecay = \"0s\"\npenalty = \"soon\"\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("maitred.toml:12:11: choices must be at least 1, got 0"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].starts_with("maitred.toml:13:9: decay must be greater than 0"),
+        "{}",
+        errs[1]
+    );
+    assert!(
+        errs[2].starts_with("maitred.toml:14:11: invalid duration \"soon\" for penalty"),
+        "{}",
+        errs[2]
+    );
+    let src = format!("{pool}\n[pool.web.latency]\nwindow = \"1s\"\n");
+    assert_one_error_containing(&src, "unknown key `window`");
+}
+
+#[test]
+fn latency_on_a_non_peak_ewma_pool_is_rejected() {
+    let src = format!("{BASE}\n[pool.web.latency]\nchoices = 2\n");
+    assert_one_error_containing(
+        &src,
+        "[pool.web.latency] applies only to balancer \"peak-ewma\", not \"round-robin\"",
     );
 }
 

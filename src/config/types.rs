@@ -181,16 +181,19 @@ pub enum BalancerKind {
     Hash,
     /// LB-inserted, signed affinity cookie.
     CookieAffinity,
+    /// Power of random choices by peak-EWMA latency × load (DESIGN §13).
+    PeakEwma,
 }
 
 impl BalancerKind {
     /// Every balancer name, as written in the config file.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "round-robin",
         "least-connections",
         "ip-hash",
         "hash",
         "cookie-affinity",
+        "peak-ewma",
     ];
 
     /// The config-file name.
@@ -201,6 +204,7 @@ impl BalancerKind {
             BalancerKind::IpHash => "ip-hash",
             BalancerKind::Hash => "hash",
             BalancerKind::CookieAffinity => "cookie-affinity",
+            BalancerKind::PeakEwma => "peak-ewma",
         }
     }
 
@@ -212,6 +216,7 @@ impl BalancerKind {
             "ip-hash" => BalancerKind::IpHash,
             "hash" => BalancerKind::Hash,
             "cookie-affinity" => BalancerKind::CookieAffinity,
+            "peak-ewma" => BalancerKind::PeakEwma,
             _ => return None,
         })
     }
@@ -317,6 +322,31 @@ pub struct PoolConfig {
     pub ejection: Option<EjectionConfig>,
     /// Affinity cookie settings (cookie-affinity only).
     pub affinity: Option<AffinityConfig>,
+    /// Latency estimator settings (peak-ewma only; its defaults when the section is
+    /// absent).
+    pub latency: Option<LatencyConfig>,
+}
+
+/// `[pool.NAME.latency]` (DESIGN §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyConfig {
+    /// Time constant of the estimate's exponential decay.
+    pub decay: Duration,
+    /// What a failed attempt (connect error, reset, timeout, 5xx, 429) is charged.
+    pub penalty: Duration,
+    /// Backends compared per pick, at least 1; as many as the pool has or more compares
+    /// them all.
+    pub choices: u32,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig {
+            decay: Duration::from_secs(10),
+            penalty: Duration::from_secs(1),
+            choices: 2,
+        }
+    }
 }
 
 /// `[pool.NAME.health]`.

@@ -23,7 +23,8 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::access_log::Pending;
 use crate::backend::Health;
-use crate::balancer::{PickContext, Tried};
+use crate::balancer::{Latency, PickContext, Tried};
+use crate::latency::clock_ns;
 use crate::pool::{Chosen, Pool};
 use crate::shared::Shared;
 use crate::upstream;
@@ -313,6 +314,8 @@ async fn proxy(
             break;
         };
         tried.insert(chosen.index);
+        // Only a peak-ewma pool times its attempts.
+        let started = pool.latency().map(|_| clock_ns());
         if attempt > 0 {
             pool.stats
                 .retries
@@ -356,6 +359,9 @@ async fn proxy(
                 // this worker is parsed into it.
                 upstream::response::recycle(std::mem::take(&mut parts.headers));
                 let name = Arc::clone(&chosen.backend.name);
+                if let (Some(latency), Some(started)) = (pool.latency(), started) {
+                    feed_latency(latency, pool, chosen.index, &head, started);
+                }
                 let resp = respond(shared, pool, chosen, conn, head, client_upgrade);
                 return (resp, Some(name));
             }
@@ -396,7 +402,44 @@ fn note_failure(pool: &Pool, chosen: &Chosen<'_>, e: &ProxyError) {
         return;
     }
     tracing::debug!(pool = %pool.name, backend = %chosen.backend.name, error = %e, "backend attempt failed");
+    if let Some(latency) = pool.latency() {
+        latency.penalize(&pool.backends, chosen.index, clock_ns());
+    }
     eject_if_due(pool, chosen);
+}
+
+/// Feeds a peak-ewma pool's estimator with an answer that began at `started`: its
+/// latency, or the penalty for a 5xx, or for a 429 the penalty and its Retry-After.
+fn feed_latency(
+    latency: &Latency,
+    pool: &Pool,
+    index: usize,
+    head: &upstream::ResponseHead,
+    started: u64,
+) {
+    let now = clock_ns();
+    let status = head.status;
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        latency.penalize(&pool.backends, index, now);
+        if let (Some(b), Some(wait)) = (pool.backends.get(index), retry_after(&head.headers)) {
+            latency.block(b, wait, now);
+        }
+    } else if status.is_server_error() {
+        latency.penalize(&pool.backends, index, now);
+    } else {
+        let rtt = std::time::Duration::from_nanos(now.saturating_sub(started));
+        latency.observe(&pool.backends, index, rtt, now);
+    }
+}
+
+/// A Retry-After in its seconds form (RFC 9110 §10.2.3); an HTTP-date or garbage is
+/// ignored.
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_secs)
 }
 
 fn eject_if_due(pool: &Pool, chosen: &Chosen<'_>) {
@@ -465,4 +508,23 @@ fn respond(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_only() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after(&h)
+        };
+        assert_eq!(with("120"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(with(" 5 "), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(with("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
 }

@@ -72,8 +72,10 @@ impl Worker {
     }
 
     /// The worker's heartbeat, on its thread: sweeps the worker's idle backend
-    /// connections with each pool's `keepalive_timeout` ([`conn_pool::heartbeat`]).
+    /// connections with each pool's `keepalive_timeout` ([`conn_pool::heartbeat`]), and
+    /// refreshes the thread's recent time ([`crate::latency::recent_ns`]).
     pub(super) fn heartbeat(snap: &Snapshot) {
+        crate::latency::clock_ns();
         conn_pool::heartbeat(snap.pools.iter().flat_map(|pool| {
             let keepalive = pool.keepalive_timeout;
             pool.backends

@@ -70,7 +70,9 @@ pub struct Seen {
 /// Paths: `/` and anything else answers `backend NAME`; `/healthz` answers the status in
 /// `health`; `/slow?ms=N` waits N ms first; `/status/N` answers N; `/echo` streams the
 /// request body back; `/sink` reads the body and answers its length; `/big?mb=N`
-/// streams N MiB.
+/// streams N MiB. `delay` holds every answer back; a non-zero `fixed_status` answers
+/// every request (but the health check) with that status at once (a 429 with
+/// `Retry-After: 30`).
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -82,6 +84,8 @@ pub struct TestBackend {
     /// Requests being answered now, and the most ever answered at once (health
     /// probes aside).
     pub concurrency: Arc<Concurrency>,
+    /// When not 0, the status every request is answered with at once.
+    pub fixed_status: Arc<AtomicU16>,
     tasks: Arc<Mutex<JoinSet<()>>>,
     stopped: Arc<AtomicBool>,
 }
@@ -116,7 +120,8 @@ impl TestBackend {
         let stopped = Arc::new(AtomicBool::new(false));
         let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let concurrency = Arc::new(Concurrency::default());
-        let (n, h, hl, s, t, dl, cc) = (
+        let fixed_status = Arc::new(AtomicU16::new(0));
+        let (n, h, hl, s, t, dl, cc, fs) = (
             name.to_string(),
             hits.clone(),
             health.clone(),
@@ -124,29 +129,45 @@ impl TestBackend {
             tasks.clone(),
             delay.clone(),
             concurrency.clone(),
+            fixed_status.clone(),
         );
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, hl, s, dl, cc) = (
+                let (n, h, hl, s, dl, cc, fs) = (
                     n.clone(),
                     h.clone(),
                     hl.clone(),
                     s.clone(),
                     dl.clone(),
                     cc.clone(),
+                    fs.clone(),
                 );
                 let conn = async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, hl, s, dl, cc) = (
+                        let (n, h, hl, s, dl, cc, fs) = (
                             n.clone(),
                             h.clone(),
                             hl.clone(),
                             s.clone(),
                             dl.clone(),
                             cc.clone(),
+                            fs.clone(),
                         );
                         async move {
                             let _busy = (req.uri().path() != "/healthz").then(|| cc.enter());
+                            let fixed = fs.load(Ordering::SeqCst);
+                            if fixed != 0 && req.uri().path() != "/healthz" {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                let mut r = Response::new(full(format!("status from {n}\n")));
+                                *r.status_mut() = StatusCode::from_u16(fixed).unwrap();
+                                if fixed == 429 {
+                                    r.headers_mut().insert(
+                                        "retry-after",
+                                        http::HeaderValue::from_static("30"),
+                                    );
+                                }
+                                return Ok(r);
+                            }
                             let wait = dl.load(Ordering::SeqCst);
                             if wait > 0 && req.uri().path() != "/healthz" {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -170,6 +191,7 @@ impl TestBackend {
             seen,
             delay,
             concurrency,
+            fixed_status,
             tasks,
             stopped,
         }

@@ -8,6 +8,7 @@ mod balancing;
 mod cli;
 mod common;
 mod health;
+mod latency;
 mod limits;
 mod parking;
 mod proxy;

@@ -3,7 +3,7 @@
 //!
 //! Balancer-specific rules live here: `key` only for `hash` (and implied for
 //! `ip-hash`), `affinity` only for `cookie-affinity`, `balance_factor` only for sticky
-//! balancers.
+//! balancers, `latency` only for `peak-ewma`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,10 +11,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{Ctx, values};
-use crate::config::raw::{RawAffinity, RawBackend, RawEjection, RawHealth, RawPool};
+use crate::config::raw::{RawAffinity, RawBackend, RawEjection, RawHealth, RawLatency, RawPool};
 use crate::config::types::{
     AdminState, AffinityConfig, BackendConfig, BalancerKind, EjectionConfig, HashKey, HealthConfig,
-    MAX_RETRIES, MAX_WEIGHT, PoolConfig,
+    LatencyConfig, MAX_RETRIES, MAX_WEIGHT, PoolConfig,
 };
 
 /// Validates one pool. `used` says whether a listener or route sends traffic to it,
@@ -68,6 +68,7 @@ pub(super) fn pool(
         Some(e) => ejection(ctx, e).map(Some),
     };
     let affinity = balancer.and_then(|b| affinity(ctx, name.get_ref(), b, raw));
+    let latency = balancer.and_then(|b| latency(ctx, name.get_ref(), b, raw));
 
     name_ok?;
     Some(PoolConfig {
@@ -86,6 +87,7 @@ pub(super) fn pool(
         health: health?,
         ejection: ejection?,
         affinity: affinity?,
+        latency: latency?,
     })
 }
 
@@ -356,6 +358,50 @@ fn affinity_section(ctx: &mut Ctx<'_>, raw: &RawAffinity) -> Option<AffinityConf
         same_site: same_site?,
         fallback: fallback?,
         secret: secret?,
+    })
+}
+
+/// `[pool.NAME.latency]`: optional for `peak-ewma` (its defaults when absent), refused
+/// elsewhere.
+fn latency(
+    ctx: &mut Ctx<'_>,
+    pool: &str,
+    balancer: BalancerKind,
+    raw: &RawPool,
+) -> Option<Option<LatencyConfig>> {
+    match (balancer, &raw.latency) {
+        (BalancerKind::PeakEwma, Some(l)) => latency_section(ctx, l.get_ref()).map(Some),
+        (BalancerKind::PeakEwma, None) => Some(Some(LatencyConfig::default())),
+        (other, Some(l)) => {
+            ctx.error(
+                l.span(),
+                format!(
+                    "[pool.{pool}.latency] applies only to balancer \"peak-ewma\", not {:?}; remove it or change the balancer",
+                    other.name()
+                ),
+            );
+            None
+        }
+        (_, None) => Some(None),
+    }
+}
+
+/// The contents of a latency section, with DESIGN §13's defaults.
+fn latency_section(ctx: &mut Ctx<'_>, raw: &RawLatency) -> Option<LatencyConfig> {
+    let defaults = LatencyConfig::default();
+    let decay = ctx.duration("decay", raw.decay.as_ref(), defaults.decay);
+    let penalty = ctx.duration("penalty", raw.penalty.as_ref(), defaults.penalty);
+    let choices = ctx.int(
+        "choices",
+        raw.choices.as_ref(),
+        defaults.choices,
+        1,
+        u32::MAX,
+    );
+    Some(LatencyConfig {
+        decay: decay?,
+        penalty: penalty?,
+        choices: choices?,
     })
 }
 
