@@ -421,6 +421,19 @@ backends = [{list}]
     )
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client connection to `addr`, driven in its own task.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// A plain HTTP/1.1 response as the test sees it.
 #[derive(Debug)]
 pub struct Reply {

@@ -40,20 +40,26 @@ async fn load(target: std::net::SocketAddr) -> usize {
     unavailable.load(Ordering::SeqCst)
 }
 
+/// Backends a and b answering after `delay_ms`; c is the one each test makes misbehave.
+async fn three_backends(delay_ms: u64) -> (TestBackend, TestBackend, TestBackend) {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    a.delay.store(delay_ms, Ordering::SeqCst);
+    b.delay.store(delay_ms, Ordering::SeqCst);
+    (a, b, c)
+}
+
 fn admin_section() -> &'static str {
     "[admin]\nbind = \"127.0.0.1:0\"\n"
 }
 
 #[tokio::test]
 async fn peak_ewma_sends_few_requests_to_a_slow_backend() {
-    let (a, b, c) = (
-        TestBackend::start("a").await,
-        TestBackend::start("b").await,
-        TestBackend::start("c").await,
-    );
     // 20 × slower; the base is long enough to stand out of a loaded machine's noise.
-    a.delay.store(10, Ordering::SeqCst);
-    b.delay.store(10, Ordering::SeqCst);
+    let (a, b, c) = three_backends(10).await;
     c.delay.store(200, Ordering::SeqCst);
     let d = start_daemon(&simple_config("peak-ewma", &[&a, &b, &c], admin_section())).await;
     assert_eq!(load(addr(&d)).await, 0);
@@ -89,13 +95,7 @@ async fn peak_ewma_sends_few_requests_to_a_slow_backend() {
 
 #[tokio::test]
 async fn peak_ewma_starves_a_backend_that_fails_fast() {
-    let (a, b, c) = (
-        TestBackend::start("a").await,
-        TestBackend::start("b").await,
-        TestBackend::start("c").await,
-    );
-    a.delay.store(2, Ordering::SeqCst);
-    b.delay.store(2, Ordering::SeqCst);
+    let (a, b, c) = three_backends(2).await;
     c.fixed_status.store(503, Ordering::SeqCst);
     // Default retries (2): an answered 503 is passed on, not retried, so every 503 the
     // backend gives reaches a client and no more.
@@ -115,13 +115,7 @@ async fn peak_ewma_starves_a_backend_that_fails_fast() {
 
 #[tokio::test]
 async fn peak_ewma_honours_retry_after_of_a_429() {
-    let (a, b, c) = (
-        TestBackend::start("a").await,
-        TestBackend::start("b").await,
-        TestBackend::start("c").await,
-    );
-    a.delay.store(2, Ordering::SeqCst);
-    b.delay.store(2, Ordering::SeqCst);
+    let (a, b, c) = three_backends(2).await;
     c.fixed_status.store(429, Ordering::SeqCst);
     // A penalty below the others' latency: only the Retry-After (30 s) keeps it out.
     let extra = "[pool.web.latency]\npenalty = \"1ms\"\n";

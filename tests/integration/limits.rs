@@ -18,29 +18,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use maitred::app::Daemon;
+use maitred::backend::BackendLive;
 
 use crate::common::*;
 
-fn idle_backend_conns(d: &Daemon) -> usize {
+/// `read` summed over every backend of every pool.
+fn over_backends(d: &Daemon, read: impl Fn(&BackendLive) -> u64) -> u64 {
     d.shared()
         .live
         .load()
         .pools
         .iter()
         .flat_map(|p| p.backends.iter())
-        .map(|b| b.live.conns.idle())
+        .map(|b| read(&b.live))
         .sum()
 }
 
+fn idle_backend_conns(d: &Daemon) -> u64 {
+    over_backends(d, |b| b.conns.idle() as u64)
+}
+
 fn backend_errors(d: &Daemon) -> u64 {
-    d.shared()
-        .live
-        .load()
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter())
-        .map(|b| b.live.errors())
-        .sum()
+    over_backends(d, BackendLive::errors)
 }
 
 /// One listener with `listener_extra` keys in front of `backends` with `pool_extra`.

@@ -556,14 +556,7 @@ async fn http2_authority_is_the_host_and_a_disagreeing_host_is_refused() {
         TestBackend::start("web").await,
     );
     let d = admin_and_public(&admin, &web).await;
-    let tcp = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(addr(&d)).await;
     let confused = http::Request::get("http://public.example.com/")
         .header("host", "admin.example.com")
         .body(full(""))

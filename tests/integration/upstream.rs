@@ -403,14 +403,7 @@ async fn read_until_end(s: &mut TcpStream, end: &[u8]) -> String {
 #[tokio::test]
 async fn http2_uploads_reach_the_backend_framed() {
     let (b, d) = start(|_| Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
-    let tcp = TcpStream::connect(addr(&d)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(addr(&d)).await;
     let sized = http::Request::post("http://h2.test/sized")
         .header("content-length", "11")
         .body(full("hello world"))
