@@ -74,20 +74,34 @@ pub struct Seen {
 /// every request (but the health check) with that status at once (a 429 with
 /// `Retry-After: 30`).
 pub struct TestBackend {
-    pub name: String,
     pub addr: SocketAddr,
-    pub hits: Arc<AtomicUsize>,
-    pub health: Arc<AtomicU16>,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
+    state: Arc<BackendState>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+    stopped: Arc<AtomicBool>,
+}
+
+/// What a test backend shares with the connections it serves: how it behaves and what
+/// it saw. A [`TestBackend`] derefs to it (`b.delay.store(…)`, `b.seen.lock()`).
+pub struct BackendState {
+    pub name: String,
+    pub hits: AtomicUsize,
+    pub health: AtomicU16,
+    pub seen: Mutex<Vec<Seen>>,
     /// Milliseconds every request waits before it is answered.
-    pub delay: Arc<std::sync::atomic::AtomicU64>,
+    pub delay: std::sync::atomic::AtomicU64,
     /// Requests being answered now, and the most ever answered at once (health
     /// probes aside).
     pub concurrency: Arc<Concurrency>,
     /// When not 0, the status every request is answered with at once.
-    pub fixed_status: Arc<AtomicU16>,
-    tasks: Arc<Mutex<JoinSet<()>>>,
-    stopped: Arc<AtomicBool>,
+    pub fixed_status: AtomicU16,
+}
+
+impl std::ops::Deref for TestBackend {
+    type Target = BackendState;
+
+    fn deref(&self) -> &BackendState {
+        &self.state
+    }
 }
 
 impl TestBackend {
@@ -113,67 +127,24 @@ impl TestBackend {
 
     fn serve(name: &str, listener: TcpListener) -> TestBackend {
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let health = Arc::new(AtomicU16::new(200));
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(BackendState {
+            name: name.to_string(),
+            hits: AtomicUsize::new(0),
+            health: AtomicU16::new(200),
+            seen: Mutex::new(Vec::new()),
+            delay: std::sync::atomic::AtomicU64::new(0),
+            concurrency: Arc::new(Concurrency::default()),
+            fixed_status: AtomicU16::new(0),
+        });
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let concurrency = Arc::new(Concurrency::default());
-        let fixed_status = Arc::new(AtomicU16::new(0));
-        let (n, h, hl, s, t, dl, cc, fs) = (
-            name.to_string(),
-            hits.clone(),
-            health.clone(),
-            seen.clone(),
-            tasks.clone(),
-            delay.clone(),
-            concurrency.clone(),
-            fixed_status.clone(),
-        );
+        let (shared, t) = (Arc::clone(&state), Arc::clone(&tasks));
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, hl, s, dl, cc, fs) = (
-                    n.clone(),
-                    h.clone(),
-                    hl.clone(),
-                    s.clone(),
-                    dl.clone(),
-                    cc.clone(),
-                    fs.clone(),
-                );
+                let shared = Arc::clone(&shared);
                 let conn = async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, hl, s, dl, cc, fs) = (
-                            n.clone(),
-                            h.clone(),
-                            hl.clone(),
-                            s.clone(),
-                            dl.clone(),
-                            cc.clone(),
-                            fs.clone(),
-                        );
-                        async move {
-                            let _busy = (req.uri().path() != "/healthz").then(|| cc.enter());
-                            let fixed = fs.load(Ordering::SeqCst);
-                            if fixed != 0 && req.uri().path() != "/healthz" {
-                                h.fetch_add(1, Ordering::SeqCst);
-                                let mut r = Response::new(full(format!("status from {n}\n")));
-                                *r.status_mut() = StatusCode::from_u16(fixed).unwrap();
-                                if fixed == 429 {
-                                    r.headers_mut().insert(
-                                        "retry-after",
-                                        http::HeaderValue::from_static("30"),
-                                    );
-                                }
-                                return Ok(r);
-                            }
-                            let wait = dl.load(Ordering::SeqCst);
-                            if wait > 0 && req.uri().path() != "/healthz" {
-                                tokio::time::sleep(Duration::from_millis(wait)).await;
-                            }
-                            respond(n, h, hl, s, req).await
-                        }
+                        respond_as(Arc::clone(&shared), req)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -184,14 +155,8 @@ impl TestBackend {
             }
         });
         TestBackend {
-            name: name.to_string(),
             addr,
-            hits,
-            health,
-            seen,
-            delay,
-            concurrency,
-            fixed_status,
+            state,
             tasks,
             stopped,
         }
@@ -262,13 +227,43 @@ fn query_num(req: &Request<Incoming>, key: &str) -> Option<u64> {
     })
 }
 
+/// Answers one request as `state` says: a fixed status, after the delay, or by path.
+async fn respond_as(
+    state: Arc<BackendState>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let probe = req.uri().path() == "/healthz";
+    let _busy = (!probe).then(|| state.concurrency.enter());
+    let fixed = state.fixed_status.load(Ordering::SeqCst);
+    if fixed != 0 && !probe {
+        state.hits.fetch_add(1, Ordering::SeqCst);
+        let mut r = Response::new(full(format!("status from {}\n", state.name)));
+        *r.status_mut() = StatusCode::from_u16(fixed).unwrap();
+        if fixed == 429 {
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("30"));
+        }
+        return Ok(r);
+    }
+    let wait = state.delay.load(Ordering::SeqCst);
+    if wait > 0 && !probe {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    respond(&state, req).await
+}
+
 async fn respond(
-    name: String,
-    hits: Arc<AtomicUsize>,
-    health: Arc<AtomicU16>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    state: &BackendState,
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
+    let BackendState {
+        name,
+        hits,
+        health,
+        seen,
+        ..
+    } = state;
+    let name = name.clone();
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         let code = health.load(Ordering::SeqCst);
