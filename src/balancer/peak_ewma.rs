@@ -95,9 +95,23 @@ impl Latency {
     }
 
     /// A failed attempt on `backends[i]` (connect error, reset, timeout, 5xx, 429):
-    /// charged `penalty`, so a backend that fails fast never looks fast.
+    /// charged `penalty` at the pool's current load, so a backend that fails fast never
+    /// looks fast.
+    ///
+    /// The charge is `penalty` × (the most requests in flight on any backend of the
+    /// pool + 1). A healthy backend's cost is its estimate × its own load, so under load
+    /// a plain `penalty` can cost less than a busy healthy backend (at 14 in flight, a
+    /// 80 ms estimate already costs 1.1 s), and the failing backend, idle because it
+    /// answers at once, would keep being picked. Scaled so, the failure outweighs every
+    /// backend whose estimate is under `penalty`, whatever the load. The scan over the
+    /// pool happens on failures only.
     pub fn penalize(&self, backends: &[Backend], i: usize, now: u64) {
-        self.sample(backends, i, self.penalty_ns, now);
+        let busiest = backends
+            .iter()
+            .map(|b| b.live.in_flight())
+            .max()
+            .unwrap_or(0);
+        self.sample(backends, i, self.penalty_ns * f64::from(busiest + 1), now);
     }
 
     /// Keeps `b` out of picks for `retry_after`, at most [`MAX_RETRY_AFTER`], from `now`.
@@ -342,6 +356,28 @@ mod tests {
         let est = p.latency.estimate(&bs[2], now + 1).unwrap();
         assert_eq!(est, 1e9, "charged 1 s");
         assert_eq!(counts(&p, &bs, 1000)[2], 0);
+    }
+
+    #[test]
+    fn the_penalty_scales_with_the_pools_load_so_a_fast_failure_never_wins() {
+        let bs = backends(&[1, 1, 1]);
+        let p = balancer(&bs, 2);
+        let now = clock_ns();
+        for i in 0..2 {
+            p.latency.observe(&bs, i, Duration::from_millis(100), now);
+        }
+        let _busy: Vec<_> = (0..2)
+            .flat_map(|i| (0..14).map(move |_| i))
+            .map(|i| bs[i].live.enter(0, None).unwrap())
+            .collect();
+        p.latency.penalize(&bs, 2, now + 1);
+        let est = p.latency.estimate(&bs[2], now + 1).unwrap();
+        assert_eq!(est, 15e9, "1 s at the busiest backend's 14 in flight + 1");
+        assert!(
+            p.latency.cost(&bs[0], now + 1) > 1e9,
+            "busy healthy costs 1.5 s"
+        );
+        assert_eq!(counts(&p, &bs, 1000)[2], 0, "and still the failure loses");
     }
 
     #[test]
