@@ -80,7 +80,7 @@ fn picks(c: &mut Criterion) {
         for n in SIZES {
             let bs = backends(n);
             let cfg = pool_config(kind, &bs);
-            let b = maitred::pool::build_balancer(&cfg, &bs);
+            let b = maitred::pool::build_balancer(&cfg, &bs, None);
             if let Some(latency) = b.latency() {
                 // Every backend measured, at 1 to 20 ms: the steady state.
                 let now = maitred::latency::clock_ns();
@@ -96,6 +96,7 @@ fn picks(c: &mut Criterion) {
                 let token = key.encode(Token {
                     backend: key.backend_tag(&bs[n / 2].name),
                     issued: 1_900_000_000,
+                    client: 0x1234_5678_9abc_def0,
                 });
                 headers.insert(
                     header::COOKIE,
@@ -127,6 +128,7 @@ fn tokens(c: &mut Criterion) {
     let t = Token {
         backend: key.backend_tag("10.0.0.1:8000"),
         issued: 1_900_000_000,
+        client: 0x1234_5678_9abc_def0,
     };
     let encoded = key.encode(t);
     g.bench_function("encode", |b| b.iter(|| black_box(key.encode(black_box(t)))));

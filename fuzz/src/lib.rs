@@ -289,6 +289,7 @@ pub fn affinity_token(data: &[u8]) {
     let token = Token {
         backend: u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
         issued: u64::from_be_bytes([i0, i1, i2, i3, i4, i5, i6, i7]),
+        client: u64::from_be_bytes([i7, b6, i5, b4, i3, b2, i1, b0]),
     };
     let encoded = key.encode(token);
     assert_eq!(encoded.len(), maitred::balancer::ENCODED_LEN);

@@ -7,6 +7,10 @@
 //! chosen pseudo-randomly (power of k choices, as Envoy and linkerd do for large pools),
 //! which keeps a pick in constant time and, by the balls-into-bins result, keeps the
 //! busiest backend within a small additive gap of the least busy.
+//!
+//! Slow start: a ramping backend counts with its weight × ramp, and is a candidate only
+//! for the ramp's share of picks (so that an idle pool, where every load ties, ramps
+//! it too); when no candidate is left, a second look ignores ramps.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -34,30 +38,30 @@ impl LeastConnections {
     }
 }
 
-/// Whether `a` is less loaded than `b` relative to weight.
+/// Whether `a` is less loaded than `b` relative to weight × slow-start ramp.
 #[inline]
 fn lighter(a: &Backend, b: &Backend) -> bool {
-    u64::from(a.live.in_flight()) * u64::from(b.weight)
-        < u64::from(b.live.in_flight()) * u64::from(a.weight)
+    let weight = |x: &Backend| u64::from(x.weight) * u64::from(x.live.ramp());
+    u64::from(a.live.in_flight()) * weight(b) < u64::from(b.live.in_flight()) * weight(a)
 }
 
-impl Balancer for LeastConnections {
+impl LeastConnections {
+    /// The lightest backend that may take a new client, the candidates sampled in large
+    /// pools; with `ramped`, a ramping backend is a candidate for its ramp's share of
+    /// picks only.
     #[inline]
-    fn pick(
+    fn lightest(
         &self,
+        eligible: &Eligible<'_>,
         backends: &[Backend],
-        _ctx: &PickContext<'_>,
-        limits: &Limits,
-        tried: &Tried,
-    ) -> Option<Pick> {
+        start: usize,
+        ramped: bool,
+    ) -> Option<usize> {
         let n = backends.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let eligible = Eligible::new(backends, limits, tried);
         let better = |i: usize, best: Option<usize>| {
-            eligible.accepts_new(i) && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
+            eligible.accepts_new(i)
+                && (!ramped || eligible.ramp_admits(i, || (start as u64) ^ ((i as u64) << 40)))
+                && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
         };
         let mut best: Option<usize> = None;
         if n > EXACT_SCAN {
@@ -78,7 +82,28 @@ impl Balancer for LeastConnections {
                 }
             }
         }
-        best.map(Pick::plain)
+        best
+    }
+}
+
+impl Balancer for LeastConnections {
+    #[inline]
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _ctx: &PickContext<'_>,
+        limits: &Limits,
+        tried: &Tried,
+    ) -> Option<Pick> {
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let eligible = Eligible::new(backends, limits, tried);
+        self.lightest(&eligible, backends, start, true)
+            .or_else(|| self.lightest(&eligible, backends, start, false))
+            .map(Pick::plain)
     }
 
     fn kind(&self) -> BalancerKind {
