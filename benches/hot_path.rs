@@ -1,5 +1,5 @@
 //! Hot-path micro-benchmarks: a balancer pick per request for every balancer at 3, 30
-//! and 300 backends, the affinity token codec, routing, building a Maglev table,
+//! and 300 backends, the affinity token codec, the pinned-client estimator, routing, building a Maglev table,
 //! building a whole snapshot the way a reload does, and the backend-side HTTP/1 codec
 //! (a request head encoded, a response head parsed).
 //!
@@ -135,6 +135,30 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("decode", |b| {
         b.iter(|| black_box(key.decode(black_box(encoded.as_bytes()))))
     });
+    g.finish();
+}
+
+/// What a sticky request adds for the pinned-client count (an insert into the
+/// backend's estimator: a returning client, and a new one each time), and what a
+/// `/status` read of one backend's estimate costs.
+fn pinned(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pinned");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let live = BackendLive::new(false, AdminState::Active);
+    let returning = 0x1234_5678_9abc_def0_u64;
+    live.pin(returning);
+    g.bench_function("insert/returning", |b| {
+        b.iter(|| live.pin(black_box(returning)))
+    });
+    let mut next = 0u64;
+    g.bench_function("insert/new", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            live.pin(black_box(next))
+        })
+    });
+    g.bench_function("estimate", |b| b.iter(|| black_box(live.pinned())));
     g.finish();
 }
 
@@ -323,6 +347,7 @@ criterion_group!(
     head_scan,
     picks,
     tokens,
+    pinned,
     rings,
     routing,
     reload,

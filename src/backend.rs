@@ -309,8 +309,7 @@ impl BackendLive {
     /// the choice per key, so a key once admitted stays admitted as the ramp grows.
     #[inline]
     pub fn ramp_admits(&self, draw: impl FnOnce() -> u64) -> bool {
-        let r = self.ramp.load(Ordering::Relaxed);
-        r >= RAMP_FULL || ramp_point(draw()) < r
+        ramp_admits(self.ramp.load(Ordering::Relaxed), draw)
     }
 
     /// Starts a slow-start ramp for a backend that joins its pool (added by a reload or
@@ -473,6 +472,13 @@ pub fn ramp_factor(elapsed_ms: u64, period_ms: u64) -> u32 {
     }
     let rise = u64::from(RAMP_FULL - RAMP_START) * elapsed_ms / period_ms.max(1);
     RAMP_START + rise as u32
+}
+
+/// Whether a ramp factor `ramp` already read admits this draw
+/// ([`BackendLive::ramp_admits`]).
+#[inline]
+pub fn ramp_admits(ramp: u32, draw: impl FnOnce() -> u64) -> bool {
+    ramp >= RAMP_FULL || ramp_point(draw()) < ramp
 }
 
 /// A draw's point in `0..RAMP_FULL`: the top bits of a 64-bit finalizer (splitmix64's),

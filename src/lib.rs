@@ -21,7 +21,10 @@
 //!
 //! `health/` runs one checker per backend of each checked pool and publishes
 //! transitions to the backend's atomics (`backend.rs`); passive ejection happens on the
-//! request path. Balancers only read those atomics.
+//! request path. `upkeep.rs` moves each backend's slow-start ramp (a backend back up,
+//! enabled or new ramps in) and slides its pinned-client window (`pinned.rs`);
+//! `history.rs` samples each pool every second for the dashboard. Balancers only read
+//! those atomics.
 //!
 //! # The reload flow
 //!

@@ -80,7 +80,8 @@ impl PinnedClients {
             if reg == 0 {
                 zeros += 1;
             }
-            sum += (-f64::from(reg)).exp2();
+            // 2^-reg, exactly: the exponent field of an f64 (reg is at most 53).
+            sum += f64::from_bits((1023 - u64::from(reg)) << 52);
         }
         if zeros == REGISTERS {
             return 0;

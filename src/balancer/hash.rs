@@ -190,6 +190,52 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_a_ramping_newcomer_wait_at_their_earlier_home_and_moved_keys_stay() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let four = backends(&[1; 4]);
+        let before = header_hash(&four);
+        // A fifth backend joins: the same four (same live state) and a newcomer.
+        let mut five = backends(&[1; 5]);
+        for (new, old) in five.iter_mut().zip(&four) {
+            new.live = std::sync::Arc::clone(&old.live);
+        }
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let after =
+            ConsistentHash::new(&five, key, BalancerKind::Hash, Some((&before.ring, &four)));
+        let users: Vec<String> = (0..4000).map(|u| format!("user{u}")).collect();
+        let old_home: Vec<usize> = users
+            .iter()
+            .map(|u| pick_for(&before, &four, u, &NO_LIMITS, 0).index)
+            .collect();
+        let on_new = |ramp: u32| -> Vec<bool> {
+            set_ramp(&five[4], ramp);
+            users
+                .iter()
+                .zip(&old_home)
+                .map(|(u, &old)| {
+                    let got = pick_for(&after, &five, u, &NO_LIMITS, 0).index;
+                    let home = after.home_of(xxhash_rust::xxh3::xxh3_64(u.as_bytes()));
+                    if home == Some(4) {
+                        assert!(got == 4 || got == old, "{u} went to a third backend");
+                    }
+                    got == 4
+                })
+                .collect()
+        };
+        let share = |v: &[bool]| v.iter().filter(|x| **x).count() as f64 / v.len() as f64;
+        let early = on_new(RAMP_FULL / 10);
+        let half = on_new(RAMP_FULL / 2);
+        let full = on_new(RAMP_FULL);
+        assert!(share(&early) < 0.04, "{}", share(&early));
+        assert!((0.07..0.13).contains(&share(&half)), "{}", share(&half));
+        assert!((0.17..0.23).contains(&share(&full)), "{}", share(&full));
+        for (e, h) in early.iter().zip(&half) {
+            assert!(!e || *h, "a key that moved stays moved");
+        }
+    }
+
+    #[test]
     fn missing_key_goes_round_robin() {
         let bs = backends(&[1; 3]);
         let h = header_hash(&bs);

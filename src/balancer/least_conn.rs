@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Balancer, Eligible, Limits, Pick, PickContext, Tried};
-use crate::backend::Backend;
+use crate::backend::{Backend, ramp_admits};
 use crate::config::BalancerKind;
 
 /// Pools up to this size are scanned in full.
@@ -38,17 +38,14 @@ impl LeastConnections {
     }
 }
 
-/// Whether `a` is less loaded than `b` relative to weight × slow-start ramp.
-#[inline]
-fn lighter(a: &Backend, b: &Backend) -> bool {
-    let weight = |x: &Backend| u64::from(x.weight) * u64::from(x.live.ramp());
-    u64::from(a.live.in_flight()) * weight(b) < u64::from(b.live.in_flight()) * weight(a)
-}
+/// The best candidate so far: its index, requests in flight and weight × ramp.
+type Candidate = (usize, u64, u64);
 
 impl LeastConnections {
-    /// The lightest backend that may take a new client, the candidates sampled in large
-    /// pools; with `ramped`, a ramping backend is a candidate for its ramp's share of
-    /// picks only.
+    /// The lightest backend that may take a new client (fewest in flight relative to
+    /// weight × slow-start ramp), the candidates sampled in large pools; with `ramped`,
+    /// a ramping backend is a candidate for its ramp's share of picks only. Each
+    /// candidate's atomics are read once.
     #[inline]
     fn lightest(
         &self,
@@ -58,31 +55,37 @@ impl LeastConnections {
         ramped: bool,
     ) -> Option<usize> {
         let n = backends.len();
-        let better = |i: usize, best: Option<usize>| {
-            eligible.accepts_new(i)
-                && (!ramped || eligible.ramp_admits(i, || (start as u64) ^ ((i as u64) << 40)))
-                && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
+        let consider = |i: usize, best: &mut Option<Candidate>| {
+            if !eligible.accepts_new(i) {
+                return;
+            }
+            let b = &backends[i];
+            let ramp = b.live.ramp();
+            let draw = || (start as u64) ^ ((i as u64) << 40);
+            if ramped && !ramp_admits(ramp, draw) {
+                return;
+            }
+            let load = u64::from(b.live.in_flight());
+            let weight = u64::from(b.weight) * u64::from(ramp);
+            if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+                *best = Some((i, load, weight));
+            }
         };
-        let mut best: Option<usize> = None;
+        let mut best: Option<Candidate> = None;
         if n > EXACT_SCAN {
             let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
             for _ in 0..SAMPLES {
-                let i = (x % n as u64) as usize;
-                if better(i, best) {
-                    best = Some(i);
-                }
+                consider((x % n as u64) as usize, &mut best);
                 x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             }
         }
         if best.is_none() {
             let first = start % n;
             for i in (first..n).chain(0..first) {
-                if better(i, best) {
-                    best = Some(i);
-                }
+                consider(i, &mut best);
             }
         }
-        best
+        best.map(|(i, _, _)| i)
     }
 }
 
@@ -163,6 +166,32 @@ mod tests {
         }
         tried.insert(2);
         assert_eq!(pick(&lc, &bs, &tried), None);
+    }
+
+    #[test]
+    fn ramping_backend_takes_its_ramps_share_idle_or_busy() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let bs = backends(&[1, 1]);
+        let lc = LeastConnections::new(&bs);
+        set_ramp(&bs[1], RAMP_FULL / 4);
+        // Idle, every load ties and the rotation decides: the newcomer's turns are
+        // taken for the ramp's share, a quarter of its fair half.
+        let idle = (0..10_000)
+            .filter(|_| pick(&lc, &bs, &Tried::new()) == Some(1))
+            .count();
+        let share = idle as f64 / 10_000.0;
+        assert!((share - 0.25 / 2.0).abs() < 0.02, "idle: {share}");
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let i = pick(&lc, &bs, &Tried::new()).unwrap();
+            held.push(bs[i].live.enter(0, None).unwrap());
+        }
+        let ratio = f64::from(bs[1].live.in_flight()) / f64::from(bs[0].live.in_flight());
+        assert!(
+            (ratio - 0.25).abs() < 0.06,
+            "busy: in flight {ratio} of the other's"
+        );
     }
 
     #[test]
