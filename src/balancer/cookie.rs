@@ -9,13 +9,14 @@
 //! request elsewhere without rewriting the cookie, so the client returns when the
 //! pressure passes.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::HeaderValue;
 
 use super::key::find_cookie;
-use super::token::{AffinityKey, Token, new_client_id};
+use super::token::{AffinityKey, ENCODED_LEN, Token, new_client_id};
 use super::{Balancer, Eligible, Limits, Pick, PickContext, Placement, Tried};
 use crate::backend::Backend;
 use crate::config::{BalancerKind, SameSite};
@@ -54,6 +55,26 @@ pub struct CookieAffinity {
     tags: Box<[u64]>,
     fallback: Box<dyn Balancer>,
     total_weight: u32,
+}
+
+/// Set-Cookie values cut from one buffer before the next is allocated.
+const SET_COOKIES_PER_BUFFER: usize = 64;
+
+thread_local! {
+    /// Where this worker writes Set-Cookie values: every new client gets a token of its
+    /// own (its client id), and cutting the values from a shared buffer costs one
+    /// allocation per [`SET_COOKIES_PER_BUFFER`] instead of one each. A buffer is freed
+    /// when the last value cut from it has been sent.
+    static SET_COOKIES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Lets go of this worker's Set-Cookie buffer (the worker is stopping).
+pub(super) fn clear_worker_buffer() {
+    let _ = SET_COOKIES.try_with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            *b = BytesMut::new();
+        }
+    });
 }
 
 impl CookieAffinity {
@@ -109,20 +130,29 @@ impl CookieAffinity {
     }
 
     /// The Set-Cookie value binding client `client` to backend `index` from `now`: a
-    /// token signed and the value formatted around it, in one allocation.
+    /// token signed and the value formatted around it, cut from the worker's
+    /// [`SET_COOKIES`] buffer.
     fn set_cookie(&self, index: usize, now: u64, client: u64) -> Option<HeaderValue> {
         let token = Token {
             backend: *self.tags.get(index)?,
             issued: now,
             client,
         };
-        let len = self.cookie.len() + 1 + super::token::ENCODED_LEN + self.attributes.len();
-        let mut s = String::with_capacity(len);
-        s.push_str(&self.cookie);
-        s.push('=');
-        self.key.encode_into(token, &mut s);
-        s.push_str(&self.attributes);
-        HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+        let mut encoded = [0u8; ENCODED_LEN];
+        self.key.encode_to(token, &mut encoded);
+        let len = self.cookie.len() + 1 + ENCODED_LEN + self.attributes.len();
+        let value = SET_COOKIES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.capacity() < len {
+                buf.reserve(len * SET_COOKIES_PER_BUFFER);
+            }
+            buf.extend_from_slice(self.cookie.as_bytes());
+            buf.extend_from_slice(b"=");
+            buf.extend_from_slice(&encoded);
+            buf.extend_from_slice(self.attributes.as_bytes());
+            buf.split().freeze()
+        });
+        HeaderValue::from_maybe_shared(value).ok()
     }
 
     /// A valid, unexpired token from the request's cookie.

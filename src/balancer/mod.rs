@@ -37,10 +37,11 @@ pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
 pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError, new_client_id};
 
-/// Forgets the current worker's affinity cache (verified tokens); called once when the
-/// worker stops.
+/// Forgets the current worker's affinity state (verified tokens, the Set-Cookie
+/// buffer); called once when the worker stops.
 pub fn clear_worker_caches() {
     token::clear_worker_cache();
+    cookie::clear_worker_buffer();
 }
 
 /// What a balancer may read about a request.

@@ -148,8 +148,20 @@ impl AffinityKey {
         out
     }
 
+    /// Encodes and signs a token into `out`, [`ENCODED_LEN`] bytes of base64url.
+    pub fn encode_to(&self, t: Token, out: &mut [u8; ENCODED_LEN]) {
+        let raw = self.sign(t);
+        // Always fits: RAW bytes encode to exactly ENCODED_LEN.
+        let _ = URL_SAFE_NO_PAD.encode_slice(raw, out);
+    }
+
     /// Encodes and signs a token, appending it to `out`.
     pub fn encode_into(&self, t: Token, out: &mut String) {
+        URL_SAFE_NO_PAD.encode_string(self.sign(t), out);
+    }
+
+    /// The token's bytes with their MAC.
+    fn sign(&self, t: Token) -> [u8; RAW] {
         let mut raw = [0u8; RAW];
         raw[0] = VERSION;
         raw[1..9].copy_from_slice(&t.backend.to_be_bytes());
@@ -157,7 +169,7 @@ impl AffinityKey {
         raw[17..25].copy_from_slice(&t.client.to_be_bytes());
         let mac = hmac::sign(&self.key, &raw[..SIGNED]);
         raw[SIGNED..].copy_from_slice(mac.as_ref());
-        URL_SAFE_NO_PAD.encode_string(raw, out);
+        raw
     }
 
     /// Decodes and verifies a cookie value, without allocating.
@@ -233,6 +245,9 @@ mod tests {
         };
         let s = k.encode(t);
         assert_eq!(s.len(), ENCODED_LEN);
+        let mut fixed = [0u8; ENCODED_LEN];
+        k.encode_to(t, &mut fixed);
+        assert_eq!(&fixed[..], s.as_bytes());
         assert!(!s.contains("10.0.0.1"));
         assert_eq!(k.decode(s.as_bytes()), Ok(t));
     }
