@@ -329,6 +329,21 @@ mod tests {
     }
 
     #[test]
+    fn a_ramping_backend_is_drawn_for_its_ramps_share() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let bs = backends(&[1; 4]);
+        let p = balancer(&bs, 2);
+        let even = counts(&p, &bs, 8000);
+        set_ramp(&bs[3], RAMP_FULL / 4);
+        let ramping = counts(&p, &bs, 8000);
+        let share = |c: &[usize]| c[3] as f64 / 8000.0;
+        assert!((0.2..0.3).contains(&share(&even)), "{even:?}");
+        assert!(share(&ramping) < 0.12, "{ramping:?}");
+        assert!(share(&ramping) > 0.02, "still drawn: {ramping:?}");
+    }
+
+    #[test]
     fn slow_backend_is_avoided() {
         let bs = backends(&[1, 1, 1]);
         let p = balancer(&bs, 2);
