@@ -41,52 +41,66 @@ impl LeastConnections {
 /// The best candidate so far: its index, requests in flight and weight × ramp.
 type Candidate = (usize, u64, u64);
 
-impl LeastConnections {
-    /// The lightest backend that may take a new client (fewest in flight relative to
-    /// weight × slow-start ramp), the candidates sampled in large pools; with `ramped`,
-    /// a ramping backend is a candidate for its ramp's share of picks only. Each
-    /// candidate's atomics are read once.
-    #[inline]
-    fn lightest(
-        &self,
-        eligible: &Eligible<'_>,
-        backends: &[Backend],
-        start: usize,
-        ramped: bool,
-    ) -> Option<usize> {
-        let n = backends.len();
-        let consider = |i: usize, best: &mut Option<Candidate>| {
-            if !eligible.accepts_new(i) {
-                return;
-            }
-            let b = &backends[i];
-            let ramp = b.live.ramp();
-            let draw = || (start as u64) ^ ((i as u64) << 40);
-            if ramped && !ramp_admits(ramp, draw) {
-                return;
-            }
-            let load = u64::from(b.live.in_flight());
-            let weight = u64::from(b.weight) * u64::from(ramp);
-            if best.is_none_or(|(_, l, w)| load * w < l * weight) {
-                *best = Some((i, load, weight));
-            }
-        };
-        let mut best: Option<Candidate> = None;
-        if n > EXACT_SCAN {
-            let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
-            for _ in 0..SAMPLES {
-                consider((x % n as u64) as usize, &mut best);
-                x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-        }
-        if best.is_none() {
-            let first = start % n;
-            for i in (first..n).chain(0..first) {
-                consider(i, &mut best);
-            }
-        }
-        best.map(|(i, _, _)| i)
+/// Compares backend `i` with the best candidate so far and keeps the lighter (fewest
+/// in flight relative to weight × slow-start ramp; the earlier one on a tie). With
+/// `ramped`, a ramping backend is a candidate for its ramp's share of picks only.
+/// Each candidate's atomics are read once.
+#[inline(always)]
+fn consider(
+    eligible: &Eligible<'_>,
+    backends: &[Backend],
+    i: usize,
+    start: usize,
+    ramped: bool,
+    best: &mut Option<Candidate>,
+) {
+    if !eligible.accepts_new(i) {
+        return;
     }
+    let b = &backends[i];
+    let ramp = b.live.ramp();
+    if ramped && !ramp_admits(ramp, || (start as u64) ^ ((i as u64) << 40)) {
+        return;
+    }
+    let load = u64::from(b.live.in_flight());
+    let weight = u64::from(b.weight) * u64::from(ramp);
+    if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+        *best = Some((i, load, weight));
+    }
+}
+
+/// The lightest backend that may take a new client, the candidates sampled in large
+/// pools ([`consider`] says how they compare).
+#[inline(always)]
+fn lightest(
+    eligible: &Eligible<'_>,
+    backends: &[Backend],
+    start: usize,
+    ramped: bool,
+) -> Option<usize> {
+    let n = backends.len();
+    let mut best: Option<Candidate> = None;
+    if n > EXACT_SCAN {
+        let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
+        for _ in 0..SAMPLES {
+            consider(
+                eligible,
+                backends,
+                (x % n as u64) as usize,
+                start,
+                ramped,
+                &mut best,
+            );
+            x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    if best.is_none() {
+        let first = start % n;
+        for i in (first..n).chain(0..first) {
+            consider(eligible, backends, i, start, ramped, &mut best);
+        }
+    }
+    best.map(|(i, _, _)| i)
 }
 
 impl Balancer for LeastConnections {
@@ -104,8 +118,8 @@ impl Balancer for LeastConnections {
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let eligible = Eligible::new(backends, limits, tried);
-        self.lightest(&eligible, backends, start, true)
-            .or_else(|| self.lightest(&eligible, backends, start, false))
+        lightest(&eligible, backends, start, true)
+            .or_else(|| lightest(&eligible, backends, start, false))
             .map(Pick::plain)
     }
 
