@@ -1,5 +1,5 @@
 //! Hot-path micro-benchmarks: a balancer pick per request for every balancer at 3, 30
-//! and 300 backends, the affinity token codec, routing, building a Maglev table,
+//! and 300 backends, the affinity token codec, the pinned-client estimator, routing, building a Maglev table,
 //! building a whole snapshot the way a reload does, and the backend-side HTTP/1 codec
 //! (a request head encoded, a response head parsed).
 //!
@@ -80,7 +80,7 @@ fn picks(c: &mut Criterion) {
         for n in SIZES {
             let bs = backends(n);
             let cfg = pool_config(kind, &bs);
-            let b = maitred::pool::build_balancer(&cfg, &bs);
+            let b = maitred::pool::build_balancer(&cfg, &bs, None);
             if let Some(latency) = b.latency() {
                 // Every backend measured, at 1 to 20 ms: the steady state.
                 let now = maitred::latency::clock_ns();
@@ -96,6 +96,7 @@ fn picks(c: &mut Criterion) {
                 let token = key.encode(Token {
                     backend: key.backend_tag(&bs[n / 2].name),
                     issued: 1_900_000_000,
+                    client: 0x1234_5678_9abc_def0,
                 });
                 headers.insert(
                     header::COOKIE,
@@ -127,12 +128,37 @@ fn tokens(c: &mut Criterion) {
     let t = Token {
         backend: key.backend_tag("10.0.0.1:8000"),
         issued: 1_900_000_000,
+        client: 0x1234_5678_9abc_def0,
     };
     let encoded = key.encode(t);
     g.bench_function("encode", |b| b.iter(|| black_box(key.encode(black_box(t)))));
     g.bench_function("decode", |b| {
         b.iter(|| black_box(key.decode(black_box(encoded.as_bytes()))))
     });
+    g.finish();
+}
+
+/// What a sticky request adds for the pinned-client count (an insert into the
+/// backend's estimator: a returning client, and a new one each time), and what a
+/// `/status` read of one backend's estimate costs.
+fn pinned(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pinned");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let live = BackendLive::new(false, AdminState::Active);
+    let returning = 0x1234_5678_9abc_def0_u64;
+    live.pin(returning);
+    g.bench_function("insert/returning", |b| {
+        b.iter(|| live.pin(black_box(returning)))
+    });
+    let mut next = 0u64;
+    g.bench_function("insert/new", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            live.pin(black_box(next))
+        })
+    });
+    g.bench_function("estimate", |b| b.iter(|| black_box(live.pinned())));
     g.finish();
 }
 
@@ -321,6 +347,7 @@ criterion_group!(
     head_scan,
     picks,
     tokens,
+    pinned,
     rings,
     routing,
     reload,

@@ -174,6 +174,8 @@ impl Daemon {
                 )))?;
         }
         spawn_log_flusher(&shared, daemon.trigger.subscribe());
+        crate::upkeep::spawn(&shared, daemon.trigger.subscribe());
+        crate::history::spawn(&shared, daemon.trigger.subscribe());
         Ok(daemon)
     }
 

@@ -10,11 +10,21 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::AdminState;
 use crate::latency::Estimate;
+use crate::pinned::PinnedClients;
 use crate::queue::WaitQueue;
+
+/// The scale of a slow-start ramp factor: [`BackendLive::ramp`] is this at a full share.
+pub const RAMP_FULL: u32 = 1024;
+
+/// Where a slow-start ramp begins: 10 % of [`RAMP_FULL`] (DESIGN §11).
+pub const RAMP_START: u32 = RAMP_FULL / 10;
+
+/// [`BackendLive`]'s `ramp_since` while a ramp waits for its backend to take work.
+const RAMP_PENDING: u64 = u64::MAX;
 
 /// One backend of one pool, as the current snapshot sees it.
 #[derive(Debug)]
@@ -72,7 +82,9 @@ pub struct CheckResult {
 /// Writers and readers, for every atomic: `health` is written by the pool's health
 /// checker and by passive ejection, read by balancers; `admin` by the admin API and
 /// reload, read by balancers; `in_flight` only through [`InFlight`]; counters by the
-/// request path, read by the admin listener. All use `Relaxed`: each is an independent
+/// request path, read by the admin listener; `ramp` and `ramp_since` by the pool's
+/// slow-start ramp (the ramp ticker, and [`BackendLive::start_ramp`] when a backend
+/// joins), `ramp` read by balancers. All use `Relaxed`: each is an independent
 /// value, and nothing orders other memory through them.
 #[derive(Debug)]
 pub struct BackendLive {
@@ -90,6 +102,21 @@ pub struct BackendLive {
     /// as 5xx of the backend that caused them).
     classes: [AtomicU64; 5],
     last_check: Mutex<Option<CheckResult>>,
+    /// Slow-start ramp factor, [`RAMP_START`] to [`RAMP_FULL`]: the share of its fair
+    /// share of new work the backend takes now.
+    ramp: AtomicU32,
+    /// [`clock_ms`] when the running ramp began; [`RAMP_PENDING`] while the ramp waits
+    /// for the backend to be up and enabled; 0 = not ramping.
+    ramp_since: AtomicU64,
+    /// Distinct clients seen within the pool's `pinned_window` (sticky pools only:
+    /// made at the first insert). Inserted into by the request path, rotated by the
+    /// upkeep ticker.
+    pinned: OnceLock<PinnedClients>,
+    /// Open WebSocket / Upgrade tunnels, only through [`Tunnel`].
+    tunnels: AtomicU32,
+    /// Unix seconds when the backend last entered `drain`; 0 when it is not draining.
+    /// Written with the admin state.
+    drain_since: AtomicU64,
     /// The peak-EWMA latency estimate, fed and read only in `peak-ewma` pools.
     pub latency: Estimate,
     /// Idle keep-alive connections to this backend, kept by the layer that speaks to
@@ -149,6 +176,15 @@ impl BackendLive {
             ejections: AtomicU64::new(0),
             classes: Default::default(),
             last_check: Mutex::new(None),
+            ramp: AtomicU32::new(RAMP_FULL),
+            ramp_since: AtomicU64::new(0),
+            pinned: OnceLock::new(),
+            tunnels: AtomicU32::new(0),
+            drain_since: AtomicU64::new(if admin == AdminState::Drain {
+                unix_secs()
+            } else {
+                0
+            }),
             latency: Estimate::default(),
             conns: IdleHandle::default(),
         }
@@ -177,9 +213,63 @@ impl BackendLive {
         }
     }
 
-    /// Sets the admin state.
+    /// Sets the admin state (and when a drain began).
     pub fn set_admin(&self, s: AdminState) {
-        self.admin.store(admin_to_u8(s), Ordering::Relaxed);
+        let prev = self.admin.swap(admin_to_u8(s), Ordering::Relaxed);
+        if s != AdminState::Drain {
+            self.drain_since.store(0, Ordering::Relaxed);
+        } else if prev != admin_to_u8(AdminState::Drain) {
+            self.drain_since.store(unix_secs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Unix seconds when the current drain began; `None` when not draining.
+    pub fn drain_since(&self) -> Option<u64> {
+        match self.drain_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Counts a sticky client (a hash key, a cookie's client id) as seen on this
+    /// backend now.
+    #[inline]
+    pub fn pin(&self, client: u64) {
+        self.pinned
+            .get_or_init(PinnedClients::default)
+            .insert(client);
+    }
+
+    /// Estimated distinct sticky clients seen within the pool's `pinned_window`
+    /// (±5 %); 0 for a backend that never had one.
+    pub fn pinned(&self) -> u64 {
+        self.pinned.get().map_or(0, PinnedClients::estimate)
+    }
+
+    /// Moves the pinned-client window on to `now_ms` ([`clock_ms`]); the upkeep
+    /// ticker's call.
+    pub fn rotate_pinned(&self, now_ms: u64, window: Duration) {
+        if let Some(p) = self.pinned.get() {
+            p.rotate(now_ms, window);
+        }
+    }
+
+    /// Open WebSocket and Upgrade tunnels now.
+    pub fn tunnels(&self) -> u32 {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Counts an open tunnel until the returned guard drops.
+    pub fn open_tunnel(self: &Arc<Self>) -> Tunnel {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        Tunnel(Arc::clone(self))
+    }
+
+    /// Whether nothing is bound to the backend any more: no request in flight, no open
+    /// tunnel, and no sticky client seen within the pool's `pinned_window`. The moment
+    /// a draining backend may be taken away (DESIGN §10, §11).
+    pub fn nothing_bound(&self) -> bool {
+        self.in_flight() == 0 && self.tunnels() == 0 && self.pinned() == 0
     }
 
     /// Up, and not in an ejection period.
@@ -203,6 +293,71 @@ impl BackendLive {
     #[inline]
     pub fn accepts_bound(&self) -> bool {
         self.admin.load(Ordering::Relaxed) <= 1 && self.is_up()
+    }
+
+    /// The slow-start ramp factor now, [`RAMP_START`] to [`RAMP_FULL`] (full: not
+    /// ramping).
+    #[inline]
+    pub fn ramp(&self) -> u32 {
+        self.ramp.load(Ordering::Relaxed)
+    }
+
+    /// Whether the slow-start ramp lets the backend take this new client: always at a
+    /// full ramp (one atomic load, and `draw` is not called); otherwise for the share
+    /// `ramp / RAMP_FULL` of draws. `draw` gives the bits the choice is made from: a
+    /// per-pick counter or random number spreads new work, a sticky key's hash makes
+    /// the choice per key, so a key once admitted stays admitted as the ramp grows.
+    #[inline]
+    pub fn ramp_admits(&self, draw: impl FnOnce() -> u64) -> bool {
+        ramp_admits(self.ramp.load(Ordering::Relaxed), draw)
+    }
+
+    /// Starts a slow-start ramp for a backend that joins its pool (added by a reload or
+    /// by discovery): it takes 10 % of its share of new work until it is up and
+    /// enabled, then ramps to 100 % over `slow_start` (the pool's), driven by the ramp
+    /// ticker. A zero `slow_start` (the pool has none) does nothing.
+    pub fn start_ramp(&self, slow_start: Duration) {
+        if slow_start.is_zero() {
+            return;
+        }
+        self.ramp.store(RAMP_START, Ordering::Relaxed);
+        self.ramp_since.store(RAMP_PENDING, Ordering::Relaxed);
+    }
+
+    /// One step of the slow-start ramp at `now_ms` ([`clock_ms`]) for a pool whose
+    /// `slow_start` is `period` (the ramp ticker's call). A backend that cannot serve
+    /// (down, ejected, unchecked, disabled) waits at the start of a ramp, which begins
+    /// when it can; a ramp rises linearly to full over `period`; with no `period`
+    /// every ramp ends.
+    pub fn advance_ramp(&self, now_ms: u64, period: Duration) {
+        let since = self.ramp_since.load(Ordering::Relaxed);
+        if period.is_zero() {
+            if since != 0 || self.ramp() != RAMP_FULL {
+                self.ramp_since.store(0, Ordering::Relaxed);
+                self.ramp.store(RAMP_FULL, Ordering::Relaxed);
+            }
+            return;
+        }
+        if !self.accepts_bound() {
+            if since != RAMP_PENDING {
+                self.ramp.store(RAMP_START, Ordering::Relaxed);
+                self.ramp_since.store(RAMP_PENDING, Ordering::Relaxed);
+            }
+            return;
+        }
+        let began = match since {
+            0 => return,
+            RAMP_PENDING => {
+                self.ramp_since.store(now_ms, Ordering::Relaxed);
+                now_ms
+            }
+            t => t,
+        };
+        let factor = ramp_factor(now_ms.saturating_sub(began), period.as_millis() as u64);
+        if factor >= RAMP_FULL {
+            self.ramp_since.store(0, Ordering::Relaxed);
+        }
+        self.ramp.store(factor, Ordering::Relaxed);
     }
 
     /// Requests in flight now.
@@ -309,6 +464,32 @@ impl BackendLive {
     }
 }
 
+/// The ramp factor `elapsed_ms` into a ramp of `period_ms`: [`RAMP_START`] rising
+/// linearly to [`RAMP_FULL`].
+pub fn ramp_factor(elapsed_ms: u64, period_ms: u64) -> u32 {
+    if elapsed_ms >= period_ms {
+        return RAMP_FULL;
+    }
+    let rise = u64::from(RAMP_FULL - RAMP_START) * elapsed_ms / period_ms.max(1);
+    RAMP_START + rise as u32
+}
+
+/// Whether a ramp factor `ramp` already read admits this draw
+/// ([`BackendLive::ramp_admits`]).
+#[inline]
+pub fn ramp_admits(ramp: u32, draw: impl FnOnce() -> u64) -> bool {
+    ramp >= RAMP_FULL || ramp_point(draw()) < ramp
+}
+
+/// A draw's point in `0..RAMP_FULL`: the top bits of a 64-bit finalizer (splitmix64's),
+/// so counters and hashes alike spread evenly.
+#[inline]
+fn ramp_point(x: u64) -> u32 {
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((x ^ (x >> 31)) >> 54) as u32
+}
+
 fn admin_to_u8(s: AdminState) -> u8 {
     match s {
         AdminState::Active => 0,
@@ -341,6 +522,23 @@ impl Drop for InFlight {
             q.released();
         }
     }
+}
+
+/// An open tunnel on a backend, counted in [`BackendLive::tunnels`] until dropped.
+#[derive(Debug)]
+pub struct Tunnel(Arc<BackendLive>);
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Milliseconds since the process started, never 0: the clock for ejection deadlines.
@@ -399,6 +597,71 @@ mod tests {
         live.set_admin(AdminState::Active);
         live.eject(60_000);
         assert!(!live.accepts_new() && !live.accepts_bound());
+    }
+
+    #[test]
+    fn ramp_waits_while_cold_then_rises_linearly_to_full() {
+        let live = BackendLive::new(true, AdminState::Active);
+        let period = Duration::from_secs(10);
+        live.start_ramp(period);
+        assert_eq!(live.ramp(), RAMP_START);
+        live.advance_ramp(1_000, period);
+        assert_eq!(live.ramp(), RAMP_START, "unchecked: the ramp waits");
+        live.set_health(Health::Up);
+        live.advance_ramp(2_000, period);
+        assert_eq!(live.ramp(), RAMP_START, "up: the ramp begins now");
+        live.advance_ramp(7_000, period);
+        assert_eq!(live.ramp(), RAMP_START + (RAMP_FULL - RAMP_START) / 2);
+        live.advance_ramp(12_000, period);
+        assert_eq!(live.ramp(), RAMP_FULL);
+        live.set_admin(AdminState::Disabled);
+        live.advance_ramp(13_000, period);
+        assert_eq!(live.ramp(), RAMP_START, "disabled: a ramp waits for enable");
+        live.set_admin(AdminState::Active);
+        live.advance_ramp(14_000, Duration::ZERO);
+        assert_eq!(live.ramp(), RAMP_FULL, "no slow start: no ramp");
+    }
+
+    #[test]
+    fn ramp_admits_its_share_of_draws_and_keeps_admitted_keys() {
+        let live = BackendLive::new(false, AdminState::Active);
+        assert!(live.ramp_admits(|| unreachable!("a full ramp draws nothing")));
+        live.ramp.store(RAMP_FULL / 4, Ordering::Relaxed);
+        let admitted: Vec<u64> = (0..100_000u64)
+            .filter(|&k| live.ramp_admits(|| k))
+            .collect();
+        let share = admitted.len() as f64 / 100_000.0;
+        assert!((share - 0.25).abs() < 0.01, "{share}");
+        live.ramp.store(RAMP_FULL / 2, Ordering::Relaxed);
+        assert!(
+            admitted.iter().all(|&k| live.ramp_admits(|| k)),
+            "moved keys stay"
+        );
+    }
+
+    #[test]
+    fn nothing_bound_waits_for_requests_tunnels_and_pinned_clients() {
+        let live = Arc::new(BackendLive::new(false, AdminState::Active));
+        assert!(live.nothing_bound());
+        live.set_admin(AdminState::Drain);
+        assert!(live.drain_since().is_some());
+        let req = live.enter(0, None);
+        assert!(!live.nothing_bound(), "a request in flight");
+        let tunnel = live.open_tunnel();
+        drop(req);
+        assert_eq!(live.tunnels(), 1);
+        assert!(!live.nothing_bound(), "an open tunnel");
+        drop(tunnel);
+        assert!(live.nothing_bound());
+        live.rotate_pinned(1_000, Duration::from_secs(4));
+        live.pin(42);
+        live.rotate_pinned(1_000, Duration::from_secs(4));
+        assert_eq!(live.pinned(), 1);
+        assert!(!live.nothing_bound(), "a client seen within the window");
+        live.rotate_pinned(7_000, Duration::from_secs(4));
+        assert!(live.nothing_bound(), "the window has passed");
+        live.set_admin(AdminState::Active);
+        assert_eq!(live.drain_since(), None);
     }
 
     #[test]

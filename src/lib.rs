@@ -21,7 +21,10 @@
 //!
 //! `health/` runs one checker per backend of each checked pool and publishes
 //! transitions to the backend's atomics (`backend.rs`); passive ejection happens on the
-//! request path. Balancers only read those atomics.
+//! request path. `upkeep.rs` moves each backend's slow-start ramp (a backend back up,
+//! enabled or new ramps in) and slides its pinned-client window (`pinned.rs`);
+//! `history.rs` samples each pool every second for the dashboard. Balancers only read
+//! those atomics.
 //!
 //! # The reload flow
 //!
@@ -40,8 +43,10 @@ pub mod config;
 pub mod conn_limit;
 pub mod demo;
 pub mod health;
+pub mod history;
 pub mod latency;
 pub mod metrics;
+pub mod pinned;
 pub mod pool;
 pub mod proxy;
 pub mod queue;
@@ -54,4 +59,5 @@ pub mod signals;
 pub mod snapshot;
 pub mod stats;
 pub mod tls;
+pub mod upkeep;
 pub mod upstream;

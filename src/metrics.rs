@@ -129,6 +129,30 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "maitred_backend_tunnels",
+            "WebSocket and Upgrade tunnels open to a backend now.",
+            backends().map(|(l, live)| (l, ConstGauge::new(live.tunnels()))),
+        )?;
+        let pinned = pools
+            .iter()
+            .filter(|p| p.balancer_kind().is_sticky())
+            .flat_map(|p| {
+                p.backends.iter().map(move |b| {
+                    let n = i64::try_from(b.live.pinned()).unwrap_or(i64::MAX);
+                    (
+                        [("pool", &*p.name), ("backend", &*b.name)],
+                        ConstGauge::new(n),
+                    )
+                })
+            });
+        family(
+            &mut enc,
+            "maitred_backend_pinned_clients",
+            "Sticky pools: distinct clients (cookie client ids, hash keys) seen on a backend within pinned_window (estimate, ±5 %).",
+            pinned,
+        )?;
+        family(
+            &mut enc,
             "maitred_backend_up",
             "1 when the backend passes its health checks and is not ejected, else 0.",
             backends().map(|(l, live)| (l, ConstGauge::new(u32::from(live.is_up())))),

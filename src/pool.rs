@@ -54,6 +54,10 @@ pub struct Pool {
     pub ejection: Option<(u32, Duration)>,
     /// Whether active health checks run for this pool.
     pub checked: bool,
+    /// How long a joining backend ramps up (DESIGN §11); zero = no slow start.
+    pub slow_start: Duration,
+    /// How far back a sticky pool's backends count distinct clients.
+    pub pinned_window: Duration,
     /// Counters, carried over reloads by pool name.
     pub stats: Arc<PoolStats>,
 }
@@ -77,16 +81,25 @@ impl Pool {
     /// Builds a pool from its config, reusing live state where `live_for` has it.
     /// `queue` is the previous snapshot's wait queue of this pool, kept when the pool
     /// still queues (its waiters and the guards of its requests stay connected).
-    /// `unchanged` is the previous snapshot's pool when its config is identical: its
+    /// `previous` is the previous snapshot's pool of this name: a backend new to a pool
+    /// that ran before joins it with a slow-start ramp, and a rebuilt hash ring
+    /// remembers the previous one. With `unchanged` (its config is identical) its
     /// balancer (hash table, round-robin cycle) is kept instead of rebuilt.
     pub fn build(
         cfg: &PoolConfig,
         stats: Arc<PoolStats>,
         queue: Option<Arc<WaitQueue>>,
-        unchanged: Option<&Pool>,
+        previous: Option<&Pool>,
+        unchanged: bool,
         mut live_for: impl FnMut(&str) -> Option<Arc<BackendLive>>,
     ) -> Pool {
         let checked = cfg.health.is_some();
+        let joining = |live: BackendLive| {
+            if previous.is_some() {
+                live.start_ramp(cfg.slow_start);
+            }
+            Arc::new(live)
+        };
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
@@ -95,12 +108,12 @@ impl Pool {
                 addr: b.socket,
                 weight: b.weight,
                 live: live_for(&b.addr)
-                    .unwrap_or_else(|| Arc::new(BackendLive::new(checked, b.state))),
+                    .unwrap_or_else(|| joining(BackendLive::new(checked, b.state))),
             })
             .collect();
-        let balancer = match unchanged {
+        let balancer = match previous.filter(|_| unchanged) {
             Some(old) => Arc::clone(&old.balancer),
-            None => Arc::from(build_balancer(cfg, &backends)),
+            None => Arc::from(build_balancer(cfg, &backends, previous)),
         };
         Pool {
             name: Arc::from(cfg.name.as_str()),
@@ -125,6 +138,8 @@ impl Pool {
                 .as_ref()
                 .map(|e| (e.consecutive_failures, e.duration)),
             checked,
+            slow_start: cfg.slow_start,
+            pinned_window: cfg.pinned_window,
             stats,
         }
     }
@@ -187,6 +202,9 @@ impl Pool {
                 .enter(self.limits.max_connections, self.queue.as_ref())
             {
                 Some(guard) => {
+                    if p.pin != 0 {
+                        backend.live.pin(p.pin);
+                    }
                     return Some(Chosen {
                         index: p.index,
                         backend,
@@ -266,8 +284,14 @@ impl Pool {
 }
 
 /// Builds the balancer a pool's config asks for, over `backends` (built from the same
-/// config, in the same order).
-pub fn build_balancer(cfg: &PoolConfig, backends: &[Backend]) -> Box<dyn Balancer> {
+/// config, in the same order). `previous` is the pool it replaces, if any (a hash ring
+/// remembers where keys were).
+pub fn build_balancer(
+    cfg: &PoolConfig,
+    backends: &[Backend],
+    previous: Option<&Pool>,
+) -> Box<dyn Balancer> {
+    let earlier = previous.and_then(|p| Some((p.balancer.ring()?, p.backends.as_slice())));
     match cfg.balancer {
         BalancerKind::RoundRobin => Box::new(SmoothRoundRobin::new(backends)),
         BalancerKind::LeastConnections => Box::new(LeastConnections::new(backends)),
@@ -275,10 +299,16 @@ pub fn build_balancer(cfg: &PoolConfig, backends: &[Backend]) -> Box<dyn Balance
             backends,
             HashKey::ClientIp,
             BalancerKind::IpHash,
+            earlier,
         )),
         BalancerKind::Hash => {
             let key = cfg.key.clone().unwrap_or(HashKey::ClientIp);
-            Box::new(ConsistentHash::new(backends, key, BalancerKind::Hash))
+            Box::new(ConsistentHash::new(
+                backends,
+                key,
+                BalancerKind::Hash,
+                earlier,
+            ))
         }
         BalancerKind::CookieAffinity => {
             Box::new(CookieAffinity::new(cookie_params(cfg, backends), backends))

@@ -102,8 +102,9 @@ impl Snapshot {
                 let old_cfg = previous.and_then(|s| s.config.pool(&pc.name));
                 let stats = old_pool.map(|p| Arc::clone(&p.stats)).unwrap_or_default();
                 let queue = old_pool.and_then(|p| p.queue().cloned());
-                let unchanged = old_pool.filter(|_| old_cfg == Some(pc)).map(|p| &**p);
-                Arc::new(Pool::build(pc, stats, queue, unchanged, |addr| {
+                let unchanged = old_cfg == Some(pc);
+                let previous = old_pool.map(|p| &**p);
+                Arc::new(Pool::build(pc, stats, queue, previous, unchanged, |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
                     Some(Arc::clone(&old.live))
                 }))

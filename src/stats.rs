@@ -76,6 +76,9 @@ pub struct PoolStats {
     pub queue_wait: Histogram,
     /// Requests answered 503 because `queue_timeout` passed before a slot came free.
     pub queue_timeouts: AtomicU64,
+    /// The last five minutes, one sample a second (the dashboard's charts); written by
+    /// the history sampler only.
+    pub history: std::sync::Mutex<crate::history::History>,
 }
 
 /// What clients did to their own requests, across every listener: never counted

@@ -79,7 +79,7 @@ fn stateless_picks_allocate_nothing() {
                 list.join(", ")
             );
             let cfg = config::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
-            let b = maitred::pool::build_balancer(&cfg.pools[0], &bs);
+            let b = maitred::pool::build_balancer(&cfg.pools[0], &bs, None);
             if let Some(latency) = b.latency() {
                 let now = maitred::latency::clock_ns();
                 for i in 0..n {

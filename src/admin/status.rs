@@ -12,10 +12,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::Control;
-use crate::backend::Backend;
+use crate::backend::{Backend, RAMP_FULL};
 use crate::config::{AdminState, HostMatch, ListenerConfig};
 use crate::latency::clock_ns;
 use crate::pool::Pool;
+use crate::stats::PoolStats;
 
 /// The status document.
 pub fn status(daemon: &impl Control) -> Value {
@@ -85,7 +86,30 @@ fn pool_view(pool: &Pool, health_checks: bool) -> Value {
         "queue_timeout": humantime::format_duration(pool.queue_timeout).to_string(),
         "queue_timeouts": stats.queue_timeouts.load(Relaxed),
         "health_checks": health_checks,
+        "slow_start": humantime::format_duration(pool.slow_start).to_string(),
+        "pinned_window": humantime::format_duration(pool.pinned_window).to_string(),
         "backends": pool.backends.iter().map(|b| backend_view(pool, b)).collect::<Vec<_>>(),
+        "history": history_view(stats),
+    })
+}
+
+/// The pool's last five minutes, oldest sample first, as parallel arrays (what the
+/// dashboard's charts draw): `at` is the unix second each sample ends at.
+fn history_view(stats: &PoolStats) -> Value {
+    let Ok(h) = stats.history.lock() else {
+        return Value::Null;
+    };
+    let round = |x: f64, places: i32| {
+        let f = 10f64.powi(places);
+        (x * f).round() / f
+    };
+    let samples: Vec<_> = h.samples().copied().collect();
+    json!({
+        "interval_s": crate::history::INTERVAL.as_secs(),
+        "at": samples.iter().map(|s| s.at).collect::<Vec<_>>(),
+        "rps": samples.iter().map(|s| round(s.rps, 1)).collect::<Vec<_>>(),
+        "error_rate": samples.iter().map(|s| round(s.error_rate, 4)).collect::<Vec<_>>(),
+        "p99_ms": samples.iter().map(|s| s.p99_ms.map(|p| round(p, 2))).collect::<Vec<_>>(),
     })
 }
 
@@ -98,6 +122,7 @@ fn backend_view(pool: &Pool, b: &Backend) -> Value {
         "health": health(b),
         "state": live.admin().name(),
         "ejected": live.is_ejected(),
+        "ramp": (f64::from(live.ramp()) * 1000.0 / f64::from(RAMP_FULL)).round() / 1000.0,
         "in_flight": live.in_flight(),
         "requests": live.requests(),
         "errors": live.errors(),
@@ -107,7 +132,29 @@ fn backend_view(pool: &Pool, b: &Backend) -> Value {
         "health_transitions": live.health_transitions(),
         "ejections": live.ejections(),
         "last_check": live.last_check().map(|c| json!({"passed": c.passed, "detail": c.detail})),
+        "tunnels": live.tunnels(),
     });
+    let sticky = pool.balancer_kind().is_sticky();
+    let pinned = live.pinned();
+    if let Some(fields) = view.as_object_mut() {
+        if sticky {
+            fields.insert("pinned".to_string(), json!(pinned));
+        }
+        // DESIGN §11: a draining backend's progress; nothing bound = safe to remove.
+        if let Some(since) = live.drain_since() {
+            let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+            fields.insert(
+                "drain".to_string(),
+                json!({
+                    "since": humantime::format_rfc3339_seconds(since).to_string(),
+                    "in_flight": live.in_flight(),
+                    "tunnels": live.tunnels(),
+                    "pinned": pinned,
+                    "nothing_bound": live.nothing_bound(),
+                }),
+            );
+        }
+    }
     if let (Some(latency), Some(fields)) = (pool.latency(), view.as_object_mut()) {
         // peak-ewma (DESIGN §13): the estimate now (the pool's median for a backend never
         // measured, null while none is) and the cost a pick compares, both in ms.

@@ -10,14 +10,13 @@
 //! pressure passes.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::HeaderValue;
 
 use super::key::find_cookie;
-use super::token::{AffinityKey, Token};
+use super::token::{AffinityKey, ENCODED_LEN, Token, new_client_id};
 use super::{Balancer, Eligible, Limits, Pick, PickContext, Placement, Tried};
 use crate::backend::Backend;
 use crate::config::{BalancerKind, SameSite};
@@ -56,39 +55,24 @@ pub struct CookieAffinity {
     tags: Box<[u64]>,
     fallback: Box<dyn Balancer>,
     total_weight: u32,
-    /// Tells this balancer's entries in the per-thread [`ISSUED`] cache from those of
-    /// other pools and of earlier configs.
-    instance: u64,
 }
 
-/// Source of [`CookieAffinity::instance`].
-static INSTANCES: AtomicU64 = AtomicU64::new(1);
-
-/// Slots in each thread's cache of Set-Cookie values issued this second.
-const ISSUED_SLOTS: usize = 64;
-
-/// A Set-Cookie value issued in one second for one backend.
-#[derive(Debug, Clone)]
-struct Issued {
-    instance: u64,
-    index: usize,
-    second: u64,
-    value: HeaderValue,
-}
+/// Set-Cookie values cut from one buffer before the next is allocated.
+const SET_COOKIES_PER_BUFFER: usize = 64;
 
 thread_local! {
-    /// A token holds only its backend and the second it was issued, so every client
-    /// placed on the same backend within one second gets the same one: it is signed
-    /// and formatted once per backend per second per thread, then shared.
-    static ISSUED: RefCell<[Option<Issued>; ISSUED_SLOTS]> =
-        const { RefCell::new([const { None }; ISSUED_SLOTS]) };
+    /// Where this worker writes Set-Cookie values: every new client gets a token of its
+    /// own (its client id), and cutting the values from a shared buffer costs one
+    /// allocation per [`SET_COOKIES_PER_BUFFER`] instead of one each. A buffer is freed
+    /// when the last value cut from it has been sent.
+    static SET_COOKIES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// Forgets this worker's issued tokens (the worker is stopping).
-pub(super) fn clear_worker_cache() {
-    let _ = ISSUED.try_with(|i| {
-        if let Ok(mut i) = i.try_borrow_mut() {
-            i.iter_mut().for_each(|slot| *slot = None);
+/// Lets go of this worker's Set-Cookie buffer (the worker is stopping).
+pub(super) fn clear_worker_buffer() {
+    let _ = SET_COOKIES.try_with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            *b = BytesMut::new();
         }
     });
 }
@@ -135,7 +119,6 @@ impl CookieAffinity {
             tags,
             fallback,
             total_weight: backends.iter().map(|b| b.weight).sum(),
-            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -146,47 +129,30 @@ impl CookieAffinity {
             .map(|i| self.by_tag[i].1 as usize)
     }
 
-    /// The Set-Cookie value binding a client to backend `index`.
-    fn set_cookie(&self, index: usize, now: u64) -> Option<HeaderValue> {
-        let slot = (self.instance as usize)
-            .wrapping_mul(31)
-            .wrapping_add(index)
-            % ISSUED_SLOTS;
-        let cached = ISSUED.with(|c| {
-            c.borrow()[slot]
-                .as_ref()
-                .filter(|e| e.instance == self.instance && e.index == index && e.second == now)
-                .map(|e| e.value.clone())
-        });
-        if cached.is_some() {
-            return cached;
-        }
-        let value = self.make_set_cookie(index, now)?;
-        ISSUED.with(|c| {
-            c.borrow_mut()[slot] = Some(Issued {
-                instance: self.instance,
-                index,
-                second: now,
-                value: value.clone(),
-            });
-        });
-        Some(value)
-    }
-
-    /// Signs a token for backend `index` issued at `now` and formats the Set-Cookie
-    /// value around it, in one allocation.
-    fn make_set_cookie(&self, index: usize, now: u64) -> Option<HeaderValue> {
+    /// The Set-Cookie value binding client `client` to backend `index` from `now`: a
+    /// token signed and the value formatted around it, cut from the worker's
+    /// [`SET_COOKIES`] buffer.
+    fn set_cookie(&self, index: usize, now: u64, client: u64) -> Option<HeaderValue> {
         let token = Token {
             backend: *self.tags.get(index)?,
             issued: now,
+            client,
         };
-        let len = self.cookie.len() + 1 + super::token::ENCODED_LEN + self.attributes.len();
-        let mut s = String::with_capacity(len);
-        s.push_str(&self.cookie);
-        s.push('=');
-        self.key.encode_into(token, &mut s);
-        s.push_str(&self.attributes);
-        HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+        let mut encoded = [0u8; ENCODED_LEN];
+        self.key.encode_to(token, &mut encoded);
+        let len = self.cookie.len() + 1 + ENCODED_LEN + self.attributes.len();
+        let value = SET_COOKIES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.capacity() < len {
+                buf.reserve(len * SET_COOKIES_PER_BUFFER);
+            }
+            buf.extend_from_slice(self.cookie.as_bytes());
+            buf.extend_from_slice(b"=");
+            buf.extend_from_slice(&encoded);
+            buf.extend_from_slice(self.attributes.as_bytes());
+            buf.split().freeze()
+        });
+        HeaderValue::from_maybe_shared(value).ok()
     }
 
     /// A valid, unexpired token from the request's cookie.
@@ -207,18 +173,36 @@ impl CookieAffinity {
         limits: &Limits,
         tried: &Tried,
         placement: Placement,
+        bound: Option<Token>,
     ) -> Option<Pick> {
         let p = self.fallback.pick(backends, ctx, limits, tried)?;
-        let set_cookie = match placement {
-            Placement::Overflow => None,
-            _ => self.set_cookie(p.index, ctx.now_secs),
+        let (set_cookie, pin) = match (placement, bound) {
+            (Placement::Overflow, Some(t)) => (None, client_of(t)),
+            (_, t) => {
+                // A client keeps its id when re-placed; a new one (or one of the
+                // earlier token format) is given one.
+                let client = t.map_or(0, |t| t.client);
+                let client = if client == 0 { new_client_id() } else { client };
+                (self.set_cookie(p.index, ctx.now_secs, client), client)
+            }
         };
         Some(Pick {
             index: p.index,
             set_cookie,
             placement,
+            pin,
         })
     }
+}
+
+/// Who a bound client is, for the pinned count: its id, or for a token of the earlier
+/// format (no id) its backend and issue second (clients placed on one backend in the
+/// same second then count once, until their tokens are re-issued with an id).
+fn client_of(token: Token) -> u64 {
+    if token.client != 0 {
+        return token.client;
+    }
+    (token.issued ^ token.backend.rotate_left(32)).max(1)
 }
 
 impl Balancer for CookieAffinity {
@@ -230,29 +214,62 @@ impl Balancer for CookieAffinity {
         tried: &Tried,
     ) -> Option<Pick> {
         let Some(token) = self.token(ctx) else {
-            return self.place(backends, ctx, limits, tried, Placement::New);
+            return self.place(backends, ctx, limits, tried, Placement::New, None);
         };
         let Some(i) = self.index_of(token.backend).filter(|&i| i < backends.len()) else {
-            return self.place(backends, ctx, limits, tried, Placement::Replaced);
+            return self.place(
+                backends,
+                ctx,
+                limits,
+                tried,
+                Placement::Replaced,
+                Some(token),
+            );
         };
         let eligible = Eligible::new(backends, limits, tried);
         if !eligible.accepts_bound(i) {
-            return self.place(backends, ctx, limits, tried, Placement::Replaced);
+            return self.place(
+                backends,
+                ctx,
+                limits,
+                tried,
+                Placement::Replaced,
+                Some(token),
+            );
         }
         if !eligible.has_room(i) || eligible.over_bound(i, ctx.pool_in_flight, self.total_weight) {
-            return self.place(backends, ctx, limits, tried, Placement::Overflow);
+            return self.place(
+                backends,
+                ctx,
+                limits,
+                tried,
+                Placement::Overflow,
+                Some(token),
+            );
         }
         let half_life_passed = self
             .max_age
             .is_some_and(|m| ctx.now_secs.saturating_sub(token.issued) > m / 2);
+        // Re-issued at half life, the token keeps the client's id (a version 1 token
+        // gets one).
+        let client = if token.client == 0 && half_life_passed {
+            new_client_id()
+        } else {
+            token.client
+        };
         Some(Pick {
             index: i,
             set_cookie: if half_life_passed {
-                self.set_cookie(i, ctx.now_secs)
+                self.set_cookie(i, ctx.now_secs, client)
             } else {
                 None
             },
             placement: Placement::Sticky,
+            pin: if client == 0 {
+                client_of(token)
+            } else {
+                client
+            },
         })
     }
 
@@ -334,31 +351,25 @@ mod tests {
     }
 
     #[test]
-    fn set_cookie_is_made_once_per_backend_per_second_and_per_pool() {
+    fn each_client_gets_its_own_id_and_keeps_it_when_reissued_or_replaced() {
         let bs = backends(&[1; 3]);
         let c = affinity(&bs, Some(3600));
-        let a = c.set_cookie(1, 5000).unwrap();
-        let again = c.set_cookie(1, 5000).unwrap();
-        assert_eq!(a, again, "same backend, same second: the same value");
-        assert_eq!(
-            a,
-            c.make_set_cookie(1, 5000).unwrap(),
-            "cached = freshly made"
-        );
-        let next = c.set_cookie(1, 5001).unwrap();
-        assert_ne!(a, next, "a new second signs a new token");
-        let other = c.set_cookie(2, 5000).unwrap();
-        assert_ne!(a, other);
-        // Another pool (another instance, same secret): never served from this one's cache.
-        let mut p2 = params(&bs, Some(60));
-        p2.cookie = "other".into();
-        let c2 = CookieAffinity::new(p2, &bs);
-        let v2 = c2.set_cookie(1, 5000).unwrap();
-        assert!(v2.to_str().unwrap().starts_with("other="), "{v2:?}");
-        // And the cached value still carries a valid token for its backend.
-        let jar = a.to_str().unwrap().split(';').next().unwrap().to_string();
-        let p = pick(&c, &bs, Some(&jar), 5001);
-        assert_eq!((p.index, p.placement), (1, Placement::Sticky));
+        let a = pick(&c, &bs, None, 5000);
+        let b = pick(&c, &bs, None, 5000);
+        assert_ne!(a.pin, 0);
+        assert_ne!(a.pin, b.pin, "two clients, two ids, even in one second");
+        let jar = cookie_of(&a);
+        let sticky = pick(&c, &bs, Some(&jar), 5001);
+        assert_eq!((sticky.pin, sticky.set_cookie), (a.pin, None));
+        let reissued = pick(&c, &bs, Some(&jar), 5000 + 1801);
+        assert_eq!(reissued.pin, a.pin, "re-issued at half life: same client");
+        let jar2 = cookie_of(&reissued);
+        assert_ne!(jar, jar2);
+        assert_eq!(pick(&c, &bs, Some(&jar2), 7000).pin, a.pin);
+        bs[a.index].live.set_admin(AdminState::Disabled);
+        let moved = pick(&c, &bs, Some(&jar), 5002);
+        assert_eq!(moved.placement, Placement::Replaced);
+        assert_eq!(moved.pin, a.pin, "re-placed: same client");
     }
 
     #[test]

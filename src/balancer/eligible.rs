@@ -7,7 +7,10 @@
 //! has not tried it and it is up, and active or draining
 //! ([`BackendLive::accepts_bound`]); whether it also has room is asked apart, because a
 //! bound client that finds its backend full overflows elsewhere without being rebound.
-//! Everything here reads atomics only and is inlined into the picks.
+//! Slow start (DESIGN §11) is asked apart too ([`Eligible::ramp_admits`]): a ramping
+//! backend takes only its ramp's share of the new clients it would be given, and a
+//! balancer that finds no other backend takes it anyway (a ramp never refuses a
+//! request). Everything here reads atomics only and is inlined into the picks.
 //!
 //! [`BackendLive::accepts_new`]: crate::backend::BackendLive::accepts_new
 //! [`BackendLive::accepts_bound`]: crate::backend::BackendLive::accepts_bound
@@ -81,6 +84,14 @@ impl<'a> Eligible<'a> {
     #[inline]
     pub fn accepts_bound(&self, i: usize) -> bool {
         !self.tried.contains(i) && self.backends[i].live.accepts_bound()
+    }
+
+    /// Whether backend `i`'s slow-start ramp lets it take this new client
+    /// ([`BackendLive::ramp_admits`](crate::backend::BackendLive::ramp_admits)): one
+    /// atomic load when it is not ramping.
+    #[inline]
+    pub fn ramp_admits(&self, i: usize, draw: impl FnOnce() -> u64) -> bool {
+        self.backends[i].live.ramp_admits(draw)
     }
 
     /// Whether backend `i` is under `max_connections`.

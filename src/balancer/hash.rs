@@ -6,6 +6,12 @@
 //! ring walk finds the next one that is. When every backend is over the bound (a burst
 //! on a tiny pool), the bound is ignored rather than refusing the request. A request
 //! without the key is spread round-robin.
+//!
+//! Slow start: a key whose home is ramping goes there only when the ramp admits the key
+//! (decided by the key's hash, so the admitted keys only grow as the ramp rises: a key
+//! that has moved stays moved); until then it stays where it was, at its home in the
+//! ring this one replaced ([`Ring::prior`]), or on the backend the ring's walk gives
+//! (where it went while its home was down or disabled).
 
 use super::key::hash_of;
 use super::{
@@ -26,10 +32,23 @@ pub struct ConsistentHash {
 
 impl ConsistentHash {
     /// Builds the ring for `backends`; `kind` is `IpHash` or `Hash` (as configured).
-    pub fn new(backends: &[Backend], key: HashKey, kind: BalancerKind) -> ConsistentHash {
+    /// `earlier` is the ring this one replaces and its backends, when the pool ran
+    /// before, so that keys bound for a ramping backend can wait where they were.
+    pub fn new(
+        backends: &[Backend],
+        key: HashKey,
+        kind: BalancerKind,
+        earlier: Option<(&Ring, &[Backend])>,
+    ) -> ConsistentHash {
         let named: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.name, b.weight)).collect();
+        let mut ring = Ring::new(&named);
+        if let Some((old, old_backends)) = earlier {
+            let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
+            let old_names: Vec<&str> = old_backends.iter().map(|b| &*b.name).collect();
+            ring.remember(&names, old, &old_names);
+        }
         ConsistentHash {
-            ring: Ring::new(&named),
+            ring,
             key,
             keyless: SmoothRoundRobin::new(backends),
             kind,
@@ -56,9 +75,14 @@ impl Balancer for ConsistentHash {
             eligible.accepts_new(i)
                 && !eligible.over_bound(i, ctx.pool_in_flight, self.total_weight)
         };
-        let index = self
-            .ring
-            .lookup(key, bounded)
+        let waits = !eligible.ramp_admits(home, || key);
+        let index = waits
+            .then(|| self.ring.prior(key).filter(|&p| bounded(p)))
+            .flatten()
+            .or_else(|| {
+                self.ring
+                    .lookup(key, |i| bounded(i) && eligible.ramp_admits(i, || key))
+            })
             .or_else(|| self.ring.lookup(key, |i| eligible.accepts_new(i)))?;
         Some(Pick {
             index,
@@ -68,6 +92,7 @@ impl Balancer for ConsistentHash {
             } else {
                 Placement::Overflow
             },
+            pin: key,
         })
     }
 
@@ -77,6 +102,10 @@ impl Balancer for ConsistentHash {
 
     fn home_of(&self, key: u64) -> Option<usize> {
         self.ring.home(key)
+    }
+
+    fn ring(&self) -> Option<&Ring> {
+        Some(&self.ring)
     }
 }
 
@@ -104,7 +133,7 @@ mod tests {
 
     fn header_hash(bs: &[Backend]) -> ConsistentHash {
         let key = HashKey::Header(http::HeaderName::from_static("x-user"));
-        ConsistentHash::new(bs, key, BalancerKind::Hash)
+        ConsistentHash::new(bs, key, BalancerKind::Hash, None)
     }
 
     #[test]
@@ -158,6 +187,52 @@ mod tests {
             }
         }
         assert!(kept > 100);
+    }
+
+    #[test]
+    fn keys_of_a_ramping_newcomer_wait_at_their_earlier_home_and_moved_keys_stay() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let four = backends(&[1; 4]);
+        let before = header_hash(&four);
+        // A fifth backend joins: the same four (same live state) and a newcomer.
+        let mut five = backends(&[1; 5]);
+        for (new, old) in five.iter_mut().zip(&four) {
+            new.live = std::sync::Arc::clone(&old.live);
+        }
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let after =
+            ConsistentHash::new(&five, key, BalancerKind::Hash, Some((&before.ring, &four)));
+        let users: Vec<String> = (0..4000).map(|u| format!("user{u}")).collect();
+        let old_home: Vec<usize> = users
+            .iter()
+            .map(|u| pick_for(&before, &four, u, &NO_LIMITS, 0).index)
+            .collect();
+        let on_new = |ramp: u32| -> Vec<bool> {
+            set_ramp(&five[4], ramp);
+            users
+                .iter()
+                .zip(&old_home)
+                .map(|(u, &old)| {
+                    let got = pick_for(&after, &five, u, &NO_LIMITS, 0).index;
+                    let home = after.home_of(xxhash_rust::xxh3::xxh3_64(u.as_bytes()));
+                    if home == Some(4) {
+                        assert!(got == 4 || got == old, "{u} went to a third backend");
+                    }
+                    got == 4
+                })
+                .collect()
+        };
+        let share = |v: &[bool]| v.iter().filter(|x| **x).count() as f64 / v.len() as f64;
+        let early = on_new(RAMP_FULL / 10);
+        let half = on_new(RAMP_FULL / 2);
+        let full = on_new(RAMP_FULL);
+        assert!(share(&early) < 0.04, "{}", share(&early));
+        assert!((0.07..0.13).contains(&share(&half)), "{}", share(&half));
+        assert!((0.17..0.23).contains(&share(&full)), "{}", share(&full));
+        for (e, h) in early.iter().zip(&half) {
+            assert!(!e || *h, "a key that moved stays moved");
+        }
     }
 
     #[test]

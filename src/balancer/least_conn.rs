@@ -7,11 +7,15 @@
 //! chosen pseudo-randomly (power of k choices, as Envoy and linkerd do for large pools),
 //! which keeps a pick in constant time and, by the balls-into-bins result, keeps the
 //! busiest backend within a small additive gap of the least busy.
+//!
+//! Slow start: a ramping backend counts with its weight × ramp, and is a candidate only
+//! for the ramp's share of picks (so that an idle pool, where every load ties, ramps
+//! it too); when no candidate is left, a second look ignores ramps.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Balancer, Eligible, Limits, Pick, PickContext, Tried};
-use crate::backend::Backend;
+use crate::backend::{Backend, ramp_admits};
 use crate::config::BalancerKind;
 
 /// Pools up to this size are scanned in full.
@@ -34,11 +38,69 @@ impl LeastConnections {
     }
 }
 
-/// Whether `a` is less loaded than `b` relative to weight.
-#[inline]
-fn lighter(a: &Backend, b: &Backend) -> bool {
-    u64::from(a.live.in_flight()) * u64::from(b.weight)
-        < u64::from(b.live.in_flight()) * u64::from(a.weight)
+/// The best candidate so far: its index, requests in flight and weight × ramp.
+type Candidate = (usize, u64, u64);
+
+/// Compares backend `i` with the best candidate so far and keeps the lighter (fewest
+/// in flight relative to weight × slow-start ramp; the earlier one on a tie). With
+/// `ramped`, a ramping backend is a candidate for its ramp's share of picks only.
+/// Each candidate's atomics are read once.
+#[inline(always)]
+fn consider(
+    eligible: &Eligible<'_>,
+    backends: &[Backend],
+    i: usize,
+    start: usize,
+    ramped: bool,
+    best: &mut Option<Candidate>,
+) {
+    if !eligible.accepts_new(i) {
+        return;
+    }
+    let b = &backends[i];
+    let ramp = b.live.ramp();
+    if ramped && !ramp_admits(ramp, || (start as u64) ^ ((i as u64) << 40)) {
+        return;
+    }
+    let load = u64::from(b.live.in_flight());
+    let weight = u64::from(b.weight) * u64::from(ramp);
+    if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+        *best = Some((i, load, weight));
+    }
+}
+
+/// The lightest backend that may take a new client, the candidates sampled in large
+/// pools ([`consider`] says how they compare).
+#[inline(always)]
+fn lightest(
+    eligible: &Eligible<'_>,
+    backends: &[Backend],
+    start: usize,
+    ramped: bool,
+) -> Option<usize> {
+    let n = backends.len();
+    let mut best: Option<Candidate> = None;
+    if n > EXACT_SCAN {
+        let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
+        for _ in 0..SAMPLES {
+            consider(
+                eligible,
+                backends,
+                (x % n as u64) as usize,
+                start,
+                ramped,
+                &mut best,
+            );
+            x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    if best.is_none() {
+        let first = start % n;
+        for i in (first..n).chain(0..first) {
+            consider(eligible, backends, i, start, ramped, &mut best);
+        }
+    }
+    best.map(|(i, _, _)| i)
 }
 
 impl Balancer for LeastConnections {
@@ -56,29 +118,9 @@ impl Balancer for LeastConnections {
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let eligible = Eligible::new(backends, limits, tried);
-        let better = |i: usize, best: Option<usize>| {
-            eligible.accepts_new(i) && best.is_none_or(|b| lighter(&backends[i], &backends[b]))
-        };
-        let mut best: Option<usize> = None;
-        if n > EXACT_SCAN {
-            let mut x = xxhash_rust::xxh3::xxh3_64(&start.to_le_bytes());
-            for _ in 0..SAMPLES {
-                let i = (x % n as u64) as usize;
-                if better(i, best) {
-                    best = Some(i);
-                }
-                x = x.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-        }
-        if best.is_none() {
-            let first = start % n;
-            for i in (first..n).chain(0..first) {
-                if better(i, best) {
-                    best = Some(i);
-                }
-            }
-        }
-        best.map(Pick::plain)
+        lightest(&eligible, backends, start, true)
+            .or_else(|| lightest(&eligible, backends, start, false))
+            .map(Pick::plain)
     }
 
     fn kind(&self) -> BalancerKind {
@@ -138,6 +180,32 @@ mod tests {
         }
         tried.insert(2);
         assert_eq!(pick(&lc, &bs, &tried), None);
+    }
+
+    #[test]
+    fn ramping_backend_takes_its_ramps_share_idle_or_busy() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let bs = backends(&[1, 1]);
+        let lc = LeastConnections::new(&bs);
+        set_ramp(&bs[1], RAMP_FULL / 4);
+        // Idle, every load ties and the rotation decides: the newcomer's turns are
+        // taken for the ramp's share, a quarter of its fair half.
+        let idle = (0..10_000)
+            .filter(|_| pick(&lc, &bs, &Tried::new()) == Some(1))
+            .count();
+        let share = idle as f64 / 10_000.0;
+        assert!((share - 0.25 / 2.0).abs() < 0.02, "idle: {share}");
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let i = pick(&lc, &bs, &Tried::new()).unwrap();
+            held.push(bs[i].live.enter(0, None).unwrap());
+        }
+        let ratio = f64::from(bs[1].live.in_flight()) / f64::from(bs[0].live.in_flight());
+        assert!(
+            (ratio - 0.25).abs() < 0.06,
+            "busy: in flight {ratio} of the other's"
+        );
     }
 
     #[test]

@@ -35,13 +35,13 @@ pub use least_conn::LeastConnections;
 pub use peak_ewma::{Latency, MAX_RETRY_AFTER, PeakEwma};
 pub use ring::Ring;
 pub use round_robin::SmoothRoundRobin;
-pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError};
+pub use token::{AffinityKey, ENCODED_LEN, Token, TokenError, new_client_id};
 
-/// Forgets the current worker's affinity caches (issued and verified tokens); called
-/// once when the worker stops.
+/// Forgets the current worker's affinity state (verified tokens, the Set-Cookie
+/// buffer); called once when the worker stops.
 pub fn clear_worker_caches() {
-    cookie::clear_worker_cache();
     token::clear_worker_cache();
+    cookie::clear_worker_buffer();
 }
 
 /// What a balancer may read about a request.
@@ -69,6 +69,9 @@ pub struct Pick {
     pub set_cookie: Option<HeaderValue>,
     /// How the choice was made, for metrics.
     pub placement: Placement,
+    /// The client to count among the chosen backend's pinned clients (DESIGN §11): the
+    /// hash of a sticky key, or a cookie's client id; 0 = none (stateless choices).
+    pub pin: u64,
 }
 
 impl Pick {
@@ -79,6 +82,7 @@ impl Pick {
             index,
             set_cookie: None,
             placement: Placement::Stateless,
+            pin: 0,
         }
     }
 }
@@ -149,6 +153,12 @@ pub trait Balancer: Send + Sync + Debug {
     /// every backend healthy (the reload report's moved-keys estimate). `None` for
     /// stateless balancers.
     fn home_of(&self, _key: u64) -> Option<usize> {
+        None
+    }
+
+    /// For `ip-hash` and `hash`, the consistent-hash ring (a rebuilt ring remembers
+    /// where keys were, for slow start); `None` for the others.
+    fn ring(&self) -> Option<&Ring> {
         None
     }
 

@@ -10,6 +10,10 @@
 //! ([`crate::latency::Estimate`]). A pick reads the thread's recent clock reading
 //! ([`recent_ns`]), draws from a per-thread xorshift generator, and reads atomics: no
 //! clock read, allocation or lock of its own.
+//!
+//! Slow start: a drawn backend that is ramping is compared only for its ramp's share of
+//! draws, which scales its weight by its ramp; when nothing else can take the request,
+//! a last look ignores ramps.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -246,8 +250,12 @@ impl Balancer for PeakEwma {
         let now = recent_ns();
         let eligible = Eligible::new(backends, limits, tried);
         let mut best: Option<(usize, f64)> = None;
-        let consider = |best: &mut Option<(usize, f64)>, i: usize| {
-            if eligible.accepts_new(i) && !backends[i].live.latency.blocked(now) {
+        let mut ramped = true;
+        let consider = |best: &mut Option<(usize, f64)>, i: usize, ramped: bool| {
+            if eligible.accepts_new(i)
+                && !backends[i].live.latency.blocked(now)
+                && (!ramped || eligible.ramp_admits(i, random))
+            {
                 let cost = self.latency.cost(&backends[i], now);
                 if best.is_none_or(|(_, c)| cost < c) {
                     *best = Some((i, cost));
@@ -271,15 +279,21 @@ impl Balancer for PeakEwma {
                     redraws += 1;
                 }
                 drawn[k] = i;
-                consider(&mut best, i);
+                consider(&mut best, i, ramped);
             }
         }
         if best.is_none() {
             // Every backend compared: the pool asks for it, or no draw could take the
             // request. The scan starts anywhere so that ties spread.
             let first = below(random(), n as u64) as usize;
-            for i in (first..n).chain(0..first) {
-                consider(&mut best, i);
+            for _ in 0..2 {
+                for i in (first..n).chain(0..first) {
+                    consider(&mut best, i, ramped);
+                }
+                if best.is_some() {
+                    break;
+                }
+                ramped = false;
             }
         }
         best.map(|(i, _)| Pick::plain(i))
@@ -326,6 +340,21 @@ mod tests {
             c[pick(p, bs, &Tried::new()).unwrap()] += 1;
         }
         c
+    }
+
+    #[test]
+    fn a_ramping_backend_is_drawn_for_its_ramps_share() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::set_ramp;
+        let bs = backends(&[1; 4]);
+        let p = balancer(&bs, 2);
+        let even = counts(&p, &bs, 8000);
+        set_ramp(&bs[3], RAMP_FULL / 4);
+        let ramping = counts(&p, &bs, 8000);
+        let share = |c: &[usize]| c[3] as f64 / 8000.0;
+        assert!((0.2..0.3).contains(&share(&even)), "{even:?}");
+        assert!(share(&ramping) < 0.12, "{ramping:?}");
+        assert!(share(&ramping) > 0.02, "still drawn: {ramping:?}");
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //! order, so a dead backend's keys spread over all the others; the walk is a function of
 //! the key alone, so keys come back when the backend recovers, and keys of healthy
 //! backends never move.
+//!
+//! Slow start: a ring built to replace another remembers, for each slot whose owner
+//! changed, the slot's owner before ([`Ring::prior`]); a key whose new home is still
+//! ramping and not yet admitted stays there instead of moving to a third backend.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -31,6 +35,10 @@ const MAX_WALK: usize = 256;
 pub struct Ring {
     table: Box<[u32]>,
     backends: usize,
+    /// Per slot, the index (in this ring's backends) of the slot's owner in the ring
+    /// this one replaced, where that owner differs and is still here; `u32::MAX`
+    /// elsewhere. Empty when there was no earlier ring of the same size.
+    prior: Box<[u32]>,
 }
 
 impl Ring {
@@ -41,6 +49,7 @@ impl Ring {
             return Ring {
                 table: Box::new([]),
                 backends: 0,
+                prior: Box::new([]),
             };
         }
         let g = backends.iter().map(|b| b.1.max(1)).fold(0, gcd).max(1);
@@ -89,7 +98,49 @@ impl Ring {
         Ring {
             table: table.into_boxed_slice(),
             backends: n,
+            prior: Box::new([]),
         }
+    }
+
+    /// Remembers, for the slots whose owner changed, their owner in `earlier` (the
+    /// ring this one replaces, over `earlier_names`; this ring's backends are
+    /// `names`), so that [`Ring::prior`] can keep a key where it was.
+    pub fn remember(&mut self, names: &[&str], earlier: &Ring, earlier_names: &[&str]) {
+        if earlier.table.len() != self.table.len() || earlier_names.len() != earlier.backends {
+            return;
+        }
+        let now_index: Vec<u32> = earlier_names
+            .iter()
+            .map(|old| {
+                names
+                    .iter()
+                    .position(|n| n == old)
+                    .map_or(u32::MAX, |i| i as u32)
+            })
+            .collect();
+        let prior: Box<[u32]> = self
+            .table
+            .iter()
+            .zip(earlier.table.iter())
+            .map(|(&new, &old)| match now_index.get(old as usize) {
+                Some(&i) if i != new => i,
+                _ => u32::MAX,
+            })
+            .collect();
+        if prior.iter().any(|&p| p != u32::MAX) {
+            self.prior = prior;
+        }
+    }
+
+    /// The key's owner in the ring this one replaced, when its owner changed and is
+    /// still in the pool.
+    #[inline]
+    pub fn prior(&self, key: u64) -> Option<usize> {
+        if self.prior.is_empty() {
+            return None;
+        }
+        let p = self.prior[(key % self.prior.len() as u64) as usize];
+        (p != u32::MAX).then_some(p as usize)
     }
 
     /// The key's own backend, all backends healthy.
@@ -279,6 +330,25 @@ mod tests {
                 >= 3,
             "{spread:?}"
         );
+    }
+
+    #[test]
+    fn a_rebuilt_ring_remembers_where_moved_keys_were() {
+        let small = names(5);
+        let big = names(6);
+        let before = ring(&small, |_| 1);
+        let mut after = ring(&big, |_| 1);
+        let small_refs: Vec<&str> = small.iter().map(String::as_str).collect();
+        let big_refs: Vec<&str> = big.iter().map(String::as_str).collect();
+        after.remember(&big_refs, &before, &small_refs);
+        for k in keys(20_000) {
+            let (old, new) = (before.home(k).unwrap_or(0), after.home(k).unwrap_or(0));
+            if old == new {
+                assert_eq!(after.prior(k), None);
+            } else {
+                assert_eq!(after.prior(k), Some(old), "the moved key's earlier home");
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! A backend that cannot take new work is skipped by walking the cycle forward; if a
 //! short walk finds nothing (most of the pool is out), a scan over the backends from a
 //! rotating start finds any that remains.
+//!
+//! Slow start: a ramping backend's turn in the cycle is taken for the ramp's share of
+//! draws (from the cursor) and passed on otherwise, so its share follows its weight ×
+//! ramp. The fallback scan ignores ramps.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -84,7 +88,7 @@ impl Balancer for SmoothRoundRobin {
         let walk = self.cycle.len().min(MAX_CYCLE_WALK);
         for step in 0..walk {
             let i = self.cycle[(start + step) % self.cycle.len()] as usize;
-            if eligible.accepts_new(i) {
+            if eligible.accepts_new(i) && eligible.ramp_admits(i, || (start + step) as u64) {
                 if step > 0 {
                     self.cursor.fetch_add(step, Ordering::Relaxed);
                 }
@@ -110,6 +114,25 @@ mod tests {
     fn cycle_interleaves_weights() {
         assert_eq!(smooth_cycle(&[1, 1, 3]), vec![2, 0, 2, 1, 2]);
         assert_eq!(smooth_cycle(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn ramping_backend_gets_weight_times_ramp() {
+        use crate::backend::RAMP_FULL;
+        use crate::balancer::testing::{NO_LIMITS, backends, ctx, set_ramp};
+        let bs = backends(&[1, 1, 1, 1]);
+        let rr = SmoothRoundRobin::new(&bs);
+        set_ramp(&bs[3], RAMP_FULL / 2);
+        let h = http::HeaderMap::new();
+        let uri: http::Uri = "/".parse().unwrap_or_else(|_| unreachable!());
+        let mut counts = [0f64; 4];
+        for _ in 0..35_000 {
+            if let Some(p) = rr.pick(&bs, &ctx(&h, &uri, 0, 0), &NO_LIMITS, &Tried::new()) {
+                counts[p.index] += 1.0;
+            }
+        }
+        let share = counts[3] / 35_000.0;
+        assert!((share - 0.5 / 3.5).abs() < 0.01, "{share}: {counts:?}");
     }
 
     #[test]

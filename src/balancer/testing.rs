@@ -32,6 +32,17 @@ pub fn backends(weights: &[u32]) -> Vec<Backend> {
         .collect()
 }
 
+/// Puts `b` at ramp factor `ramp` (of [`crate::backend::RAMP_FULL`]): a ramp begun
+/// and advanced part of the way.
+pub fn set_ramp(b: &Backend, ramp: u32) {
+    use crate::backend::{RAMP_FULL, RAMP_START};
+    let period = std::time::Duration::from_millis(u64::from(RAMP_FULL - RAMP_START));
+    b.live.start_ramp(period);
+    b.live.advance_ramp(1, period);
+    b.live
+        .advance_ramp(1 + u64::from(ramp.saturating_sub(RAMP_START)), period);
+}
+
 /// A request context from 192.0.2.1.
 pub fn ctx<'a>(
     headers: &'a HeaderMap,

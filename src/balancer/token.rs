@@ -1,7 +1,10 @@
-//! The affinity cookie's token: which backend, since when, signed.
+//! The affinity cookie's token: which backend, since when, for which client, signed.
 //!
-//! `base64url(version ‖ backend tag ‖ issued ‖ HMAC-SHA-256 tag)`, 49 bytes before
-//! encoding. The backend tag is a keyed hash of the backend's address (its identity
+//! `base64url(version 2 ‖ backend tag ‖ issued ‖ client id ‖ HMAC-SHA-256 tag)`, 57
+//! bytes before encoding (DESIGN §4). The client id is random, given when a client is
+//! first placed and kept when its token is re-issued: it is what the pinned-client
+//! count of a backend counts. Tokens of version 1 (no client id, 49 bytes) are still
+//! read, with client id 0, until they expire. The backend tag is a keyed hash of the backend's address (its identity
 //! across reorderings and reloads), so the cookie names no address, and without the key
 //! one cannot tell which backend a cookie points at or forge one for another backend.
 //! Instances configured with the same secret derive the same key and read each other's
@@ -12,11 +15,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 
-const VERSION: u8 = 1;
-const SIGNED: usize = 1 + 8 + 8;
+const VERSION: u8 = 2;
+const SIGNED: usize = 1 + 8 + 8 + 8;
 const RAW: usize = SIGNED + 32;
-/// Length of an encoded token: 49 bytes in unpadded base64url.
-pub const ENCODED_LEN: usize = 66;
+/// Length of an encoded token: 57 bytes in unpadded base64url.
+pub const ENCODED_LEN: usize = 76;
+
+/// The version 1 token, read until the last ones expire: no client id.
+const V1: u8 = 1;
+const V1_SIGNED: usize = 1 + 8 + 8;
+const V1_RAW: usize = V1_SIGNED + 32;
+const V1_ENCODED_LEN: usize = 66;
 
 /// A verified token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +34,34 @@ pub struct Token {
     pub backend: u64,
     /// Unix seconds when it was issued.
     pub issued: u64,
+    /// The client's random id ([`new_client_id`]); 0 in a version 1 token.
+    pub client: u64,
+}
+
+thread_local! {
+    /// This thread's client-id generator: a splitmix64 counter seeded once from the
+    /// system's random source.
+    static CLIENT_IDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A fresh random client id, never 0. Ids come from a per-thread splitmix64 sequence
+/// seeded from the system's random source, so a placement costs no system call; they
+/// are not secrets (the MAC protects the token), only distinct.
+pub fn new_client_id() -> u64 {
+    CLIENT_IDS.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            let mut seed = [0u8; 8];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+            s = u64::from_le_bytes(seed) ^ crate::latency::clock_ns();
+        }
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).max(1)
+    })
 }
 
 /// Why a cookie value is not a valid token.
@@ -52,10 +89,12 @@ pub struct AffinityKey {
 /// Slots in each thread's cache of recently verified tokens.
 const CACHE_SLOTS: usize = 512;
 
-/// One verified token, remembered byte for byte.
+/// One verified token, remembered byte for byte (a version 1 token fills the first
+/// [`V1_ENCODED_LEN`] bytes).
 #[derive(Clone, Copy)]
 struct Verified {
     key: u64,
+    len: u8,
     encoded: [u8; ENCODED_LEN],
     token: Token,
 }
@@ -109,26 +148,39 @@ impl AffinityKey {
         out
     }
 
+    /// Encodes and signs a token into `out`, [`ENCODED_LEN`] bytes of base64url.
+    pub fn encode_to(&self, t: Token, out: &mut [u8; ENCODED_LEN]) {
+        let raw = self.sign(t);
+        // Always fits: RAW bytes encode to exactly ENCODED_LEN.
+        let _ = URL_SAFE_NO_PAD.encode_slice(raw, out);
+    }
+
     /// Encodes and signs a token, appending it to `out`.
     pub fn encode_into(&self, t: Token, out: &mut String) {
+        URL_SAFE_NO_PAD.encode_string(self.sign(t), out);
+    }
+
+    /// The token's bytes with their MAC.
+    fn sign(&self, t: Token) -> [u8; RAW] {
         let mut raw = [0u8; RAW];
         raw[0] = VERSION;
         raw[1..9].copy_from_slice(&t.backend.to_be_bytes());
         raw[9..17].copy_from_slice(&t.issued.to_be_bytes());
+        raw[17..25].copy_from_slice(&t.client.to_be_bytes());
         let mac = hmac::sign(&self.key, &raw[..SIGNED]);
         raw[SIGNED..].copy_from_slice(mac.as_ref());
-        URL_SAFE_NO_PAD.encode_string(raw, out);
+        raw
     }
 
     /// Decodes and verifies a cookie value, without allocating.
     pub fn decode(&self, value: &[u8]) -> Result<Token, TokenError> {
-        if value.len() != ENCODED_LEN {
+        if value.len() != ENCODED_LEN && value.len() != V1_ENCODED_LEN {
             return Err(TokenError::Malformed);
         }
         let slot = (xxhash_rust::xxh3::xxh3_64(value) as usize) % CACHE_SLOTS;
         let hit = VERIFIED.with(|c| {
             c.borrow()[slot]
-                .filter(|v| v.key == self.id && v.encoded[..] == *value)
+                .filter(|v| v.key == self.id && v.encoded[..usize::from(v.len)] == *value)
                 .map(|v| v.token)
         });
         if let Some(t) = hit {
@@ -136,10 +188,11 @@ impl AffinityKey {
         }
         let token = self.verify(value)?;
         let mut encoded = [0u8; ENCODED_LEN];
-        encoded.copy_from_slice(value);
+        encoded[..value.len()].copy_from_slice(value);
         VERIFIED.with(|c| {
             c.borrow_mut()[slot] = Some(Verified {
                 key: self.id,
+                len: value.len() as u8,
                 encoded,
                 token,
             })
@@ -152,21 +205,23 @@ impl AffinityKey {
         let n = URL_SAFE_NO_PAD
             .decode_slice(value, &mut raw)
             .map_err(|_| TokenError::Malformed)?;
-        if n != RAW {
-            return Err(TokenError::Malformed);
-        }
-        if raw[0] != VERSION {
-            return Err(TokenError::Version);
-        }
-        hmac::verify(&self.key, &raw[..SIGNED], &raw[SIGNED..RAW])
+        let signed = match (raw[0], n) {
+            (VERSION, RAW) => SIGNED,
+            (V1, V1_RAW) => V1_SIGNED,
+            (VERSION | V1, _) => return Err(TokenError::Malformed),
+            _ => return Err(TokenError::Version),
+        };
+        hmac::verify(&self.key, &raw[..signed], &raw[signed..n])
             .map_err(|_| TokenError::BadSignature)?;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[1..9]);
-        let backend = u64::from_be_bytes(b);
-        b.copy_from_slice(&raw[9..17]);
+        let field = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
         Ok(Token {
-            backend,
-            issued: u64::from_be_bytes(b),
+            backend: field(1),
+            issued: field(9),
+            client: if signed == SIGNED { field(17) } else { 0 },
         })
     }
 }
@@ -186,9 +241,13 @@ mod tests {
         let t = Token {
             backend: k.backend_tag("10.0.0.1:8000"),
             issued: 1_800_000_000,
+            client: new_client_id(),
         };
         let s = k.encode(t);
         assert_eq!(s.len(), ENCODED_LEN);
+        let mut fixed = [0u8; ENCODED_LEN];
+        k.encode_to(t, &mut fixed);
+        assert_eq!(&fixed[..], s.as_bytes());
         assert!(!s.contains("10.0.0.1"));
         assert_eq!(k.decode(s.as_bytes()), Ok(t));
     }
@@ -198,6 +257,7 @@ mod tests {
         let t = Token {
             backend: 7,
             issued: 9,
+            client: 11,
         };
         let s = key().encode(t);
         assert_eq!(
@@ -224,6 +284,7 @@ mod tests {
             .encode(Token {
                 backend: 42,
                 issued: 1234,
+                client: 5678,
             })
             .into_bytes();
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -241,6 +302,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn version_1_tokens_still_verify_without_a_client_id() {
+        let k = key();
+        let mut raw = [0u8; V1_RAW];
+        raw[0] = V1;
+        raw[1..9].copy_from_slice(&42u64.to_be_bytes());
+        raw[9..17].copy_from_slice(&1234u64.to_be_bytes());
+        let mac = hmac::sign(&k.key, &raw[..V1_SIGNED]);
+        raw[V1_SIGNED..].copy_from_slice(mac.as_ref());
+        let v1 = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(v1.len(), V1_ENCODED_LEN);
+        let t = Token {
+            backend: 42,
+            issued: 1234,
+            client: 0,
+        };
+        assert_eq!(k.decode(v1.as_bytes()), Ok(t));
+        assert_eq!(k.decode(v1.as_bytes()), Ok(t), "from the cache too");
+    }
+
+    #[test]
+    fn client_ids_are_distinct_and_never_zero() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| new_client_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
     }
 
     #[test]

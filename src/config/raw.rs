@@ -161,6 +161,10 @@ pub struct RawPool {
     pub queue_timeout: Option<Spanned<String>>,
     /// Bounded-load factor.
     pub balance_factor: Option<Spanned<f64>>,
+    /// How long a joining backend ramps up (DESIGN §11).
+    pub slow_start: Option<Spanned<String>>,
+    /// How far back sticky pools count distinct clients (DESIGN §11).
+    pub pinned_window: Option<Spanned<String>>,
     /// `[pool.NAME.health]`.
     pub health: Option<RawHealth>,
     /// `[pool.NAME.ejection]`.

@@ -721,3 +721,26 @@ fn listener_limits_and_upgrades_have_defaults_and_refuse_h2c() {
             .contains("\"h2c\" may not be listed in upgrades")
     );
 }
+
+#[test]
+fn slow_start_and_pinned_window_are_durations_with_defaults() {
+    let p = &ok(BASE).pools[0];
+    assert_eq!(
+        (p.slow_start, p.pinned_window),
+        (Duration::ZERO, Duration::from_secs(300))
+    );
+    let set = format!("{BASE}slow_start = \"30s\"\npinned_window = \"1m\"\n");
+    let p = &ok(&set).pools[0];
+    assert_eq!(
+        (p.slow_start, p.pinned_window),
+        (Duration::from_secs(30), Duration::from_secs(60))
+    );
+    assert_one_error_containing(
+        &format!("{BASE}slow_start = \"slowly\"\n"),
+        "maitred.toml:10:14: invalid duration \"slowly\" for slow_start",
+    );
+    assert_one_error_containing(
+        &format!("{BASE}pinned_window = \"0s\"\n"),
+        "maitred.toml:10:17: pinned_window must be greater than 0",
+    );
+}

@@ -316,6 +316,11 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// Bounded-load factor for sticky balancers; 0 = off.
     pub balance_factor: f64,
+    /// A backend that joins (reload, discovery, back up, enabled) ramps from 10 % to
+    /// 100 % of its share of new work over this; zero = off (DESIGN §11).
+    pub slow_start: Duration,
+    /// Sticky pools report the distinct clients each backend saw within this.
+    pub pinned_window: Duration,
     /// Active health checks.
     pub health: Option<HealthConfig>,
     /// Passive ejection.

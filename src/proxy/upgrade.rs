@@ -2,7 +2,8 @@
 //! bytes are copied both ways until either side closes.
 //!
 //! The tunnel holds the backend's in-flight slot (a draining backend keeps its open
-//! tunnels, and least-connections sees them) and is tracked, so graceful shutdown waits
+//! tunnels, and least-connections sees them), is counted among the backend's open
+//! tunnels once both sides have upgraded, and is tracked, so graceful shutdown waits
 //! for it up to the grace period.
 
 use hyper::upgrade::OnUpgrade;
@@ -20,7 +21,6 @@ pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: UpConn, guard: 
     let tracked = shared.tracker.track();
     tokio::spawn(async move {
         let _tracked = tracked;
-        let _guard = guard;
         let client = match client.await {
             Ok(c) => c,
             Err(e) => {
@@ -28,6 +28,7 @@ pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: UpConn, guard: 
                 return;
             }
         };
+        let _open = guard.live().open_tunnel();
         let mut client = TokioIo::new(client);
         let (mut backend, early) = backend.into_tunnel();
         if !early.is_empty() {

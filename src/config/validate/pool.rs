@@ -59,6 +59,14 @@ pub(super) fn pool(
     );
     let queue_timeout = queue_timeout(ctx, max_connections, raw);
     let balance_factor = balancer.and_then(|b| balance_factor(ctx, b, raw.balance_factor.as_ref()));
+    let slow_start = ctx.parse_or(raw.slow_start.as_ref(), Duration::ZERO, |s| {
+        values::duration("slow_start", s)
+    });
+    let pinned_window = ctx.duration(
+        "pinned_window",
+        raw.pinned_window.as_ref(),
+        Duration::from_secs(300),
+    );
     let health = match &raw.health {
         None => Some(None),
         Some(h) => health(ctx, h).map(Some),
@@ -84,6 +92,8 @@ pub(super) fn pool(
         max_connections: max_connections?,
         queue_timeout: queue_timeout?,
         balance_factor: balance_factor?,
+        slow_start: slow_start?,
+        pinned_window: pinned_window?,
         health: health?,
         ejection: ejection?,
         affinity: affinity?,

@@ -131,9 +131,10 @@ fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     Some(&tag[from..from + len])
 }
 
-#[tokio::test]
-async fn dashboard_in_headless_chromium_shows_backends_and_drain() {
-    let Some(chromium) = find_chromium() else {
+/// The browser, or `None` after saying why `test` is skipped (never under CI).
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
         assert!(
             !under_ci(),
             "CI: the dashboard browser test needs chromium (on PATH, /usr/bin, or $CHROMIUM)"
@@ -141,9 +142,26 @@ async fn dashboard_in_headless_chromium_shows_backends_and_drain() {
         // Straight to stderr: the test harness would swallow a print from a passing test.
         let _ = writeln!(
             std::io::stderr(),
-            "skipping dashboard_in_headless_chromium_shows_backends_and_drain: no chromium \
-             (install it or set $CHROMIUM; under CI this fails)"
+            "skipping {test}: no chromium (install it or set $CHROMIUM; under CI this fails)"
         );
+    }
+    found
+}
+
+/// The opening tag of the chart of `metric` for `pool`, if the DOM has one.
+fn chart<'a>(dom: &'a str, pool: &str, metric: &str) -> Option<&'a str> {
+    dom.match_indices("<svg").find_map(|(start, _)| {
+        let tag = &dom[start..=start + dom[start..].find('>')?];
+        (attr(tag, "data-pool") == Some(pool) && attr(tag, "data-metric") == Some(metric))
+            .then_some(tag)
+    })
+}
+
+#[tokio::test]
+async fn dashboard_in_headless_chromium_shows_backends_and_drain() {
+    let Some(chromium) =
+        chromium_or_skip("dashboard_in_headless_chromium_shows_backends_and_drain")
+    else {
         return;
     };
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
@@ -166,5 +184,84 @@ async fn dashboard_in_headless_chromium_shows_backends_and_drain() {
     let row_b = backend_row(&dom, &format!("web/{}", b.addr)).unwrap();
     assert_eq!(attr(row_a, "data-state"), Some("active"), "{row_a}");
     assert_eq!(attr(row_b, "data-state"), Some("drain"), "{row_b}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn dashboard_charts_draw_the_daemons_history_and_follow_it() {
+    let Some(chromium) =
+        chromium_or_skip("dashboard_charts_draw_the_daemons_history_and_follow_it")
+    else {
+        return;
+    };
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let d = start_daemon(&admin_config(&[&a, &b], None)).await;
+    let url = format!("http://{}/", admin_addr(&d));
+    // A second of history, before any request.
+    let sampled = wait_until(DEADLINE, || async {
+        let s = super::status(&d).await;
+        !s["pools"]["web"]["history"]["rps"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(sampled, "the daemon samples its pools every second");
+
+    let dom = dump_dom(&chromium, &url).await;
+    let mut before = Vec::new();
+    for metric in ["rps", "error_rate", "p99_ms"] {
+        let tag =
+            chart(&dom, "web", metric).unwrap_or_else(|| panic!("no {metric} chart in:\n{dom}"));
+        let samples: usize = attr(tag, "data-samples").unwrap().parse().unwrap();
+        assert!(samples >= 1, "{tag}");
+        before.push(samples);
+    }
+    assert_eq!(
+        attr(chart(&dom, "web", "rps").unwrap(), "data-max"),
+        Some("0")
+    );
+
+    // Traffic for a few seconds shows in the charts of a page opened afterwards.
+    let mut c = Client::connect(addr(&d)).await;
+    let end = Instant::now() + DEADLINE;
+    let mut busy = false;
+    while !busy && Instant::now() < end {
+        for _ in 0..50 {
+            assert_eq!(c.get("/", &[]).await.status, 200);
+        }
+        let s = super::status(&d).await;
+        let rps = s["pools"]["web"]["history"]["rps"]
+            .as_array()
+            .unwrap()
+            .clone();
+        busy = rps.iter().filter(|v| v.as_f64().unwrap() > 0.0).count() >= 2;
+    }
+    assert!(busy, "two seconds with requests in the history");
+    let drain = format!("/pools/web/backends/{}/drain", b.addr);
+    assert_eq!(admin_post(&d, &drain, None).await.status, 200);
+
+    let dom = dump_dom(&chromium, &url).await;
+    let rps = chart(&dom, "web", "rps").unwrap();
+    let samples: usize = attr(rps, "data-samples").unwrap().parse().unwrap();
+    assert!(samples > before[0], "more samples: {rps}");
+    let max: f64 = attr(rps, "data-max").unwrap().parse().unwrap();
+    assert!(max > 0.0, "the requests show: {rps}");
+    let p99 = chart(&dom, "web", "p99_ms").unwrap();
+    assert!(
+        attr(p99, "data-max").unwrap().parse::<f64>().unwrap() > 0.0,
+        "{p99}"
+    );
+    assert!(dom.contains("<path d=\"M"), "a line is drawn");
+    let row_b = backend_row(&dom, &format!("web/{}", b.addr)).unwrap();
+    assert_eq!(attr(row_b, "data-state"), Some("drain"), "{row_b}");
+    assert!(
+        row_b.contains("data-nothing-bound"),
+        "idle and not sticky: {row_b}"
+    );
+    assert!(
+        dom.contains("nothing bound — safe to remove"),
+        "the drain's end is shown"
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
