@@ -39,6 +39,7 @@ pub mod balancer;
 pub mod config;
 pub mod conn_limit;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod latency;
 pub mod metrics;
