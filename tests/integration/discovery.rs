@@ -150,6 +150,7 @@ async fn pool_follows_dns_from_3_to_5_to_2_backends_under_load_without_a_failed_
 
     dns.set_addrs(NAME, &ips(&all));
     let took = follows(&d, &names(&all)).await;
+    eprintln!("3 -> 5 followed in {took:?}");
     assert!(took <= ttl_plus_1s, "scale-out took {took:?}");
     let before: Vec<usize> = b.iter().map(|x| x.hits()).collect();
     assert!(
@@ -162,6 +163,7 @@ async fn pool_follows_dns_from_3_to_5_to_2_backends_under_load_without_a_failed_
 
     dns.set_addrs(NAME, &ips(&all[..2]));
     let took = follows(&d, &names(&all[..2])).await;
+    eprintln!("5 -> 2 followed in {took:?}");
     assert!(took <= ttl_plus_1s, "scale-in took {took:?}");
     assert!(
         wait_until(DEADLINE, || async { table(&d).len() == 2 }).await,
@@ -177,6 +179,7 @@ async fn pool_follows_dns_from_3_to_5_to_2_backends_under_load_without_a_failed_
         .await
     );
     let (sent, failed) = load.finish().await;
+    eprintln!("{sent} requests under load, {failed} failed");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     assert_eq!(
         b[2..].iter().map(|x| x.hits()).collect::<Vec<_>>(),
@@ -233,6 +236,7 @@ async fn srv_weights_one_to_three_split_new_work_25_75_and_a_backup_priority_wai
     }
     let (na, nb) = (a.hits() - a0, b.hits() - b0);
     let share = na as f64 / 400.0;
+    eprintln!("SRV weights 1:3: a {na}, b {nb}");
     assert!((0.20..=0.30).contains(&share), "a {na}, b {nb}");
     assert_eq!(na + nb, 400);
     assert_eq!(backup.hits(), 0);
@@ -289,6 +293,40 @@ async fn failed_resolutions_keep_the_backends_and_only_two_empty_answers_empty_t
     for _ in 0..10 {
         assert_eq!(client.get("/", &[]).await.status, 200);
     }
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn a_discovered_backend_waits_for_its_first_passing_check() {
+    let b = backends_on_one_port(2).await;
+    let all: Vec<&TestBackend> = b.iter().collect();
+    b[1].health.store(503, Ordering::SeqCst);
+    let dns = TestDns::start(1).await;
+    dns.set_addrs(NAME, &[b[0].addr.ip()]);
+    let section = format!(
+        "dns = \"{NAME}:{}\"\nmin_interval = \"100ms\"",
+        b[0].addr.port()
+    );
+    let health = "[pool.web.health]\ninterval = \"100ms\"\nrise = 1\nfall = 1";
+    let d = start_daemon(&discovery_config("round-robin", &dns, &section, health)).await;
+    dns.set_addrs(NAME, &ips(&all));
+    let newcomer = b[1].addr.to_string();
+    assert!(wait_until(DEADLINE, || async { table(&d).contains_key(&newcomer) }).await);
+    let mut client = Client::connect(addr(&d)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            client.get("/", &[]).await.body.trim(),
+            format!("backend {}", b[0].name)
+        );
+    }
+    b[1].health.store(200, Ordering::SeqCst);
+    assert!(
+        wait_until(DEADLINE, || async {
+            get(addr(&d), "/").await.body.trim() == format!("backend {}", b[1].name)
+        })
+        .await,
+        "the newcomer never took work after passing its check"
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
@@ -513,6 +551,10 @@ async fn a_hash_pool_scaled_from_5_to_6_moves_about_a_sixth_of_its_keys_and_says
         "measured {moved}, reported {estimate}"
     );
     let line = change.line("web");
+    eprintln!(
+        "5 -> 6: {line}; measured on {KEYS} keys: {:.1}%",
+        moved * 100.0
+    );
     assert!(
         line.starts_with("discovery: pool web backends +1 -0, sticky moved: web "),
         "{line}"
