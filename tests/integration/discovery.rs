@@ -461,13 +461,14 @@ async fn a_backend_gone_from_dns_keeps_its_cookie_clients_and_websockets_until_t
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
-#[tokio::test]
-async fn drain_timeout_removes_the_backend_and_closes_its_tunnels() {
+/// A backend with an open WebSocket leaves DNS; with `section`, it is removed and the
+/// tunnel closed within the deadline.
+async fn leaving_backend_is_removed_and_its_tunnel_closed(section: impl Fn(u16) -> String) {
     let b = backends_on_one_port(2).await;
     let all: Vec<&TestBackend> = b.iter().collect();
     let dns = TestDns::start(1).await;
     dns.set_addrs(NAME, &ips(&all));
-    let section = cookie_section(b[0].addr.port(), "1s");
+    let section = section(b[0].addr.port());
     let d = start_daemon(&discovery_config(
         "cookie-affinity",
         &dns,
@@ -489,7 +490,7 @@ async fn drain_timeout_removes_the_backend_and_closes_its_tunnels() {
     let left = b[1].addr.to_string();
     assert!(
         wait_until(DEADLINE, || async { !table(&d).contains_key(&left) }).await,
-        "not removed after drain_timeout"
+        "not removed"
     );
     let ended = tokio::time::timeout(DEADLINE, async {
         loop {
@@ -506,6 +507,19 @@ async fn drain_timeout_removes_the_backend_and_closes_its_tunnels() {
         "the tunnel to the removed backend stayed open"
     );
     d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn drain_timeout_removes_the_backend_and_closes_its_tunnels() {
+    leaving_backend_is_removed_and_its_tunnel_closed(|port| cookie_section(port, "1s")).await;
+}
+
+#[tokio::test]
+async fn removal_remove_takes_the_backend_out_at_once_and_closes_its_tunnels() {
+    leaving_backend_is_removed_and_its_tunnel_closed(|port| {
+        format!("{}\nremoval = \"remove\"", cookie_section(port, "5m"))
+    })
+    .await;
 }
 
 #[tokio::test]
