@@ -332,15 +332,15 @@ impl Daemon {
     /// Starts (or restarts) the discovery task of each pool given, its first question
     /// after the duration given.
     fn start_discovery(&self, pools: Vec<(String, DiscoveryConfig, Duration)>) {
+        let shared = Arc::clone(&self.shared);
+        let ctx = discovery::TaskContext {
+            registry: Arc::clone(&self.shared.discovery),
+            current: Arc::new(move || shared.live.load_full()),
+            changed: self.discovery_changed.clone(),
+            shutdown: self.trigger.subscribe(),
+        };
         for (pool, dc, first_wait) in pools {
-            discovery::spawn(
-                &self.shared,
-                pool,
-                dc,
-                first_wait,
-                self.discovery_changed.clone(),
-                self.trigger.subscribe(),
-            );
+            discovery::spawn(ctx.clone(), pool, dc, first_wait);
         }
     }
 
@@ -365,7 +365,7 @@ impl Daemon {
         let admin_changes = next.admin_changes(&old);
         self.shared.live.store(Arc::clone(&next));
         admin_changes.apply();
-        discovery::after_swap(&self.shared, &old, &next);
+        discovery::after_swap(&self.shared.discovery, &old, &next);
         self.retire_backends(&old);
         drop(self.restart_health());
         for (pool, change) in applied_changes(&report, &old, &next) {
@@ -596,7 +596,7 @@ async fn first_discovery(
         return Ok(Vec::new());
     }
     let bare = shared.live.load_full();
-    let waits = discovery::first_answers(shared, config, &bare).await;
+    let waits = discovery::first_answers(&shared.discovery, config, &bare).await;
     let composed = Arc::new(shared.discovery.compose(config));
     shared
         .live

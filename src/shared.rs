@@ -28,7 +28,7 @@ pub struct Shared {
     /// Idle HTTP/1 client connections parked (holding only their socket).
     pub parked: AtomicUsize,
     /// Every pool's DNS discovery: discovered backends and resolution status.
-    pub discovery: discovery::Registry,
+    pub discovery: Arc<discovery::Registry>,
 }
 
 impl Shared {
@@ -41,7 +41,7 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             tracker: Tracker::new(),
             parked: AtomicUsize::new(0),
-            discovery: discovery::Registry::default(),
+            discovery: Arc::default(),
         }
     }
 }

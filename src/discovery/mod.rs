@@ -7,7 +7,9 @@
 //! changes tells the daemon, which builds a new snapshot from the file's config plus
 //! the discovered backends ([`Registry::compose`]) through the same code as a reload
 //! and swaps it in. The [`Registry`] (in [`crate::shared::Shared`]) holds every pool's
-//! set and status for `/status`, `/metrics` and the reload that must keep them.
+//! set and status for `/status`, `/metrics` and the reload that must keep them. The
+//! daemon's side (`app.rs`) is reached only through what it hands in: a
+//! [`TaskContext`] and the snapshots.
 
 mod members;
 mod registry;
@@ -15,12 +17,11 @@ mod resolve;
 mod task;
 
 use crate::backend::BackendLive;
-use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 pub use members::{Change, Member, Members, Outcome};
 pub use registry::{AppliedChange, PoolView, Registry, Status};
 pub use resolve::{Answer, Found, Resolver, ResolverSetupError};
-pub use task::{first_answers, spawn, wait_after};
+pub use task::{TaskContext, first_answers, spawn, wait_after};
 
 /// Whether nothing is bound to a backend any more, so a draining one may go: no
 /// request in flight and no open tunnel (a tunnel holds its in-flight slot, so the
@@ -73,8 +74,8 @@ pub fn describe(answer: &Answer) -> String {
 
 /// Called after the swap of a snapshot built for discovery: closes the tunnels of
 /// backends removed while still bound, and starts the ramp of the ones that joined.
-pub fn after_swap(shared: &Shared, old: &Snapshot, new: &Snapshot) {
-    for (pool, addr) in shared.discovery.take_cut() {
+pub fn after_swap(registry: &Registry, old: &Snapshot, new: &Snapshot) {
+    for (pool, addr) in registry.take_cut() {
         if let Some(live) = registry::live_of(old, &pool, addr) {
             live.close_tunnels();
         }

@@ -8,11 +8,31 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::registry::Registry;
 use super::resolve::{Answer, Resolver};
 use crate::config::{Config, DiscoveryConfig};
-use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
+
+/// What a pool's task needs of the daemon (given by it, so that this module imports
+/// nothing of the daemon's).
+#[derive(Clone)]
+pub struct TaskContext {
+    /// Where answers go.
+    pub registry: Arc<Registry>,
+    /// The snapshot now (health and in-flight counts of the table's backends).
+    pub current: Arc<dyn Fn() -> Arc<Snapshot> + Send + Sync>,
+    /// Where the name of a pool whose table must be rebuilt goes.
+    pub changed: mpsc::UnboundedSender<String>,
+    /// The daemon's shutdown.
+    pub shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext").finish_non_exhaustive()
+    }
+}
 
 /// How often a pool's task looks at its draining backends and, for SRV, at which
 /// priority is in use, between two resolutions.
@@ -22,7 +42,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// builds its first snapshot, so that a pool starts with its backends. Returns, per
 /// pool, how long its task waits before asking again.
 pub async fn first_answers(
-    shared: &Shared,
+    registry: &Registry,
     config: &Config,
     snapshot: &Snapshot,
 ) -> BTreeMap<String, Duration> {
@@ -43,7 +63,7 @@ pub async fn first_answers(
     }
     let mut waits = BTreeMap::new();
     while let Some(Ok((pool, answer, wait))) = set.join_next().await {
-        shared.discovery.answer(&pool, &answer, snapshot);
+        registry.answer(&pool, &answer, snapshot);
         waits.insert(pool, wait);
     }
     waits
@@ -51,37 +71,22 @@ pub async fn first_answers(
 
 /// Starts (or restarts) `pool`'s task. `first_wait` is how long it waits before its
 /// first question (zero after a changed section; the first interval at start-up,
-/// which [`first_answers`] has already asked). Pool names whose table must be
-/// rebuilt go to `changed`.
-pub fn spawn(
-    shared: &Arc<Shared>,
-    pool: String,
-    config: DiscoveryConfig,
-    first_wait: Duration,
-    changed: mpsc::UnboundedSender<String>,
-    shutdown: Shutdown,
-) {
-    let task = tokio::spawn(run(
-        Arc::clone(shared),
-        pool.clone(),
-        config,
-        first_wait,
-        changed,
-        shutdown,
-    ));
-    shared.discovery.set_task(&pool, task.abort_handle());
+/// which [`first_answers`] has already asked).
+pub fn spawn(ctx: TaskContext, pool: String, config: DiscoveryConfig, first_wait: Duration) {
+    let registry = Arc::clone(&ctx.registry);
+    let task = tokio::spawn(run(ctx, pool.clone(), config, first_wait));
+    registry.set_task(&pool, task.abort_handle());
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    pool: String,
-    config: DiscoveryConfig,
-    first_wait: Duration,
-    changed: mpsc::UnboundedSender<String>,
-    mut shutdown: Shutdown,
-) {
+async fn run(ctx: TaskContext, pool: String, config: DiscoveryConfig, first_wait: Duration) {
+    let TaskContext {
+        registry,
+        current,
+        changed,
+        mut shutdown,
+    } = ctx;
     let mut next = Instant::now() + first_wait;
-    let mut resolver = None;
+    let mut resolver: Option<Resolver> = None;
     loop {
         // Between questions: end drains and follow health, every tick.
         while Instant::now() < next {
@@ -90,14 +95,12 @@ async fn run(
                 () = tokio::time::sleep_until(wake.into()) => {}
                 () = shutdown.wait() => return,
             }
-            if shared.discovery.tick(&pool, &shared.live.load())
-                && changed.send(pool.clone()).is_err()
-            {
+            if registry.tick(&pool, &current()) && changed.send(pool.clone()).is_err() {
                 return;
             }
         }
         let answer = match &resolver {
-            Some(r) => Resolver::resolve(r).await,
+            Some(r) => r.resolve().await,
             None => match Resolver::new(&config) {
                 Ok(r) => {
                     let a = r.resolve().await;
@@ -108,9 +111,7 @@ async fn run(
             },
         };
         next = Instant::now() + wait_after(&answer, &config);
-        if shared.discovery.answer(&pool, &answer, &shared.live.load())
-            && changed.send(pool.clone()).is_err()
-        {
+        if registry.answer(&pool, &answer, &current()) && changed.send(pool.clone()).is_err() {
             return;
         }
     }
