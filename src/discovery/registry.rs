@@ -200,17 +200,25 @@ impl Registry {
             Outcome::Empty => 2,
         };
         d.status.resolutions[slot] += 1;
+        // An outage is logged when it starts (or its reason changes) and when it ends,
+        // not on every round: a resolver down for an hour is asked thousands of times.
         match answer {
             Answer::Records { .. } => {
+                if let Some(was) = d.status.last_error.take() {
+                    tracing::info!(pool, was = %was, "discovery: resolving again");
+                }
                 d.status.last_resolved = Some(SystemTime::now());
-                d.status.last_error = None;
             }
             Answer::Failed(why) => {
-                tracing::warn!(pool, error = %why, "discovery: resolution failed, backends kept");
+                if d.status.last_error.as_ref() != Some(why) {
+                    tracing::warn!(pool, error = %why, "discovery: resolution failed, backends kept");
+                }
                 d.status.last_error = Some(why.clone());
             }
             Answer::Empty(why) => {
-                tracing::warn!(pool, answer = %why, "discovery: empty answer");
+                if d.status.last_error.as_ref() != Some(why) {
+                    tracing::warn!(pool, answer = %why, "discovery: empty answer (the pool empties when the next answer agrees)");
+                }
                 d.status.last_error = Some(why.clone());
             }
         }
