@@ -2,13 +2,13 @@
 //! follow them without a reload.
 //!
 //! Which backends exist is this module's job alone: it never touches the request path.
-//! A task per pool with a `[pool.NAME.discovery]` section (`task.rs`) asks DNS (`resolve.rs`),
-//! keeps the pool's discovered set by the rules of `members.rs`, and when the set
-//! changes tells the daemon, which builds a new snapshot from the file's config plus
-//! the discovered backends ([`Registry::compose`]) through the same code as a reload
-//! and swaps it in. The [`Registry`] (in [`crate::shared::Shared`]) holds every pool's
-//! set and status for `/status`, `/metrics` and the reload that must keep them. The
-//! daemon's side (`app.rs`) is reached only through what it hands in: a
+//! A task per pool with a `[pool.NAME.discovery]` section (`task.rs`) asks DNS
+//! (`resolve.rs`), keeps the pool's discovered set by the rules of `members.rs`, and
+//! when the set changes tells the daemon, which builds a new snapshot from the file's
+//! config plus the discovered backends ([`Registry::compose`]) through the same code as
+//! a reload and swaps it in. The [`Registry`] (in [`crate::shared::Shared`]) holds
+//! every pool's set and status for `/status`, `/metrics` and the reload that must keep
+//! them. The daemon's side (`app.rs`) is reached only through what it hands in: a
 //! [`TaskContext`] and the snapshots.
 
 mod members;
