@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::access_log::{AccessLog, FLUSH_INTERVAL};
 use crate::admin;
-use crate::config::{self, AccessLogTarget, Config, ConfigErrors};
+use crate::config::{self, AccessLogTarget, AdminState, Config, ConfigErrors, DiscoveryConfig};
+use crate::discovery::{self, AppliedChange};
 use crate::health::HealthCheckers;
 use crate::reload_report::ReloadReport;
 use crate::server::workers::Workers;
@@ -103,6 +104,8 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
     log_level_hook: Mutex<Option<LogLevelHook>>,
+    /// Discovery tasks send the name of a pool whose backend table must be rebuilt.
+    discovery_changed: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -132,6 +135,7 @@ impl Daemon {
         let access_log =
             AccessLog::open(&config.server.access_log).map_err(io_err("cannot open access log"))?;
         let shared = Arc::new(Shared::new(Live::new(snapshot), access_log));
+        let discovered = first_discovery(&shared, &config).await?;
         let (trigger, shutdown) = shutdown::channel();
         let threads = match config.server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -139,6 +143,7 @@ impl Daemon {
         };
         let workers =
             Workers::start(threads, &shared, &shutdown).map_err(io_err("cannot start workers"))?;
+        let (discovery_changed, changed_rx) = tokio::sync::mpsc::unbounded_channel();
         let daemon = Arc::new(Daemon {
             shared: Arc::clone(&shared),
             trigger,
@@ -150,7 +155,10 @@ impl Daemon {
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             log_level_hook: Mutex::new(None),
+            discovery_changed,
         });
+        spawn_discovery_applier(&daemon, changed_rx);
+        daemon.start_discovery(discovered);
         let first_round = daemon.restart_health();
         first_round.await;
         let mut fresh = Vec::new();
@@ -260,7 +268,9 @@ impl Daemon {
     ) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = self.shared.live.load_full();
-        let config = Arc::new(config);
+        // Discovered backends stay across a reload (DESIGN §10): the new file's pools
+        // get the running discovered sets of the pools that still have discovery.
+        let config = Arc::new(self.shared.discovery.compose(&config));
         let next = Snapshot::build(Arc::clone(&config), Some(&old))?;
         let report = ReloadReport::compare(&old, &next);
         if dry_run {
@@ -308,10 +318,62 @@ impl Daemon {
             })?;
         self.retire_backends(&old);
         self.move_admin(admin_move);
+        let restart = self.shared.discovery.sync(&config);
+        self.start_discovery(
+            restart
+                .into_iter()
+                .map(|(pool, dc)| (pool, dc, Duration::ZERO))
+                .collect(),
+        );
         // New backends of checked pools wait for their first check before taking
         // traffic; no need to hold the reload for it.
         drop(self.restart_health());
         Ok(report)
+    }
+
+    /// Starts (or restarts) the discovery task of each pool given, its first question
+    /// after the duration given.
+    fn start_discovery(&self, pools: Vec<(String, DiscoveryConfig, Duration)>) {
+        let shared = Arc::clone(&self.shared);
+        let ctx = discovery::TaskContext {
+            registry: Arc::clone(&self.shared.discovery),
+            current: Arc::new(move || shared.live.load_full()),
+            changed: self.discovery_changed.clone(),
+            shutdown: self.trigger.subscribe(),
+        };
+        for (pool, dc, first_wait) in pools {
+            discovery::spawn(ctx.clone(), pool, dc, first_wait);
+        }
+    }
+
+    /// Rebuilds the backend table from the file's config and the discovered sets, the
+    /// way a reload does (live state carried by address, the sticky share moved
+    /// measured by the reload report), and swaps it in; one log line per pool changed.
+    async fn apply_discovered(self: &Arc<Self>) {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let old = self.shared.live.load_full();
+        let config = self.shared.discovery.compose(&old.config);
+        if config == *old.config {
+            return;
+        }
+        let next = match Snapshot::rebuild_backends(Arc::new(config), &old) {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                tracing::error!("discovery: backend table not rebuilt: {e}");
+                return;
+            }
+        };
+        let report = ReloadReport::compare(&old, &next);
+        let admin_changes = next.admin_changes(&old);
+        self.shared.live.store(Arc::clone(&next));
+        admin_changes.apply();
+        discovery::after_swap(&self.shared.discovery, &old, &next);
+        self.retire_backends(&old);
+        drop(self.restart_health());
+        for (pool, change) in applied_changes(&report, &old, &next) {
+            tracing::info!("{}", change.line(&pool));
+            self.shared.discovery.applied(&pool, change);
+        }
     }
 
     /// Binds listeners that are new or whose address changed.
@@ -458,6 +520,7 @@ impl Daemon {
     pub async fn shutdown(&self, grace: Option<Duration>) -> bool {
         let grace = grace.unwrap_or_else(|| self.shared.live.load().config.server.grace_period);
         self.trigger.trigger();
+        self.shared.discovery.stop();
         // Open client connections watch their listener's stop flag only.
         if let Ok(map) = self.listeners.lock() {
             for b in map.values() {
@@ -521,6 +584,106 @@ async fn bind_admin_move(old: &Config, new: &Config) -> Result<AdminMove, Reload
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(io_err)?;
     let local = listener.local_addr().map_err(io_err)?;
     Ok(AdminMove::To(listener, local))
+}
+
+/// Asks every discovery section of the starting config once and, when some pool has
+/// one, swaps in a first snapshot with the backends found; returns the pools whose tasks
+/// to start, each with the wait its first answer asks for.
+async fn first_discovery(
+    shared: &Shared,
+    config: &Arc<Config>,
+) -> Result<Vec<(String, DiscoveryConfig, Duration)>, StartError> {
+    let pools = shared.discovery.sync(config);
+    if pools.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bare = shared.live.load_full();
+    let waits = discovery::first_answers(&shared.discovery, config, &bare).await;
+    let composed = Arc::new(shared.discovery.compose(config));
+    shared
+        .live
+        .store(Arc::new(Snapshot::rebuild_backends(composed, &bare)?));
+    let first = shared.live.load_full();
+    // Backends found at start are present at start: they do not ramp (DESIGN §11).
+    for pool in &first.pools {
+        for b in &pool.backends {
+            b.live.advance_ramp(0, Duration::ZERO);
+        }
+    }
+    for (pool, change) in applied_changes(&ReloadReport::compare(&bare, &first), &bare, &first) {
+        tracing::info!("{}", change.line(&pool));
+        shared.discovery.applied(&pool, change);
+    }
+    Ok(pools
+        .into_iter()
+        .map(|(pool, dc)| {
+            let wait = waits.get(&pool).copied().unwrap_or(dc.min_interval);
+            (pool, dc, wait)
+        })
+        .collect())
+}
+
+/// Runs the rebuilds discovery asks for, one at a time; names that arrive while one
+/// runs are folded into the next.
+fn spawn_discovery_applier(
+    daemon: &Arc<Daemon>,
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let daemon = Arc::downgrade(daemon);
+    tokio::spawn(async move {
+        while changed.recv().await.is_some() {
+            while changed.try_recv().is_ok() {}
+            let Some(d) = daemon.upgrade() else { return };
+            d.apply_discovered().await;
+        }
+    });
+}
+
+/// What a discovery rebuild changed, per pool with discovery: backends added (or back
+/// from draining), removed, and newly draining, with the sticky share moved.
+fn applied_changes(
+    report: &ReloadReport,
+    old: &Snapshot,
+    next: &Snapshot,
+) -> Vec<(String, AppliedChange)> {
+    let mut out = Vec::new();
+    for pc in next.config.pools.iter().filter(|p| p.discovery.is_some()) {
+        let prefix = format!("{}/", pc.name);
+        let of_pool = |names: &[String]| -> Vec<String> {
+            names
+                .iter()
+                .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+                .collect()
+        };
+        let state_of = |c: &Config, addr: &str| {
+            let b = c.pool(&pc.name)?.backends.iter().find(|b| b.addr == addr)?;
+            Some(b.state)
+        };
+        let mut added = of_pool(&report.backends.added);
+        let mut draining = Vec::new();
+        for addr in of_pool(&report.backends.changed) {
+            match (state_of(&old.config, &addr), state_of(&next.config, &addr)) {
+                (Some(AdminState::Active), Some(AdminState::Drain)) => draining.push(addr),
+                (Some(AdminState::Drain), Some(AdminState::Active)) => added.push(addr),
+                _ => {}
+            }
+        }
+        let removed = of_pool(&report.backends.removed);
+        if added.is_empty() && removed.is_empty() && draining.is_empty() {
+            continue;
+        }
+        out.push((
+            pc.name.clone(),
+            AppliedChange {
+                at: std::time::SystemTime::now(),
+                added,
+                removed,
+                draining,
+                sticky_moved: report.sticky_moved.get(&pc.name).copied(),
+            },
+        ));
+    }
+    out
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -8,7 +8,7 @@
 //! [`BackendLive::accepts_bound`]) and used by every balancer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,17 @@ pub struct BackendLive {
     /// Idle keep-alive connections to this backend, kept by the layer that speaks to
     /// backends.
     pub conns: IdleHandle,
+    /// Set once the backend is removed with tunnels still open (discovery's
+    /// `drain_timeout`); tunnels wait on it beside their copy loop.
+    tunnels_closed: TunnelsClosed,
+}
+
+/// The signal that ends every tunnel to a backend: a flag, so a tunnel that starts
+/// waiting after it was raised ends too, and a notifier for those already waiting.
+#[derive(Debug, Default)]
+struct TunnelsClosed {
+    raised: AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 /// A backend's idle keep-alive connections as the backend state sees them: owned and
@@ -187,7 +198,25 @@ impl BackendLive {
             }),
             latency: Estimate::default(),
             conns: IdleHandle::default(),
+            tunnels_closed: TunnelsClosed::default(),
         }
+    }
+
+    /// Ends every open tunnel to this backend (it was removed while still bound).
+    pub fn close_tunnels(&self) {
+        self.tunnels_closed.raised.store(true, Ordering::Release);
+        self.tunnels_closed.notify.notify_waiters();
+    }
+
+    /// Resolves when [`BackendLive::close_tunnels`] is called, or at once if it was.
+    pub async fn tunnels_closed(&self) {
+        let notified = self.tunnels_closed.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.tunnels_closed.raised.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Current health.

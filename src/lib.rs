@@ -4,7 +4,8 @@
 //!
 //! `server/` (client connections) → `proxy/` (one request's logic) → `upstream/`
 //! (backend connections), above the state leaves (`config/`, `snapshot.rs`, `pool.rs`,
-//! `balancer/`, `backend.rs`, `latency.rs`, `router.rs`, `health/`, `stats.rs`).
+//! `balancer/`, `backend.rs`, `latency.rs`, `router.rs`, `health/`, `discovery/`,
+//! `stats.rs`).
 //! Imports only go down: no layer imports one above it and no state leaf imports a
 //! layer. `ARCHITECTURE.md` is the map.
 //!
@@ -33,6 +34,14 @@
 //! (building changes nothing live), bind new listeners and a moved admin listener, swap
 //! once and apply the file's backend states, retire what is gone, report what changed
 //! (`reload_report.rs`).
+//!
+//! # The discovery flow
+//!
+//! A task per pool with `[pool.NAME.discovery]` (`discovery/`) asks DNS and keeps the
+//! pool's discovered set; a change goes to the daemon's applier (`app.rs`), which builds
+//! a snapshot from the file's config plus the discovered sets the reload's way, swaps it,
+//! and logs the reload report's sticky share moved. A reload composes the new file with
+//! the running sets, so discovered backends and their state carry over.
 
 pub mod access_log;
 pub mod admin;
@@ -42,6 +51,7 @@ pub mod balancer;
 pub mod config;
 pub mod conn_limit;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod history;
 pub mod latency;

@@ -46,6 +46,9 @@ enum Command {
         /// The config in production now: report what going from it to --config changes.
         #[arg(long, value_name = "OLD")]
         against: Option<PathBuf>,
+        /// Also resolve each pool's discovery name once and print what DNS gives.
+        #[arg(long)]
+        resolve: bool,
     },
     /// Three demo backends and a balancer in front of them; no setup needed.
     Demo,
@@ -56,7 +59,11 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli.config),
         Some(Command::Run { config }) => run(&config),
-        Some(Command::Check { config, against }) => check(&config, against.as_deref()),
+        Some(Command::Check {
+            config,
+            against,
+            resolve,
+        }) => check(&config, against.as_deref(), resolve),
         Some(Command::Demo) => demo(),
     }
 }
@@ -144,8 +151,13 @@ fn on_control_runtime(
 
 fn print_summary(cfg: &Config) {
     for p in &cfg.pools {
+        let discovery = p
+            .discovery
+            .as_ref()
+            .map(|d| format!(", discovery {}", d.target))
+            .unwrap_or_default();
         println!(
-            "pool {}: {}, {} backend{}",
+            "pool {}: {}, {} backend{}{discovery}",
             p.name,
             p.balancer.name(),
             p.backends.len(),
@@ -154,7 +166,31 @@ fn print_summary(cfg: &Config) {
     }
 }
 
-fn check(path: &Path, against: Option<&Path>) -> ExitCode {
+/// `check --resolve`: asks each discovery name once and prints the answer; false when
+/// some answer failed or was empty.
+fn resolve_all(cfg: &Config) -> bool {
+    let rt = match control_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("maitred: cannot start runtime: {e}");
+            return false;
+        }
+    };
+    let mut all_found = true;
+    for p in &cfg.pools {
+        let Some(d) = &p.discovery else { continue };
+        let answer = match maitred::discovery::Resolver::new(d) {
+            Ok(r) => rt.block_on(r.resolve()),
+            Err(e) => maitred::discovery::Answer::Failed(e.to_string()),
+        };
+        let line = maitred::discovery::describe(&answer);
+        println!("pool {}: {}: {line}", p.name, d.target);
+        all_found &= matches!(answer, maitred::discovery::Answer::Records { .. });
+    }
+    all_found
+}
+
+fn check(path: &Path, against: Option<&Path>, resolve: bool) -> ExitCode {
     let new = config::load(path);
     let old = against.map(config::load);
     let mut failed = false;
@@ -173,6 +209,9 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
         return ExitCode::from(2);
     };
     print_summary(&new);
+    if resolve && !resolve_all(&new) {
+        return ExitCode::from(1);
+    }
     let Some(Ok(old)) = old else {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;

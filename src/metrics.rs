@@ -12,6 +12,7 @@
 //! the latency histogram is declared with the unit `seconds`
 //! (`maitred_request_duration` → `maitred_request_duration_seconds`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::BalancerKind;
+use crate::discovery::PoolView;
 use crate::latency::clock_ns;
 use crate::pool::Pool;
 use crate::shared::Shared;
@@ -45,6 +47,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
     let scrape = Scrape {
         snapshot: shared.live.load_full(),
+        discovery: shared.discovery.views(),
         reloads_ok: shared.reloads_ok.load(Ordering::Relaxed),
         reloads_failed: shared.reloads_failed.load(Ordering::Relaxed),
         connections: shared.tracker.running(),
@@ -62,6 +65,8 @@ pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
 #[derive(Debug)]
 struct Scrape {
     snapshot: Arc<Snapshot>,
+    /// Every pool's discovery, read once.
+    discovery: BTreeMap<String, PoolView>,
     reloads_ok: u64,
     reloads_failed: u64,
     /// Client connections and tunnels open.
@@ -258,6 +263,34 @@ impl Collector for Scrape {
                     )
                 })
             });
+        let resolutions = self.discovery.iter().flat_map(|(pool, d)| {
+            ["ok", "failed", "empty"]
+                .into_iter()
+                .zip(d.status.resolutions)
+                .map(move |(result, n)| {
+                    (
+                        [("pool", pool.as_str()), ("result", result)],
+                        ConstCounter::new(n),
+                    )
+                })
+        });
+        family(
+            &mut enc,
+            "maitred_discovery_resolutions",
+            "DNS discovery resolutions by outcome: records (ok), failure kept the backends (failed), authoritative empty answer (empty).",
+            resolutions,
+        )?;
+        family(
+            &mut enc,
+            "maitred_discovery_backends",
+            "Backends the last DNS discovery answer gave.",
+            self.discovery.iter().map(|(pool, d)| {
+                (
+                    [("pool", pool.as_str())],
+                    ConstGauge::new(d.backends as i64),
+                )
+            }),
+        )?;
         family(
             &mut enc,
             "maitred_affinity_placements",

@@ -1,5 +1,6 @@
 //! What every task of one running daemon shares: the live snapshot, the access log,
-//! daemon-wide counters and the tracker that graceful shutdown waits on.
+//! daemon-wide counters, the tracker that graceful shutdown waits on, and DNS discovery's
+//! registry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use arc_swap::ArcSwapOption;
 
 use crate::access_log::AccessLog;
+use crate::discovery;
 use crate::shutdown::Tracker;
 use crate::snapshot::Live;
 
@@ -25,6 +27,8 @@ pub struct Shared {
     pub tracker: Tracker,
     /// Idle HTTP/1 client connections parked (holding only their socket).
     pub parked: AtomicUsize,
+    /// Every pool's DNS discovery: discovered backends and resolution status.
+    pub discovery: Arc<discovery::Registry>,
 }
 
 impl Shared {
@@ -37,6 +41,7 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             tracker: Tracker::new(),
             parked: AtomicUsize::new(0),
+            discovery: Arc::default(),
         }
     }
 }

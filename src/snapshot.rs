@@ -94,6 +94,25 @@ impl Snapshot {
     /// `previous` without changing it: the admin states the new file sets on
     /// carried-over backends are left to [`Snapshot::admin_changes`].
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        Snapshot::build_with(config, previous, Certificates::Load)
+    }
+
+    /// Builds the snapshot for `config`, which differs from `previous`'s only in its
+    /// discovered backends: listeners keep the TLS configurations `previous` loaded
+    /// (no certificate is read again; only a listener `previous` lacks would load its
+    /// own, and discovery adds none).
+    pub fn rebuild_backends(
+        config: Arc<Config>,
+        previous: &Snapshot,
+    ) -> Result<Snapshot, BuildError> {
+        Snapshot::build_with(config, Some(previous), Certificates::Keep)
+    }
+
+    fn build_with(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        certificates: Certificates,
+    ) -> Result<Snapshot, BuildError> {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -113,12 +132,17 @@ impl Snapshot {
         let pool_index = |name: &str| pools.iter().position(|p| &*p.name == name);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
-            let tls = match &lc.tls {
-                Some(t) => Some(tls::server_config(t).map_err(|source| BuildError::Tls {
+            let kept = match certificates {
+                Certificates::Keep => previous.and_then(|s| s.listener(&lc.name)),
+                Certificates::Load => None,
+            };
+            let tls = match (&lc.tls, kept) {
+                (Some(_), Some(k)) if k.tls.is_some() => k.tls.clone(),
+                (Some(t), _) => Some(tls::server_config(t).map_err(|source| BuildError::Tls {
                     listener: lc.name.clone(),
                     source,
                 })?),
-                None => None,
+                (None, _) => None,
             };
             let default_pool = pool_index(&lc.pool).unwrap_or(0);
             listeners.push(ListenerRuntime {
@@ -185,6 +209,14 @@ impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
+}
+
+/// Whether a build loads listener certificates from their files or keeps the previous
+/// snapshot's.
+#[derive(Debug, Clone, Copy)]
+enum Certificates {
+    Load,
+    Keep,
 }
 
 /// Admin states a new file sets on backends carried over from the running snapshot,

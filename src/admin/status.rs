@@ -2,18 +2,21 @@
 //! the shape of DESIGN §7 (`{"pools": {NAME: {"balancer", "backends": [{"addr",
 //! "health", "state", "in_flight", "requests", "errors", ...}]}}}`) with more fields
 //! beside the contract's (for `peak-ewma` pools, each backend's `latency_ewma_ms` and
-//! `cost`). The dashboard polls it; so can scripts.
+//! `cost`; each backend's `source`, and a pool's `discovery` when it has one). The dashboard polls it; so can scripts.
 //!
 //! Read-only: one snapshot load, then relaxed loads of the backends' atomics.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::Control;
+
 use crate::backend::{Backend, RAMP_FULL};
-use crate::config::{AdminState, HostMatch, ListenerConfig};
+use crate::config::{AdminState, BackendSource, HostMatch, ListenerConfig, PoolConfig};
+use crate::discovery::PoolView;
 use crate::latency::clock_ns;
 use crate::pool::Pool;
 use crate::stats::PoolStats;
@@ -21,10 +24,15 @@ use crate::stats::PoolStats;
 /// The status document.
 pub fn status(daemon: &impl Control) -> Value {
     let snap = daemon.shared().live.load();
+    let discovery = daemon.shared().discovery.views();
     let mut pools = Map::new();
     for cfg in &snap.config.pools {
         if let Some(pool) = snap.pool(&cfg.name) {
-            pools.insert(pool.name.to_string(), pool_view(pool, cfg.health.is_some()));
+            let mut view = pool_view(pool, cfg);
+            if let (Some(d), Some(fields)) = (discovery.get(&cfg.name), view.as_object_mut()) {
+                fields.insert("discovery".to_string(), discovery_view(d));
+            }
+            pools.insert(pool.name.to_string(), view);
         }
     }
     let listeners: Vec<Value> = snap
@@ -66,7 +74,30 @@ fn health(b: &Backend) -> &'static str {
     if b.live.is_up() { "up" } else { "down" }
 }
 
-fn pool_view(pool: &Pool, health_checks: bool) -> Value {
+/// A pool's discovery (DESIGN §10): what it asks, when it last had an answer, the last
+/// error, how many backends the last answer gave; beside them the resolution counts and
+/// the last change applied, with its sticky share moved.
+fn discovery_view(d: &PoolView) -> Value {
+    let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let s = &d.status;
+    json!({
+        "name": d.name,
+        "last_resolved": s.last_resolved.map(time),
+        "last_error": s.last_error,
+        "backends": d.backends,
+        "resolutions": {"ok": s.resolutions[0], "failed": s.resolutions[1], "empty": s.resolutions[2]},
+        "last_change": s.last_change.as_ref().map(|c| json!({
+            "at": time(c.at),
+            "added": c.added,
+            "removed": c.removed,
+            "draining": c.draining,
+            "sticky_moved": c.sticky_moved,
+        })),
+    })
+}
+
+fn pool_view(pool: &Pool, cfg: &PoolConfig) -> Value {
+    let health_checks = cfg.health.is_some();
     let count = |f: &dyn Fn(&Backend) -> bool| pool.backends.iter().filter(|b| f(b)).count();
     let stats = &pool.stats;
     json!({
@@ -88,7 +119,7 @@ fn pool_view(pool: &Pool, health_checks: bool) -> Value {
         "health_checks": health_checks,
         "slow_start": humantime::format_duration(pool.slow_start).to_string(),
         "pinned_window": humantime::format_duration(pool.pinned_window).to_string(),
-        "backends": pool.backends.iter().map(|b| backend_view(pool, b)).collect::<Vec<_>>(),
+        "backends": pool.backends.iter().map(|b| backend_view(pool, cfg, b)).collect::<Vec<_>>(),
         "history": history_view(stats),
     })
 }
@@ -113,11 +144,17 @@ fn history_view(stats: &PoolStats) -> Value {
     })
 }
 
-fn backend_view(pool: &Pool, b: &Backend) -> Value {
+fn backend_view(pool: &Pool, cfg: &PoolConfig, b: &Backend) -> Value {
     let live = &b.live;
     let classes = live.status_classes();
+    let source = cfg
+        .backends
+        .iter()
+        .find(|c| c.addr == *b.name)
+        .map_or(BackendSource::Static, |c| c.source);
     let mut view = json!({
         "addr": b.name.as_ref(),
+        "source": source.name(),
         "weight": b.weight,
         "health": health(b),
         "state": live.admin().name(),

@@ -143,8 +143,8 @@ pub struct RawPool {
     pub balancer: Spanned<String>,
     /// Hash key (`hash` only).
     pub key: Option<Spanned<String>>,
-    /// Backends, short or long form.
-    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    /// Backends, short or long form; may be left out when `discovery` gives them.
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     /// Upstream connect timeout.
     pub connect_timeout: Option<Spanned<String>>,
     /// Response header deadline.
@@ -173,6 +173,30 @@ pub struct RawPool {
     pub affinity: Option<Spanned<RawAffinity>>,
     /// `[pool.NAME.latency]`; spanned to point at it when it does not belong.
     pub latency: Option<Spanned<RawLatency>>,
+    /// `[pool.NAME.discovery]`; spanned to point at it for section-wide errors.
+    pub discovery: Option<Spanned<RawDiscovery>>,
+}
+
+/// `[pool.NAME.discovery]` (DESIGN §10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// `NAME:PORT`: A and AAAA records, this port.
+    pub dns: Option<Spanned<String>>,
+    /// An SRV name.
+    pub srv: Option<Spanned<String>>,
+    /// `IP:PORT` resolvers; the system's when absent or empty.
+    pub resolvers: Option<Vec<Spanned<String>>>,
+    /// Earliest re-resolution after an answer.
+    pub min_interval: Option<Spanned<String>>,
+    /// Latest re-resolution after an answer.
+    pub max_interval: Option<Spanned<String>>,
+    /// Weight of A/AAAA backends.
+    pub weight: Option<Spanned<i64>>,
+    /// `drain` or `remove`.
+    pub removal: Option<Spanned<String>>,
+    /// How long a backend gone from DNS may drain.
+    pub drain_timeout: Option<Spanned<String>>,
 }
 
 /// A backend entry: `"host:port"` or `{ addr, weight, state }`.

@@ -744,3 +744,105 @@ fn slow_start_and_pinned_window_are_durations_with_defaults() {
         "maitred.toml:10:17: pinned_window must be greater than 0",
     );
 }
+
+/// `BASE` with its pool's backends replaced by a discovery section.
+fn with_discovery(section: &str) -> String {
+    BASE.replace(
+        "backends = [\"10.0.0.1:8000\"]\n",
+        &format!("\n[pool.web.discovery]\n{section}\n"),
+    )
+}
+
+#[test]
+fn discovery_section_gives_a_pool_its_backends_with_the_design_defaults() {
+    let c = ok(&with_discovery("dns = \"API.svc.cluster.local:8080\""));
+    let p = c.pool("web").unwrap();
+    assert!(p.backends.is_empty());
+    let d = p.discovery.as_ref().unwrap();
+    assert_eq!(
+        d.target,
+        DiscoveryTarget::Dns {
+            name: "api.svc.cluster.local".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(
+        (
+            d.min_interval,
+            d.max_interval,
+            d.weight,
+            d.removal,
+            d.drain_timeout
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            1,
+            Removal::Drain,
+            Duration::from_secs(300)
+        )
+    );
+    assert!(d.resolvers.is_empty());
+    let srv = ok(&with_discovery(
+        "srv = \"_http._tcp.api.service.consul\"\nresolvers = [\"127.0.0.1:8600\"]\nremoval = \"remove\"",
+    ));
+    let d = srv.pool("web").unwrap().discovery.clone().unwrap();
+    assert_eq!(
+        d.target,
+        DiscoveryTarget::Srv("_http._tcp.api.service.consul".into())
+    );
+    assert_eq!(d.resolvers, vec!["127.0.0.1:8600".parse().unwrap()]);
+    assert_eq!(d.removal, Removal::Remove);
+}
+
+#[test]
+fn discovery_errors_name_their_position() {
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test:80\"\nsrv = \"_x._tcp.test\""),
+        "maitred.toml:12:7: [pool.web.discovery] takes one of dns and srv, not both",
+    );
+    assert_one_error_containing(
+        &with_discovery("min_interval = \"1s\""),
+        "needs dns = \"NAME:PORT\"",
+    );
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test\""),
+        "maitred.toml:11:7: invalid dns \"a.test\": no port",
+    );
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test:80\"\nresolvers = [\"dns.local\"]"),
+        "maitred.toml:12:14: invalid resolver \"dns.local\"",
+    );
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test:80\"\nmin_interval = \"10s\"\nmax_interval = \"5s\""),
+        "maitred.toml:13:16: max_interval (5s) is shorter than min_interval (10s)",
+    );
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test:80\"\nremoval = \"kill\""),
+        "invalid removal \"kill\"; expected one of drain, remove",
+    );
+    assert_one_error_containing(
+        &with_discovery("dns = \"a.test:80\"\nttl = \"1s\""),
+        "unknown key `ttl`",
+    );
+}
+
+#[test]
+fn a_pool_without_backends_needs_discovery() {
+    let src = BASE.replace("backends = [\"10.0.0.1:8000\"]\n", "");
+    assert_one_error_containing(
+        &src,
+        "pool \"web\" needs backends = [...] or a [pool.web.discovery] section",
+    );
+    let empty_with_discovery = BASE.replace(
+        "backends = [\"10.0.0.1:8000\"]\n",
+        "backends = []\n[pool.web.discovery]\ndns = \"a.test:80\"\n",
+    );
+    assert!(
+        ok(&empty_with_discovery)
+            .pool("web")
+            .unwrap()
+            .discovery
+            .is_some()
+    );
+}

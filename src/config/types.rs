@@ -277,8 +277,30 @@ pub struct BackendConfig {
     pub socket: SocketAddr,
     /// Relative share of new work, 1 to [`MAX_WEIGHT`].
     pub weight: u32,
-    /// Administrative state from the file.
+    /// Administrative state from the file (or, for a discovered backend, `drain` while
+    /// it drains after leaving DNS).
     pub state: AdminState,
+    /// Where the backend comes from.
+    pub source: BackendSource,
+}
+
+/// Where a backend comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendSource {
+    /// The file's `backends`.
+    Static,
+    /// A `[pool.NAME.discovery]` answer.
+    Dns,
+}
+
+impl BackendSource {
+    /// The status-page name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendSource::Static => "static",
+            BackendSource::Dns => "dns",
+        }
+    }
 }
 
 /// Largest accepted backend weight. Round-robin precomputes one cycle of
@@ -330,6 +352,59 @@ pub struct PoolConfig {
     /// Latency estimator settings (peak-ewma only; its defaults when the section is
     /// absent).
     pub latency: Option<LatencyConfig>,
+    /// DNS discovery (DESIGN §10).
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// What a discovery section asks DNS for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoveryTarget {
+    /// `dns = "NAME:PORT"`: the A and AAAA records of `name`, each at `port`.
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// The port of every backend found.
+        port: u16,
+    },
+    /// `srv = "NAME"`: SRV records, their targets, ports and weights.
+    Srv(String),
+}
+
+impl std::fmt::Display for DiscoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoveryTarget::Dns { name, port } => write!(f, "{name}:{port}"),
+            DiscoveryTarget::Srv(name) => write!(f, "SRV {name}"),
+        }
+    }
+}
+
+/// What happens to a backend whose address leaves DNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Removal {
+    /// It drains (DESIGN §5) until nothing is bound to it or `drain_timeout` passes.
+    Drain,
+    /// It is removed at once.
+    Remove,
+}
+
+/// `[pool.NAME.discovery]` (DESIGN §10).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveryConfig {
+    /// The name and record kind.
+    pub target: DiscoveryTarget,
+    /// Resolvers asked; empty = the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    /// Re-resolve no sooner than this after an answer.
+    pub min_interval: Duration,
+    /// Re-resolve no later than this after an answer.
+    pub max_interval: Duration,
+    /// Weight of each A/AAAA backend (SRV records carry their own).
+    pub weight: u32,
+    /// What happens to a backend that leaves DNS.
+    pub removal: Removal,
+    /// The longest a leaving backend drains.
+    pub drain_timeout: Duration,
 }
 
 /// `[pool.NAME.latency]` (DESIGN §13).

@@ -7,6 +7,7 @@
 //! value parsers in `validate/values.rs`; this file holds the shared context, the
 //! `[server]` and `[admin]` sections and the order of the whole pass.
 
+mod discovery;
 mod listener;
 mod pool;
 mod values;

@@ -4,7 +4,8 @@
 //! The tunnel holds the backend's in-flight slot (a draining backend keeps its open
 //! tunnels, and least-connections sees them), is counted among the backend's open
 //! tunnels once both sides have upgraded, and is tracked, so graceful shutdown waits
-//! for it up to the grace period.
+//! for it up to the grace period. A backend removed while its tunnels are open (DNS
+//! discovery's `drain_timeout`) ends them.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -37,8 +38,16 @@ pub fn spawn_tunnel(shared: &Shared, client: OnUpgrade, backend: UpConn, guard: 
                 return;
             }
         }
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            tracing::debug!(error = %e, "tunnel ended with an error");
+        let live = std::sync::Arc::clone(guard.live());
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "tunnel ended with an error");
+                }
+            }
+            () = live.tunnels_closed() => {
+                tracing::info!("tunnel closed: its backend was removed");
+            }
         }
     });
 }

@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod common;
+mod discovery;
 mod health;
 mod latency;
 mod limits;

@@ -1,5 +1,6 @@
 //! `[pool.NAME]` checks: balancer and its key, backends, timeouts and limits, and the
-//! `health`, `ejection` and `affinity` sections with their defaults (DESIGN §3).
+//! `health`, `ejection` and `affinity` sections with their defaults (DESIGN §3); the
+//! `discovery` section has its own file.
 //!
 //! Balancer-specific rules live here: `key` only for `hash` (and implied for
 //! `ip-hash`), `affinity` only for `cookie-affinity`, `balance_factor` only for sticky
@@ -13,8 +14,8 @@ use toml::Spanned;
 use super::{Ctx, values};
 use crate::config::raw::{RawAffinity, RawBackend, RawEjection, RawHealth, RawLatency, RawPool};
 use crate::config::types::{
-    AdminState, AffinityConfig, BackendConfig, BalancerKind, EjectionConfig, HashKey, HealthConfig,
-    LatencyConfig, MAX_RETRIES, MAX_WEIGHT, PoolConfig,
+    AdminState, AffinityConfig, BackendConfig, BackendSource, BalancerKind, EjectionConfig,
+    HashKey, HealthConfig, LatencyConfig, MAX_RETRIES, MAX_WEIGHT, PoolConfig,
 };
 
 /// Validates one pool. `used` says whether a listener or route sends traffic to it,
@@ -28,7 +29,7 @@ pub(super) fn pool(
     let name_ok = ctx.parse(name, values::pool_name);
     let balancer = ctx.parse(&raw.balancer, values::balancer);
     let key = balancer.and_then(|b| key(ctx, b, raw));
-    let backends = backends(ctx, name.get_ref(), raw, used);
+    let backends = backends(ctx, name, raw, used);
     let connect_timeout = ctx.duration(
         "connect_timeout",
         raw.connect_timeout.as_ref(),
@@ -77,6 +78,10 @@ pub(super) fn pool(
     };
     let affinity = balancer.and_then(|b| affinity(ctx, name.get_ref(), b, raw));
     let latency = balancer.and_then(|b| latency(ctx, name.get_ref(), b, raw));
+    let discovery = match &raw.discovery {
+        None => Some(None),
+        Some(d) => super::discovery::discovery(ctx, name.get_ref(), d).map(Some),
+    };
 
     name_ok?;
     Some(PoolConfig {
@@ -98,6 +103,7 @@ pub(super) fn pool(
         ejection: ejection?,
         affinity: affinity?,
         latency: latency?,
+        discovery: discovery?,
     })
 }
 
@@ -134,18 +140,32 @@ fn key(ctx: &mut Ctx<'_>, balancer: BalancerKind, raw: &RawPool) -> Option<Optio
     }
 }
 
-/// `backends`: each entry valid, no address twice, and at least one when the pool is used.
+/// `backends`: each entry valid, no address twice, and at least one when the pool is
+/// used, unless a discovery section gives them (then `backends` may be left out).
 fn backends(
     ctx: &mut Ctx<'_>,
-    pool: &str,
+    name: &Spanned<String>,
     raw: &RawPool,
     used: bool,
 ) -> Option<Vec<BackendConfig>> {
-    let entries = raw.backends.get_ref();
-    if entries.is_empty() && used {
+    let pool = name.get_ref();
+    let Some(listed) = &raw.backends else {
+        if raw.discovery.is_none() {
+            ctx.error(
+                name.span(),
+                format!(
+                    "pool {pool:?} needs backends = [...] or a [pool.{pool}.discovery] section"
+                ),
+            );
+            return None;
+        }
+        return Some(Vec::new());
+    };
+    let entries = listed.get_ref();
+    if entries.is_empty() && used && raw.discovery.is_none() {
         ctx.error(
-            raw.backends.span(),
-            format!("pool {pool:?} has no backends but a listener or route sends traffic to it; add at least one backend"),
+            listed.span(),
+            format!("pool {pool:?} has no backends but a listener or route sends traffic to it; add at least one backend or a [pool.{pool}.discovery] section"),
         );
         return None;
     }
@@ -188,6 +208,7 @@ fn backend(ctx: &mut Ctx<'_>, entry: &Spanned<RawBackend>) -> Option<BackendConf
                 socket,
                 weight: 1,
                 state: AdminState::Active,
+                source: BackendSource::Static,
             });
         }
         RawBackend::Long(table) => table,
@@ -204,6 +225,7 @@ fn backend(ctx: &mut Ctx<'_>, entry: &Spanned<RawBackend>) -> Option<BackendConf
         socket: socket?,
         weight: weight?,
         state: state?,
+        source: BackendSource::Static,
     })
 }
 
