@@ -129,8 +129,8 @@ impl Daemon {
     ) -> Result<Arc<Daemon>, StartError> {
         let config = Arc::new(config);
         let snapshot = Snapshot::build(Arc::clone(&config), None)?;
-        let access_log =
-            AccessLog::open(&config.server.access_log).map_err(io_err("cannot open access log"))?;
+        let access_log = AccessLog::open(&config.server.access_log, config.server.log_format)
+            .map_err(io_err("cannot open access log"))?;
         let shared = Arc::new(Shared::new(Live::new(snapshot), access_log));
         let (trigger, shutdown) = shutdown::channel();
         let threads = match config.server.threads {
@@ -272,18 +272,26 @@ impl Daemon {
                 config.server.threads
             );
         }
+        if config.server.log_format != old.config.server.log_format {
+            tracing::warn!(
+                "server.log_format changed: the access log uses it now, the daemon's own log at the next restart"
+            );
+        }
         let fresh = self.bind_changed(&config)?;
         let admin_move = bind_admin_move(&old.config, &config).await?;
         // A file target is reopened on every reload, so log rotation (move the file,
         // then SIGHUP) needs nothing else; stdout and off are reopened only on change.
         let reopen = matches!(config.server.access_log, AccessLogTarget::File(_))
-            || config.server.access_log != old.config.server.access_log;
+            || config.server.access_log != old.config.server.access_log
+            || config.server.log_format != old.config.server.log_format;
         let access_log = if reopen {
             Some(
-                AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
-                    what: "cannot open access log".into(),
-                    source,
-                })?,
+                AccessLog::open(&config.server.access_log, config.server.log_format).map_err(
+                    |source| ReloadError::Io {
+                        what: "cannot open access log".into(),
+                        source,
+                    },
+                )?,
             )
         } else {
             None

@@ -12,7 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use maitred::app::LogLevelHook;
 
 use maitred::app::Daemon;
-use maitred::config::{self, Config};
+use maitred::config::{self, Config, LogFormat};
 use maitred::reload_report::ReloadReport;
 
 #[derive(Parser, Debug)]
@@ -61,18 +61,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets up logging to stderr at `level` (or `RUST_LOG`); returns the hook that applies a
-/// reloaded `server.log_level`, or `None` when `RUST_LOG` rules.
-fn init_logging(level: &str) -> Option<LogLevelHook> {
+/// Sets up logging to stderr at `level` (or `RUST_LOG`), as text or one JSON object a
+/// line; returns the hook that applies a reloaded `server.log_level`, or `None` when
+/// `RUST_LOG` rules.
+fn init_logging(level: &str, format: LogFormat) -> Option<LogLevelHook> {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_rules = from_env.is_some();
     let filter = from_env
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Flattened: `timestamp`, `level`, `message`, the event's fields and `target` at
+    // the top level of each object, as log shippers index them.
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(text)
+        .with(json)
         .try_init();
     if env_rules {
         return None;
@@ -98,7 +112,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_hook = init_logging(&cfg.server.log_level);
+    let log_hook = init_logging(&cfg.server.log_level, cfg.server.log_format);
     let path = path.to_path_buf();
     on_control_runtime(async move {
         let daemon = Daemon::start(cfg, Some(path.clone()))
@@ -193,7 +207,7 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
 }
 
 fn demo() -> ExitCode {
-    let _ = init_logging("info");
+    let _ = init_logging("info", LogFormat::Text);
     on_control_runtime(async {
         let demo = maitred::demo::start()
             .await
