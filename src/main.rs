@@ -10,6 +10,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use maitred::app::LogLevelHook;
+use maitred::inherit::Inherited;
+use maitred::service;
+use maitred::upgrade::{self, Handed, Upgrader};
 
 use maitred::app::Daemon;
 use maitred::config::{self, Config, LogFormat};
@@ -105,6 +108,17 @@ fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // Before anything else: the old process of an upgrade waits for this, and the
+    // service manager's variables are read (and removed) before any thread starts.
+    let upgrader = Upgrader::from_start();
+    let handed = match upgrade::take_handover() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("maitred: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let activated = Inherited::from_service_manager();
     let cfg = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -114,21 +128,39 @@ fn run(path: &Path) -> ExitCode {
     };
     let log_hook = init_logging(&cfg.server.log_level, cfg.server.log_format);
     let path = path.to_path_buf();
-    on_control_runtime(async move {
-        let daemon = Daemon::start(cfg, Some(path.clone()))
+    let start = async move {
+        let (inherited, state, channel) = match handed {
+            Some(h) => {
+                let (sockets, state, channel) = h.into_parts();
+                (Inherited::new(sockets), Some(state), Some(channel))
+            }
+            None => (activated, None, None),
+        };
+        let daemon = Daemon::start_with(cfg, Some(path.clone()), &inherited, state.as_ref())
             .await
             .map_err(|e| format!("maitred: {e}"))?;
         if let Some(hook) = log_hook {
             daemon.set_log_level_hook(hook);
         }
         tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
+        match (channel, state) {
+            (Some(channel), Some(state)) => {
+                service::ready_as_main();
+                Handed::report_ready(channel, state.from_pid)
+                    .map_err(|e| format!("maitred: upgrade: cannot report ready: {e}"))?;
+            }
+            _ => service::ready(),
+        }
+        service::spawn_watchdog();
         Ok(daemon)
-    })
+    };
+    on_control_runtime(start, Some(upgrader))
 }
 
 /// Starts a daemon on the control runtime, then serves signals until it has shut down.
 fn on_control_runtime(
     start: impl std::future::Future<Output = Result<std::sync::Arc<Daemon>, String>>,
+    upgrader: Option<Upgrader>,
 ) -> ExitCode {
     let rt = match control_runtime() {
         Ok(rt) => rt,
@@ -138,6 +170,13 @@ fn on_control_runtime(
         }
     };
     rt.block_on(async {
+        let signals = match maitred::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("maitred: signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let daemon = match start.await {
             Ok(d) => d,
             Err(message) => {
@@ -145,7 +184,7 @@ fn on_control_runtime(
                 return ExitCode::FAILURE;
             }
         };
-        match maitred::signals::run(daemon).await {
+        match maitred::signals::run(daemon, signals, upgrader).await {
             Ok(0) => ExitCode::SUCCESS,
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
@@ -208,11 +247,14 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
 
 fn demo() -> ExitCode {
     let _ = init_logging("info", LogFormat::Text);
-    on_control_runtime(async {
-        let demo = maitred::demo::start()
-            .await
-            .map_err(|e| format!("maitred demo: {e}"))?;
-        maitred::demo::print_banner(&demo);
-        Ok(demo.daemon)
-    })
+    on_control_runtime(
+        async {
+            let demo = maitred::demo::start()
+                .await
+                .map_err(|e| format!("maitred demo: {e}"))?;
+            maitred::demo::print_banner(&demo);
+            Ok(demo.daemon)
+        },
+        None,
+    )
 }

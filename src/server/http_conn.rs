@@ -190,7 +190,7 @@ where
                 let deadline = activity.last_end().saturating_add(idle_ms);
                 match park_lot::park(io, conn, deadline) {
                     Parking::Parked => return,
-                    Parking::Close(io) => return park_lot::close(io),
+                    Parking::Close(io, tracked) => return park_lot::close(io, tracked),
                     Parking::Readable(again, same) => (io, conn) = (again, same),
                 }
             }

@@ -15,4 +15,5 @@ mod proxy;
 mod queue;
 mod reload;
 mod tls;
+mod upgrade;
 mod upstream;
