@@ -108,6 +108,16 @@ impl Chain {
     /// SIGUSR2, then waits until the new process serves and the old one has exited;
     /// returns the new process id.
     async fn upgrade(&mut self) -> u32 {
+        let old = self.pid;
+        let pid = self.begin_upgrade().await;
+        let gone = wait_until(DEADLINE, || async move { !alive(old) }).await;
+        assert!(gone, "old process {old} still runs; log:\n{}", self.log());
+        pid
+    }
+
+    /// SIGUSR2, then waits until the new process serves (the old one may still be
+    /// finishing); returns the new process id, the current one from now on.
+    async fn begin_upgrade(&mut self) -> u32 {
         const SERVES: &str = "upgrade: the new process ";
         let before = self.log().matches(SERVES).count();
         self.signal("USR2");
@@ -134,9 +144,6 @@ impl Chain {
             .and_then(|p| p.parse().ok())
             .unwrap();
         self.seen.push(pid);
-        let old = self.pid;
-        let gone = wait_until(DEADLINE, || async move { !alive(old) }).await;
-        assert!(gone, "old process {old} still runs; log:\n{}", self.log());
         self.pid = pid;
         pid
     }
@@ -464,6 +471,83 @@ async fn twenty_upgrades_under_load_lose_nothing() {
         "the last process holds {last_fds} descriptors, a fresh one {fresh_fds}"
     );
     eprintln!("descriptors: last process {last_fds}, fresh process {fresh_fds}");
+}
+
+/// Opens a WebSocket to `addr` through the daemon.
+async fn websocket(addr: SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let req = http::Request::builder()
+        .uri(format!("ws://{addr}/ws"))
+        .header("host", "t")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+}
+
+/// Sends `text` and waits for its echo.
+async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) -> bool {
+    if ws.send(text.into()).await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(DEADLINE, ws.next()).await,
+        Ok(Some(Ok(m))) if m.to_text().unwrap_or("").ends_with(text)
+    )
+}
+
+/// A WebSocket of the old process lives on after the new one serves, until the grace
+/// period ends; meanwhile a SIGUSR2 to the new process is refused, and once the old one
+/// has exited an upgrade goes through again.
+#[tokio::test]
+async fn an_old_tunnel_lives_until_grace_and_holds_off_the_next_upgrade() {
+    let b1 = TestBackend::start("1").await;
+    let text = config(&[&b1], "").replace("grace_period = \"10s\"", "grace_period = \"2s\"");
+    let mut chain = Chain::start(Path::new(BIN), &scratch_dir("upgrade-grace"), &text, &[]).await;
+    let mut ws = websocket(chain.listener).await;
+    assert!(echo(&mut ws, "before").await);
+    let old = chain.pid;
+    let began = Instant::now();
+    chain.begin_upgrade().await;
+    assert!(alive(old));
+    assert!(echo(&mut ws, "after the new process serves").await);
+
+    chain.signal("USR2");
+    let refused = wait_until(DEADLINE, || async {
+        chain
+            .log()
+            .contains("SIGUSR2 refused: the process this one replaced is still finishing")
+    })
+    .await;
+    assert!(refused, "{}", chain.log());
+    assert!(echo(&mut ws, "still the old process").await);
+
+    // The grace period ends the tunnel, then the old process.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel outlived the grace period");
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        began.elapsed()
+    );
+    let gone = wait_until(DEADLINE, || async move { !alive(old) }).await;
+    assert!(gone);
+    let free = wait_until(DEADLINE, || async {
+        chain.log().contains("the previous process has exited")
+    })
+    .await;
+    assert!(free, "{}", chain.log());
+    chain.upgrade().await;
+    assert_eq!(get(chain.listener, "/").await.status, 200);
 }
 
 /// An upgrade to an executable that exits at once leaves the old process serving, and
