@@ -161,7 +161,9 @@ impl Upgrader {
         .unwrap_or_else(|e| Err(io::Error::other(e)));
         let ours = match sent {
             Ok(ours) => ours,
-            Err(e) => return Err(child.fail(UpgradeError::Handover(e)).await),
+            // A new process that exits at once closes the channel under the send: its
+            // exit status says more than the broken pipe.
+            Err(e) => return Err(child.exited(UpgradeError::Handover(e)).await),
         };
         let mut stream = match tokio::net::UnixStream::from_std(ours) {
             Ok(s) => s,
@@ -176,7 +178,12 @@ impl Upgrader {
                     _channel: stream,
                 })
             }
-            Ok(_) => Err(child.exited().await),
+            Ok(_) => Err(child
+                .exited(UpgradeError::NotReady {
+                    pid,
+                    limit: READY_LIMIT,
+                })
+                .await),
             Err(_) => Err(child
                 .fail(UpgradeError::NotReady {
                     pid,
@@ -219,49 +226,48 @@ impl KillOnDrop {
     /// Kills and reaps the new process; returns `error`.
     async fn fail(mut self, error: UpgradeError) -> UpgradeError {
         if let Some(child) = self.0.take() {
-            let _ = tokio::task::spawn_blocking(move || reap(child, true)).await;
+            let _ = tokio::task::spawn_blocking(move || reap(child)).await;
         }
         error
     }
 
-    /// The new process closed the channel without `ready`: its exit status.
-    async fn exited(mut self) -> UpgradeError {
+    /// The new process closed the channel without `ready`: its exit status, or
+    /// `otherwise` if it had to be killed.
+    async fn exited(mut self, otherwise: UpgradeError) -> UpgradeError {
         let pid = self.id();
         let Some(child) = self.0.take() else {
-            return UpgradeError::NotReady {
-                pid,
-                limit: READY_LIMIT,
-            };
+            return otherwise;
         };
-        match tokio::task::spawn_blocking(move || reap(child, false)).await {
+        match tokio::task::spawn_blocking(move || reap_exited(child)).await {
             Ok(Some(status)) => UpgradeError::Exited { pid, status },
-            _ => UpgradeError::NotReady {
-                pid,
-                limit: READY_LIMIT,
-            },
+            _ => otherwise,
         }
     }
 }
 
-/// Waits for `child`, killing it first when `kill` or when it has not ended within
-/// a second of closing its channel.
-fn reap(mut child: Child, kill: bool) -> Option<ExitStatus> {
-    if !kill {
-        for _ in 0..100 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// Kills and reaps `child`.
+fn reap(mut child: Child) -> Option<ExitStatus> {
     let _ = child.kill();
     child.wait().ok()
+}
+
+/// Reaps `child` if it exits within a second of closing its channel (its status);
+/// kills and reaps it otherwise (`None`).
+fn reap_exited(mut child: Child) -> Option<ExitStatus> {
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    reap(child);
+    None
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
-            std::thread::spawn(move || reap(child, true));
+            std::thread::spawn(move || reap(child));
         }
     }
 }
