@@ -146,8 +146,11 @@ fn run(path: &Path) -> ExitCode {
         match (channel, state) {
             (Some(channel), Some(state)) => {
                 service::ready_as_main();
-                Handed::report_ready(channel, state.from_pid)
-                    .map_err(|e| format!("maitred: upgrade: cannot report ready: {e}"))?;
+                // The old process gone already (killed, crashed) is no reason to stop
+                // serving: this one holds the sockets now.
+                if let Err(e) = Handed::report_ready(channel, state.from_pid) {
+                    tracing::warn!(error = %e, "upgrade: cannot tell the previous process that this one serves");
+                }
             }
             _ => service::ready(),
         }
