@@ -357,3 +357,26 @@ impl Handed {
         (self.sockets, self.state, self.channel)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_path_is_made_absolute_or_found_in_path() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            start_path(std::path::Path::new("target/debug/maitred")),
+            Some(cwd.join("target/debug/maitred"))
+        );
+        assert_eq!(
+            start_path(std::path::Path::new("/usr/sbin/maitred")),
+            Some(PathBuf::from("/usr/sbin/maitred"))
+        );
+        // A bare name is looked up as the shell did: `sh` is on every PATH.
+        let sh = start_path(std::path::Path::new("sh")).unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(start_path(std::path::Path::new("")), None);
+    }
+}
