@@ -8,7 +8,10 @@
 //!
 //! `TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES`
 //!
-//! with `-` for a field that does not apply (no backend was reached).
+//! with `-` for a field that does not apply (no backend was reached). With
+//! `log_format = "json"` each line is one JSON object with the same fields, named
+//! `time`, `client`, `method`, `path`, `status`, `pool`, `backend`, `duration_ms` and
+//! `bytes` (`null` for a field that does not apply).
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 
-use crate::config::AccessLogTarget;
+use crate::config::{AccessLogTarget, LogFormat};
 use crate::proxy::headers::IpText;
 
 /// How often buffered lines are written out.
@@ -32,6 +35,7 @@ const BUFFER_LIMIT: usize = 64 * 1024;
 
 /// An open access log.
 pub struct AccessLog {
+    format: LogFormat,
     buffer: Mutex<Vec<u8>>,
     out: Mutex<Box<dyn Write + Send>>,
 }
@@ -43,14 +47,15 @@ impl std::fmt::Debug for AccessLog {
 }
 
 impl AccessLog {
-    /// Opens the configured target; `None` for `off`.
-    pub fn open(target: &AccessLogTarget) -> io::Result<Option<Arc<AccessLog>>> {
+    /// Opens the configured target, to write lines in `format`; `None` for `off`.
+    pub fn open(target: &AccessLogTarget, format: LogFormat) -> io::Result<Option<Arc<AccessLog>>> {
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(None),
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(p) => Box::new(open_append(p)?),
         };
         Ok(Some(Arc::new(AccessLog {
+            format,
             buffer: Mutex::new(Vec::with_capacity(BUFFER_LIMIT)),
             out: Mutex::new(out),
         })))
@@ -217,8 +222,16 @@ fn push_padded(out: &mut Vec<u8>, n: u32) {
 }
 
 impl Pending {
-    /// The line: `TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES`.
+    /// The line in the log's format.
     fn format(&self, out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, took: Duration) {
+        match self.log.format {
+            LogFormat::Text => self.format_text(out, clock, now, took),
+            LogFormat::Json => self.format_json(out, clock, now, took),
+        }
+    }
+
+    /// The text line: `TIME CLIENT METHOD PATH STATUS POOL BACKEND DURATION_MS BYTES`.
+    fn format_text(&self, out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, took: Duration) {
         clock.write(out, now);
         out.push(b' ');
         out.extend_from_slice(IpText::new(self.client).as_ref());
@@ -236,6 +249,26 @@ impl Pending {
         let _ = write!(out, " {}.", micros / 1000);
         push_padded(out, (micros % 1000) as u32);
         let _ = writeln!(out, " {}", self.bytes);
+    }
+
+    /// The JSON line: the text line's fields, named, strings escaped.
+    fn format_json(&self, out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, took: Duration) {
+        out.extend_from_slice(b"{\"time\":\"");
+        clock.write(out, now);
+        out.extend_from_slice(b"\",\"client\":\"");
+        out.extend_from_slice(IpText::new(self.client).as_ref());
+        out.extend_from_slice(b"\",\"method\":");
+        let _ = serde_json::to_writer(&mut *out, self.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        let _ = serde_json::to_writer(&mut *out, &self.path);
+        let _ = write!(out, ",\"status\":{},\"pool\":", self.status.as_u16());
+        let _ = serde_json::to_writer(&mut *out, &self.pool.as_deref());
+        out.extend_from_slice(b",\"backend\":");
+        let _ = serde_json::to_writer(&mut *out, &self.backend.as_deref());
+        let micros = took.as_micros();
+        let _ = write!(out, ",\"duration_ms\":{}.", micros / 1000);
+        push_padded(out, (micros % 1000) as u32);
+        let _ = writeln!(out, ",\"bytes\":{}}}", self.bytes);
     }
 }
 
@@ -263,6 +296,7 @@ mod tests {
     #[test]
     fn lines_match_the_reference_format() {
         let log = Arc::new(AccessLog {
+            format: LogFormat::Text,
             buffer: Mutex::new(Vec::new()),
             out: Mutex::new(Box::new(io::sink())),
         });
@@ -310,5 +344,43 @@ mod tests {
                 assert_eq!(String::from_utf8(out).unwrap(), reference(&p, now, took));
             }
         }
+    }
+
+    #[test]
+    fn json_lines_are_objects_with_the_text_fields() {
+        let log = Arc::new(AccessLog {
+            format: LogFormat::Json,
+            buffer: Mutex::new(Vec::new()),
+            out: Mutex::new(Box::new(io::sink())),
+        });
+        let mut p = Pending::new(
+            &log,
+            Instant::now(),
+            "10.1.2.3".parse().unwrap(),
+            &Method::GET,
+            "/a\"b\\c?d=é",
+            Some(Arc::from("web")),
+        );
+        p.status = StatusCode::NOT_FOUND;
+        p.bytes = 42;
+        let now = UNIX_EPOCH + Duration::from_millis(1_795_000_000_007);
+        let mut out = Vec::new();
+        p.format(
+            &mut out,
+            &mut Clock::new(),
+            now,
+            Duration::from_micros(1_234_567),
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], humantime::format_rfc3339_millis(now).to_string());
+        assert_eq!(v["client"], "10.1.2.3");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/a\"b\\c?d=é");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["pool"], "web");
+        assert_eq!(v["backend"], serde_json::Value::Null);
+        assert_eq!(v["duration_ms"], 1234.567);
+        assert_eq!(v["bytes"], 42);
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -21,11 +22,13 @@ use crate::admin;
 use crate::config::{self, AccessLogTarget, AdminState, Config, ConfigErrors, DiscoveryConfig};
 use crate::discovery::{self, AppliedChange};
 use crate::health::HealthCheckers;
+use crate::inherit::Inherited;
 use crate::reload_report::ReloadReport;
 use crate::server::workers::Workers;
 use crate::shared::Shared;
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::snapshot::{BuildError, Live, Snapshot};
+use crate::upgrade::handover::{HandedSocket, Handover};
 
 /// Listen backlog for client listeners.
 const BACKLOG: u32 = 4096;
@@ -90,6 +93,17 @@ struct Bound {
     configured: SocketAddr,
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    /// The daemon's own copy of the listening socket (the workers hold theirs), handed
+    /// over at a binary upgrade.
+    socket: std::net::TcpListener,
+}
+
+/// The admin listener: how to stop it, and its socket for a binary upgrade.
+#[derive(Debug)]
+struct AdminBound {
+    configured: SocketAddr,
+    stop: watch::Sender<bool>,
+    socket: std::net::TcpListener,
 }
 
 /// A running maitred.
@@ -100,7 +114,7 @@ pub struct Daemon {
     listeners: Mutex<HashMap<String, Bound>>,
     health: Mutex<HealthCheckers>,
     admin_addr: Mutex<Option<SocketAddr>>,
-    admin_stop: Mutex<Option<watch::Sender<bool>>>,
+    admin_bound: Mutex<Option<AdminBound>>,
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
     log_level_hook: Mutex<Option<LogLevelHook>>,
@@ -130,12 +144,29 @@ impl Daemon {
         config: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Daemon>, StartError> {
+        Daemon::start_with(config, config_path, &Inherited::default(), None).await
+    }
+
+    /// Starts a daemon as [`Daemon::start`] does, serving on the `inherited` sockets
+    /// instead of binding where they match (a binary upgrade, socket activation), and
+    /// with the backends' runtime state `handed` over by the process this one replaces.
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        inherited: &Inherited,
+        handed: Option<&Handover>,
+    ) -> Result<Arc<Daemon>, StartError> {
         let config = Arc::new(config);
         let snapshot = Snapshot::build(Arc::clone(&config), None)?;
-        let access_log =
-            AccessLog::open(&config.server.access_log).map_err(io_err("cannot open access log"))?;
+        let access_log = AccessLog::open(&config.server.access_log, config.server.log_format)
+            .map_err(io_err("cannot open access log"))?;
         let shared = Arc::new(Shared::new(Live::new(snapshot), access_log));
         let discovered = first_discovery(&shared, &config).await?;
+        if let Some(handed) = handed {
+            // After the first resolution, so discovered backends take their state too.
+            let n = handed.apply(&shared.live.load_full());
+            tracing::info!(backends = n, "upgrade: runtime state taken over");
+        }
         let (trigger, shutdown) = shutdown::channel();
         let threads = match config.server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -151,7 +182,7 @@ impl Daemon {
             listeners: Mutex::new(HashMap::new()),
             health: Mutex::new(HealthCheckers::default()),
             admin_addr: Mutex::new(None),
-            admin_stop: Mutex::new(None),
+            admin_bound: Mutex::new(None),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             log_level_hook: Mutex::new(None),
@@ -163,10 +194,13 @@ impl Daemon {
         first_round.await;
         let mut fresh = Vec::new();
         for l in &config.listeners {
-            let bound = bind(l.bind).map_err(io_err(format!(
-                "cannot bind listener {} on {}",
-                l.name, l.bind
-            )))?;
+            let bound = match inherited.take_listener(&l.name, l.bind) {
+                Some(socket) => socket,
+                None => bind(l.bind).map_err(io_err(format!(
+                    "cannot bind listener {} on {}",
+                    l.name, l.bind
+                )))?,
+            };
             fresh.push((l.name.clone(), l.bind, bound));
         }
         daemon
@@ -174,17 +208,50 @@ impl Daemon {
             .map_err(io_err("cannot start listener"))?;
         if let Some(admin) = &config.admin {
             daemon
-                .start_admin(admin.bind)
+                .start_admin(admin.bind, inherited.take_admin(admin.bind))
                 .await
                 .map_err(io_err(format!(
                     "cannot bind admin listener on {}",
                     admin.bind
                 )))?;
         }
+        inherited.close_unclaimed();
         spawn_log_flusher(&shared, daemon.trigger.subscribe());
         crate::upkeep::spawn(&shared, daemon.trigger.subscribe());
         crate::history::spawn(&shared, daemon.trigger.subscribe());
         Ok(daemon)
+    }
+
+    /// What a binary upgrade hands the new process: a copy of every listening socket
+    /// (client listeners, then the admin listener) and the document that says which is
+    /// which, with the backends' runtime state.
+    pub fn handover(&self) -> std::io::Result<(Handover, Vec<OwnedFd>)> {
+        let mut doc = Handover::capture(&self.shared.live.load());
+        let mut fds = Vec::new();
+        if let Ok(map) = self.listeners.lock() {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            for name in names {
+                let b = &map[name];
+                fds.push(b.socket.as_fd().try_clone_to_owned()?);
+                doc.sockets.push(HandedSocket {
+                    role: "listener".into(),
+                    name: name.clone(),
+                    bind: Some(b.configured),
+                });
+            }
+        }
+        if let Ok(admin) = self.admin_bound.lock() {
+            if let Some(a) = admin.as_ref() {
+                fds.push(a.socket.as_fd().try_clone_to_owned()?);
+                doc.sockets.push(HandedSocket {
+                    role: "admin".into(),
+                    name: String::new(),
+                    bind: Some(a.configured),
+                });
+            }
+        }
+        Ok((doc, fds))
     }
 
     /// Lets reloads apply a changed `server.log_level`.
@@ -284,18 +351,26 @@ impl Daemon {
                 config.server.threads
             );
         }
+        if config.server.log_format != old.config.server.log_format {
+            tracing::warn!(
+                "server.log_format changed: the access log uses it now, the daemon's own log at the next restart"
+            );
+        }
         let fresh = self.bind_changed(&config)?;
         let admin_move = bind_admin_move(&old.config, &config).await?;
         // A file target is reopened on every reload, so log rotation (move the file,
         // then SIGHUP) needs nothing else; stdout and off are reopened only on change.
         let reopen = matches!(config.server.access_log, AccessLogTarget::File(_))
-            || config.server.access_log != old.config.server.access_log;
+            || config.server.access_log != old.config.server.access_log
+            || config.server.log_format != old.config.server.log_format;
         let access_log = if reopen {
             Some(
-                AccessLog::open(&config.server.access_log).map_err(|source| ReloadError::Io {
-                    what: "cannot open access log".into(),
-                    source,
-                })?,
+                AccessLog::open(&config.server.access_log, config.server.log_format).map_err(
+                    |source| ReloadError::Io {
+                        what: "cannot open access log".into(),
+                        source,
+                    },
+                )?,
             )
         } else {
             None
@@ -380,7 +455,7 @@ impl Daemon {
     fn bind_changed(
         &self,
         config: &Config,
-    ) -> Result<Vec<(String, SocketAddr, tokio::net::TcpListener)>, ReloadError> {
+    ) -> Result<Vec<(String, SocketAddr, std::net::TcpListener)>, ReloadError> {
         let current: HashMap<String, SocketAddr> = self
             .listeners
             .lock()
@@ -418,11 +493,13 @@ impl Daemon {
 
     fn start_listeners(
         &self,
-        fresh: Vec<(String, SocketAddr, tokio::net::TcpListener)>,
+        fresh: Vec<(String, SocketAddr, std::net::TcpListener)>,
     ) -> std::io::Result<()> {
-        for (name, configured, socket) in fresh {
-            let local = socket.local_addr()?;
-            let std_socket = socket.into_std()?;
+        for (name, configured, std_socket) in fresh {
+            // Inherited sockets may come blocking (socket activation); workers need
+            // them non-blocking.
+            std_socket.set_nonblocking(true)?;
+            let local = std_socket.local_addr()?;
             let (stop, stop_rx) = watch::channel(false);
             if let Ok(workers) = self.workers.lock() {
                 if let Some(w) = workers.as_ref() {
@@ -436,6 +513,7 @@ impl Daemon {
                         configured,
                         local,
                         stop,
+                        socket: std_socket,
                     },
                 );
             }
@@ -473,21 +551,38 @@ impl Daemon {
         match change {
             AdminMove::Keep => {}
             AdminMove::Remove => self.stop_admin(),
-            AdminMove::To(listener, local) => {
+            AdminMove::To(listener, local, bind) => {
                 self.stop_admin();
-                self.serve_admin(listener, local);
+                if let Err(e) = self.serve_admin(listener, local, bind) {
+                    tracing::error!(error = %e, "cannot start the admin listener");
+                }
             }
         }
     }
 
-    async fn start_admin(self: &Arc<Self>, bind: SocketAddr) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(bind).await?;
+    async fn start_admin(
+        self: &Arc<Self>,
+        bind: SocketAddr,
+        inherited: Option<std::net::TcpListener>,
+    ) -> std::io::Result<()> {
+        let listener = match inherited {
+            Some(socket) => {
+                socket.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(socket)?
+            }
+            None => tokio::net::TcpListener::bind(bind).await?,
+        };
         let local = listener.local_addr()?;
-        self.serve_admin(listener, local);
-        Ok(())
+        self.serve_admin(listener, local, bind)
     }
 
-    fn serve_admin(self: &Arc<Self>, listener: tokio::net::TcpListener, local: SocketAddr) {
+    fn serve_admin(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        local: SocketAddr,
+        configured: SocketAddr,
+    ) -> std::io::Result<()> {
+        let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(admin::serve(
             Arc::clone(self),
@@ -498,15 +593,20 @@ impl Daemon {
         if let Ok(mut a) = self.admin_addr.lock() {
             *a = Some(local);
         }
-        if let Ok(mut s) = self.admin_stop.lock() {
-            *s = Some(stop);
+        if let Ok(mut s) = self.admin_bound.lock() {
+            *s = Some(AdminBound {
+                configured,
+                stop,
+                socket,
+            });
         }
+        Ok(())
     }
 
     fn stop_admin(&self) {
-        if let Ok(mut s) = self.admin_stop.lock() {
-            if let Some(stop) = s.take() {
-                let _ = stop.send(true);
+        if let Ok(mut s) = self.admin_bound.lock() {
+            if let Some(admin) = s.take() {
+                let _ = admin.stop.send(true);
             }
         }
         if let Ok(mut a) = self.admin_addr.lock() {
@@ -563,8 +663,9 @@ enum AdminMove {
     Keep,
     /// `[admin]` is gone: stop it.
     Remove,
-    /// Moved: the new socket, bound before the swap, and its local address.
-    To(tokio::net::TcpListener, SocketAddr),
+    /// Moved: the new socket, bound before the swap, its local address and the
+    /// configured one.
+    To(tokio::net::TcpListener, SocketAddr, SocketAddr),
 }
 
 /// Binds the admin listener's new address when the reload moves it, before anything
@@ -583,7 +684,7 @@ async fn bind_admin_move(old: &Config, new: &Config) -> Result<AdminMove, Reload
     };
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(io_err)?;
     let local = listener.local_addr().map_err(io_err)?;
-    Ok(AdminMove::To(listener, local))
+    Ok(AdminMove::To(listener, local, bind))
 }
 
 /// Asks every discovery section of the starting config once and, when some pool has
@@ -686,7 +787,7 @@ fn applied_changes(
     out
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -694,7 +795,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    socket.listen(BACKLOG)?.into_std()
 }
 
 fn spawn_log_flusher(shared: &Arc<Shared>, mut shutdown: shutdown::Shutdown) {

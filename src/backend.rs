@@ -462,6 +462,27 @@ impl BackendLive {
         self.ejections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Milliseconds left in the current ejection period; 0 when not ejected.
+    pub fn ejection_left_ms(&self) -> u64 {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return 0;
+        }
+        until.saturating_sub(clock_ms())
+    }
+
+    /// Takes over health and ejection handed over by the process this one replaces
+    /// (a binary upgrade): published as they were, not counted as transitions or new
+    /// ejections.
+    pub fn restore(&self, health: Health, ejection_left_ms: u64) {
+        self.health.store(health as u8, Ordering::Relaxed);
+        let until = match ejection_left_ms {
+            0 => 0,
+            left => clock_ms().saturating_add(left),
+        };
+        self.ejected_until.store(until, Ordering::Relaxed);
+    }
+
     /// Stores the last active check result.
     pub fn set_last_check(&self, r: CheckResult) {
         if let Ok(mut g) = self.last_check.lock() {

@@ -10,9 +10,12 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use maitred::app::LogLevelHook;
+use maitred::inherit::Inherited;
+use maitred::service;
+use maitred::upgrade::{self, Handed, Upgrader};
 
 use maitred::app::Daemon;
-use maitred::config::{self, Config};
+use maitred::config::{self, Config, LogFormat};
 use maitred::reload_report::ReloadReport;
 
 #[derive(Parser, Debug)]
@@ -68,18 +71,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets up logging to stderr at `level` (or `RUST_LOG`); returns the hook that applies a
-/// reloaded `server.log_level`, or `None` when `RUST_LOG` rules.
-fn init_logging(level: &str) -> Option<LogLevelHook> {
+/// Sets up logging to stderr at `level` (or `RUST_LOG`), as text or one JSON object a
+/// line; returns the hook that applies a reloaded `server.log_level`, or `None` when
+/// `RUST_LOG` rules.
+fn init_logging(level: &str, format: LogFormat) -> Option<LogLevelHook> {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_rules = from_env.is_some();
     let filter = from_env
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Flattened: `timestamp`, `level`, `message`, the event's fields and `target` at
+    // the top level of each object, as log shippers index them.
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(text)
+        .with(json)
         .try_init();
     if env_rules {
         return None;
@@ -98,6 +115,17 @@ fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // Before anything else: the old process of an upgrade waits for this, and the
+    // service manager's variables are read (and removed) before any thread starts.
+    let upgrader = Upgrader::from_start();
+    let handed = match upgrade::take_handover() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("maitred: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let activated = Inherited::from_service_manager();
     let cfg = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -105,23 +133,44 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_hook = init_logging(&cfg.server.log_level);
+    let log_hook = init_logging(&cfg.server.log_level, cfg.server.log_format);
     let path = path.to_path_buf();
-    on_control_runtime(async move {
-        let daemon = Daemon::start(cfg, Some(path.clone()))
+    let start = async move {
+        let (inherited, state, channel) = match handed {
+            Some(h) => {
+                let (sockets, state, channel) = h.into_parts();
+                (Inherited::new(sockets), Some(state), Some(channel))
+            }
+            None => (activated, None, None),
+        };
+        let daemon = Daemon::start_with(cfg, Some(path.clone()), &inherited, state.as_ref())
             .await
             .map_err(|e| format!("maitred: {e}"))?;
         if let Some(hook) = log_hook {
             daemon.set_log_level_hook(hook);
         }
         tracing::info!(config = %path.display(), "maitred {} running", env!("CARGO_PKG_VERSION"));
+        match (channel, state) {
+            (Some(channel), Some(state)) => {
+                service::ready_as_main();
+                // The old process gone already (killed, crashed) is no reason to stop
+                // serving: this one holds the sockets now.
+                if let Err(e) = Handed::report_ready(channel, state.from_pid) {
+                    tracing::warn!(error = %e, "upgrade: cannot tell the previous process that this one serves");
+                }
+            }
+            _ => service::ready(),
+        }
+        service::spawn_watchdog();
         Ok(daemon)
-    })
+    };
+    on_control_runtime(start, Some(upgrader))
 }
 
 /// Starts a daemon on the control runtime, then serves signals until it has shut down.
 fn on_control_runtime(
     start: impl std::future::Future<Output = Result<std::sync::Arc<Daemon>, String>>,
+    upgrader: Option<Upgrader>,
 ) -> ExitCode {
     let rt = match control_runtime() {
         Ok(rt) => rt,
@@ -131,6 +180,13 @@ fn on_control_runtime(
         }
     };
     rt.block_on(async {
+        let signals = match maitred::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("maitred: signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let daemon = match start.await {
             Ok(d) => d,
             Err(message) => {
@@ -138,7 +194,7 @@ fn on_control_runtime(
                 return ExitCode::FAILURE;
             }
         };
-        match maitred::signals::run(daemon).await {
+        match maitred::signals::run(daemon, signals, upgrader).await {
             Ok(0) => ExitCode::SUCCESS,
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
@@ -232,12 +288,15 @@ fn check(path: &Path, against: Option<&Path>, resolve: bool) -> ExitCode {
 }
 
 fn demo() -> ExitCode {
-    let _ = init_logging("info");
-    on_control_runtime(async {
-        let demo = maitred::demo::start()
-            .await
-            .map_err(|e| format!("maitred demo: {e}"))?;
-        maitred::demo::print_banner(&demo);
-        Ok(demo.daemon)
-    })
+    let _ = init_logging("info", LogFormat::Text);
+    on_control_runtime(
+        async {
+            let demo = maitred::demo::start()
+                .await
+                .map_err(|e| format!("maitred demo: {e}"))?;
+            maitred::demo::print_banner(&demo);
+            Ok(demo.daemon)
+        },
+        None,
+    )
 }

@@ -44,6 +44,8 @@ pub struct RawServer {
     pub log_level: Option<Spanned<String>>,
     /// `off`, `stdout` or a path.
     pub access_log: Option<Spanned<String>>,
+    /// `text` or `json`.
+    pub log_format: Option<Spanned<String>>,
 }
 
 /// `[admin]`.

@@ -586,6 +586,22 @@ fn server_section_is_read() {
         server.access_log,
         AccessLogTarget::File(PathBuf::from("/etc/maitred/logs/access.log"))
     );
+    assert_eq!(server.log_format, LogFormat::Text);
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    let json = format!("[server]\nlog_format = \"json\"\n{BASE}");
+    let server = parse(&json, "maitred.toml", Path::new(".")).unwrap().server;
+    assert_eq!(server.log_format, LogFormat::Json);
+    let bad = errors(&format!("[server]\nlog_format = \"xml\"\n{BASE}"));
+    assert_eq!(
+        bad,
+        vec![
+            "maitred.toml:2:14: unknown log_format \"xml\"; expected \"text\" or \"json\""
+                .to_string()
+        ]
+    );
 }
 
 /// A fresh directory under the system temp dir for TLS file tests.

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
+    /// How the daemon's log and the access log are written.
+    pub log_format: LogFormat,
 }
 
 impl Default for ServerConfig {
@@ -57,8 +59,18 @@ impl Default for ServerConfig {
             grace_period: Duration::from_secs(30),
             log_level: "info".to_string(),
             access_log: AccessLogTarget::Stdout,
+            log_format: LogFormat::Text,
         }
     }
+}
+
+/// `server.log_format`: how every log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: tracing's text lines, the access log's space-separated fields.
+    Text,
+    /// For machines (journald, Loki, Elasticsearch): one JSON object a line.
+    Json,
 }
 
 /// `server.access_log`.

@@ -21,7 +21,7 @@ use toml::Spanned;
 
 use super::diagnostics::{ConfigError, ConfigErrors, line_column};
 use super::raw::{RawAdmin, RawConfig, RawServer};
-use super::types::{AccessLogTarget, AdminConfig, Config, ServerConfig};
+use super::types::{AccessLogTarget, AdminConfig, Config, LogFormat, ServerConfig};
 
 /// Validates a parsed file. `source` is the text it came from (for positions), `file`
 /// names it in errors, `base_dir` anchors relative paths.
@@ -117,12 +117,28 @@ fn server(ctx: &mut Ctx<'_>, raw: Option<&RawServer>) -> Option<ServerConfig> {
             ctx.parse(v, |s| access_log(s, base_dir))
         }
     };
+    let log_format = match &raw.log_format {
+        None => Some(defaults.log_format),
+        Some(v) => ctx.parse(v, log_format),
+    };
     Some(ServerConfig {
         threads: usize::try_from(threads?).ok()?,
         grace_period: grace_period?,
         log_level: log_level?,
         access_log: access_log?,
+        log_format: log_format?,
     })
+}
+
+/// `server.log_format`: `text` or `json`.
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!(
+            "unknown log_format {other:?}; expected \"text\" or \"json\""
+        )),
+    }
 }
 
 /// `server.log_level`: a tracing filter such as `info` or `maitred=debug,hyper=warn`.

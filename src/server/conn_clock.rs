@@ -137,6 +137,12 @@ impl Activity {
         self.active.load(Ordering::Relaxed) > 0
     }
 
+    /// Whether the connection is between requests: none in progress, and no byte of
+    /// the next one seen.
+    pub fn between_requests(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0
+    }
+
     /// [`clock_ms`] when the last request ended (or the connection opened).
     pub fn last_end(&self) -> u64 {
         self.last_end.load(Ordering::Relaxed)

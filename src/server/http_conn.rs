@@ -190,7 +190,7 @@ where
                 let deadline = activity.last_end().saturating_add(idle_ms);
                 match park_lot::park(io, conn, deadline) {
                     Parking::Parked => return,
-                    Parking::Close(io) => return park_lot::close(io),
+                    Parking::Close(io, tracked) => return park_lot::close(io, tracked),
                     Parking::Readable(again, same) => (io, conn) = (again, same),
                 }
             }
@@ -290,11 +290,18 @@ impl Watch<'_> {
                 match gate.poll(side.as_mut(), cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Event::Abort) => return Poll::Ready(Ended::Done),
-                    Poll::Ready(Event::Finish) => {
+                    // An HTTP/1 connection between requests that must finish (closing
+                    // listener, shutdown, upgrade, idle timeout) leaves hyper as it would
+                    // to park: the parking lot refuses it and closes it cleanly (write side
+                    // first, then the client's late bytes read until it closes), where
+                    // hyper would drop the socket and reset a request crossing the close.
+                    Poll::Ready(Event::Finish)
+                        if !(self.park && self.activity.between_requests()) =>
+                    {
                         closing = true;
                         finish(conn.as_mut());
                     }
-                    Poll::Ready(Event::Park) => {
+                    Poll::Ready(Event::Finish | Event::Park) => {
                         // hyper closes an idle connection at once on graceful shutdown;
                         // with `parking` set, the I/O's shutdown leaves the socket open.
                         // A connection that is not idle after all (a request body still

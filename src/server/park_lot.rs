@@ -25,7 +25,7 @@ use std::thread::LocalKey;
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
 use super::conn::{ClientStream, CloseSignals, Conn, Timeouts};
@@ -51,8 +51,9 @@ pub(super) enum Parking<IO> {
     Parked,
     /// The client already sent more: serve it now.
     Readable(IO, Conn),
-    /// It should close: idle too long, or its listener is closing.
-    Close(IO),
+    /// It should close: idle too long, or its listener is closing. The tracker keeps
+    /// a graceful shutdown waiting until the close is done.
+    Close(IO, Tracked),
 }
 
 /// A stream type with a lot of its own on each worker thread.
@@ -72,10 +73,22 @@ pub(super) fn park<IO: Parkable>(io: IO, conn: Conn, deadline: u64) -> Parking<I
     IO::lot().with(|lot| lot.borrow_mut().park(io, conn, deadline))
 }
 
-/// Closes a connection that will not be served again, in a task of its own.
-pub(super) fn close<IO: ClientStream>(mut io: IO) {
+/// Closes a connection that will not be served again, in a task of its own: the write
+/// side is shut (FIN, or TLS close_notify first), then what the client still sends is
+/// read and dropped until it closes too, within [`CLOSE_LIMIT`]. Closing a socket with
+/// unread bytes would reset it, and a client whose next request crossed the FIN would
+/// see a reset instead of a clean end it can retry on (RFC 9112 §9.6).
+pub(super) fn close<IO: ClientStream>(mut io: IO, tracked: Tracked) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
+        let _tracked = tracked;
+        let _ = tokio::time::timeout(CLOSE_LIMIT, async {
+            if io.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 512];
+            while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
     });
 }
 
@@ -186,7 +199,7 @@ impl<IO: Parkable> Lot<IO> {
 
     fn park(&mut self, io: IO, conn: Conn, deadline: u64) -> Parking<IO> {
         if conn.close.is_set() || clock_ms() >= deadline {
-            return Parking::Close(io);
+            return Parking::Close(io, conn.tracked);
         }
         let slot = match self.vacant.pop() {
             Some(s) => s,
@@ -213,7 +226,7 @@ impl<IO: Parkable> Lot<IO> {
             }
             Poll::Ready(Err(_)) => {
                 self.vacant.push(slot);
-                return Parking::Close(io);
+                return Parking::Close(io, conn.tracked);
             }
         }
         let watcher = self.watcher_for(&conn.close);
@@ -308,7 +321,7 @@ impl<IO: Parkable> Lot<IO> {
 
     fn close(&mut self, slot: u32) {
         if let Some(p) = self.take(slot) {
-            close(p.io);
+            close(p.io, p.tracked);
         }
     }
 

@@ -117,7 +117,7 @@ impl Drop for Proc {
 
 /// The TCP ports process `pid` listens on: its socket descriptors (`/proc/PID/fd`)
 /// matched by inode to the LISTEN entries of the kernel's IPv4 socket table.
-fn listening_ports(pid: u32) -> Vec<u16> {
+pub fn listening_ports(pid: u32) -> Vec<u16> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()

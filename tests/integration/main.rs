@@ -18,4 +18,5 @@ mod queue;
 mod reload;
 mod slow_start;
 mod tls;
+mod upgrade;
 mod upstream;
