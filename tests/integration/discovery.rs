@@ -379,13 +379,9 @@ async fn a_backend_gone_from_dns_keeps_its_cookie_clients_and_websockets_until_t
     let dns = TestDns::start(1).await;
     dns.set_addrs(NAME, &ips(&all));
     let section = cookie_section(b[0].addr.port(), "5m");
-    let d = start_daemon(&discovery_config(
-        "cookie-affinity",
-        &dns,
-        &section,
-        AFFINITY,
-    ))
-    .await;
+    // Pinned clients bind the backend until none was seen for a window (DESIGN §10).
+    let extra = format!("pinned_window = \"2s\"\n{AFFINITY}");
+    let d = start_daemon(&discovery_config("cookie-affinity", &dns, &section, &extra)).await;
     let leaving = format!("backend {}", b[1].name);
 
     // 100 clients, each with its cookie; those of the leaving backend, and 5 WebSockets.
@@ -452,9 +448,14 @@ async fn a_backend_gone_from_dns_keeps_its_cookie_clients_and_websockets_until_t
         ws.close(None).await.unwrap();
         while let Some(Ok(_)) = ws.next().await {}
     }
+    let closed = std::time::Instant::now();
     assert!(
         wait_until(DEADLINE, || async { !table(&d).contains_key(&left) }).await,
         "nothing bound any more, yet not removed"
+    );
+    assert!(
+        closed.elapsed() >= Duration::from_millis(500),
+        "removed while its pinned clients were within pinned_window"
     );
     let r = client.get("/", &[("cookie", pinned[0].as_str())]).await;
     assert_eq!(r.body.trim(), format!("backend {}", b[0].name));
