@@ -218,7 +218,7 @@ impl Daemon {
         inherited.close_unclaimed();
         spawn_log_flusher(&shared, daemon.trigger.subscribe());
         crate::upkeep::spawn(&shared, daemon.trigger.subscribe());
-        crate::history::spawn(&shared, daemon.trigger.subscribe());
+        crate::sampler::spawn(&shared, daemon.trigger.subscribe());
         Ok(daemon)
     }
 

@@ -1,24 +1,17 @@
 //! The last five minutes of each pool, one sample a second, kept in the daemon so that
 //! a dashboard opened now draws them at once (DESIGN §11, "look instead of read").
 //!
-//! A sampler task reads each pool's counters once a second: requests (the pool's
+//! A sampler task (`sampler.rs`) reads each pool's counters once a second: requests (the pool's
 //! latency histogram counts every request it answered), errors (its backends' failed
 //! requests plus the requests refused for want of a backend) and the latency
 //! histogram's buckets; the difference from the second before gives requests per
 //! second, the error rate, and the 99th percentile of that second's latencies
 //! (interpolated within its histogram bucket). Samples live in a ring of
-//! [`SAMPLES`] in the pool's [`PoolStats`], which reloads carry over by pool name.
+//! [`SAMPLES`] in the pool's `PoolStats`, which reloads carry over by pool name.
 //! Nothing here is on the request path.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use crate::pool::Pool;
-use crate::shared::Shared;
-use crate::shutdown::Shutdown;
-use crate::stats::{LATENCY_BUCKETS, PoolStats};
 
 /// Seconds of history kept: five minutes.
 pub const SAMPLES: usize = 300;
@@ -48,11 +41,13 @@ pub struct History {
 
 /// Cumulative counters at one moment.
 #[derive(Debug, Clone, PartialEq)]
-struct Reading {
-    requests: u64,
-    errors: u64,
-    /// Cumulative bucket counts of the latency histogram (the last is +Inf).
-    buckets: Vec<u64>,
+pub struct Reading {
+    /// Requests answered so far.
+    pub requests: u64,
+    /// Requests failed so far.
+    pub errors: u64,
+    /// Bucket counts of the latency histogram (the last is +Inf).
+    pub buckets: Vec<u64>,
 }
 
 impl History {
@@ -62,8 +57,9 @@ impl History {
     }
 
     /// Records the second that ends at `at` (unix seconds), `elapsed` after the last
-    /// reading, from `now`'s counters. The first reading only sets the baseline.
-    fn record(&mut self, at: u64, elapsed: Duration, now: Reading) {
+    /// reading, from `now`'s counters, whose histogram has the upper `bounds` (seconds).
+    /// The first reading only sets the baseline.
+    pub fn record(&mut self, at: u64, elapsed: Duration, now: Reading, bounds: &[f64]) {
         let Some(last) = self.last.replace(now.clone()) else {
             return;
         };
@@ -89,26 +85,26 @@ impl History {
             } else {
                 (errors as f64 / requests as f64).min(1.0)
             },
-            p99_ms: percentile(&deltas, 0.99).map(|s| s * 1e3),
+            p99_ms: percentile(bounds, &deltas, 0.99).map(|s| s * 1e3),
         });
     }
 }
 
 /// The `q` quantile in seconds of a histogram given as cumulative counts per bucket
-/// of [`LATENCY_BUCKETS`] (the last one +Inf), interpolated linearly within the
-/// bucket it falls in; `None` for an empty histogram. Beyond the last bound it is that
-/// bound.
-pub fn percentile(cumulative: &[u64], q: f64) -> Option<f64> {
+/// of upper `bounds` (seconds; one more count, +Inf, at the end), interpolated
+/// linearly within the bucket it falls in; `None` for an empty histogram. Beyond the
+/// last bound it is that bound.
+pub fn percentile(bounds: &[f64], cumulative: &[u64], q: f64) -> Option<f64> {
     let total = *cumulative.last()?;
     if total == 0 {
         return None;
     }
     let rank = q * total as f64;
     let i = cumulative.iter().position(|&c| c as f64 >= rank)?;
-    let Some(&upper) = LATENCY_BUCKETS.get(i) else {
-        return LATENCY_BUCKETS.last().copied();
+    let Some(&upper) = bounds.get(i) else {
+        return bounds.last().copied();
     };
-    let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+    let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
     let below = if i == 0 { 0 } else { cumulative[i - 1] };
     let in_bucket = (cumulative[i] - below) as f64;
     let frac = if in_bucket > 0.0 {
@@ -119,53 +115,15 @@ pub fn percentile(cumulative: &[u64], q: f64) -> Option<f64> {
     Some(lower + (upper - lower) * frac.clamp(0.0, 1.0))
 }
 
-fn reading(pool: &Pool, stats: &PoolStats) -> Reading {
-    let (buckets, _, count) = stats.latency.read();
-    let failed: u64 = pool.backends.iter().map(|b| b.live.errors()).sum();
-    Reading {
-        requests: count,
-        errors: failed + stats.unavailable.load(Ordering::Relaxed),
-        buckets,
-    }
-}
-
-/// Takes one sample of every pool of the current snapshot.
-pub fn sample(shared: &Shared, at: u64, elapsed: Duration) {
-    let snapshot = shared.live.load();
-    for pool in &snapshot.pools {
-        let now = reading(pool, &pool.stats);
-        if let Ok(mut h) = pool.stats.history.lock() {
-            h.record(at, elapsed, now);
-        }
-    }
-}
-
-/// Starts the sampler on the current runtime; it ends with the daemon.
-pub fn spawn(shared: &Arc<Shared>, mut shutdown: Shutdown) {
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait() => return,
-            }
-            let now = tokio::time::Instant::now();
-            let at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            sample(&shared, at, now - last);
-            last = now;
-        }
-    });
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The daemon's bounds (`stats::LATENCY_BUCKETS`).
+    const LATENCY_BUCKETS: [f64; 11] = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
 
     fn reading(requests: u64, errors: u64, buckets: &[u64]) -> Reading {
         Reading {
@@ -180,7 +138,7 @@ mod tests {
         let mut h = History::default();
         let sec = Duration::from_secs(1);
         let zeros = vec![0u64; LATENCY_BUCKETS.len() + 1];
-        h.record(100, sec, reading(0, 0, &zeros));
+        h.record(100, sec, reading(0, 0, &zeros), &LATENCY_BUCKETS);
         assert_eq!(h.samples().len(), 0, "the first reading is the baseline");
         // 100 requests in the second, 10 failed, 99 within 5 ms and one at 20 ms.
         let mut b = vec![99u64; LATENCY_BUCKETS.len() + 1];
@@ -188,12 +146,12 @@ mod tests {
         for c in b.iter_mut().skip(2) {
             *c = 100;
         }
-        h.record(101, sec, reading(100, 10, &b));
+        h.record(101, sec, reading(100, 10, &b), &LATENCY_BUCKETS);
         let s = *h.samples().next().unwrap();
         assert_eq!((s.at, s.rps, s.error_rate), (101, 100.0, 0.1));
         assert!(s.p99_ms.is_some_and(|p| p <= 5.0), "{s:?}");
         for t in 0..400 {
-            h.record(102 + t, sec, reading(100, 10, &b));
+            h.record(102 + t, sec, reading(100, 10, &b), &LATENCY_BUCKETS);
         }
         assert_eq!(h.samples().len(), SAMPLES);
         let last = h.samples().last().map(|s| (s.at, s.rps, s.p99_ms));
@@ -207,8 +165,8 @@ mod tests {
             *v = if i >= 3 { 100 } else { 0 };
         }
         // All 100 in the (25 ms, 50 ms] bucket: the 99th is near its top.
-        let p = percentile(&c, 0.99).unwrap();
+        let p = percentile(&LATENCY_BUCKETS, &c, 0.99).unwrap();
         assert!((0.049..=0.05).contains(&p), "{p}");
-        assert_eq!(percentile(&[0; 12], 0.99), None);
+        assert_eq!(percentile(&LATENCY_BUCKETS, &[0; 12], 0.99), None);
     }
 }

@@ -24,8 +24,8 @@
 //! transitions to the backend's atomics (`backend.rs`); passive ejection happens on the
 //! request path. `upkeep.rs` moves each backend's slow-start ramp (a backend back up,
 //! enabled or new ramps in) and slides its pinned-client window (`pinned.rs`);
-//! `history.rs` samples each pool every second for the dashboard. Balancers only read
-//! those atomics.
+//! `sampler.rs` samples each pool every second into `history.rs` for the dashboard.
+//! Balancers only read those atomics.
 //!
 //! # The reload flow
 //!
@@ -63,6 +63,7 @@ pub mod proxy;
 pub mod queue;
 pub mod reload_report;
 pub mod router;
+pub mod sampler;
 pub mod server;
 pub mod service;
 pub mod shared;
