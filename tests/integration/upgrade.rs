@@ -584,6 +584,59 @@ async fn an_upgrade_to_a_broken_binary_keeps_the_old_process_serving() {
     assert_eq!(get(chain.listener, "/").await.status, 200);
 }
 
+/// A new process that starts but never says it is ready is stopped after
+/// `upgrade::READY_LIMIT` (30 s); the old one logs why and keeps serving throughout.
+#[tokio::test]
+async fn an_upgrade_that_never_becomes_ready_is_stopped_and_the_old_process_serves_on() {
+    let b1 = TestBackend::start("1").await;
+    let dir = scratch_dir("upgrade-silent");
+    let bin = dir.join("maitred");
+    std::fs::copy(BIN, &bin).unwrap();
+    let mut chain = Chain::start(&bin, &dir, &config(&[&b1], ""), &[]).await;
+    let first = chain.pid;
+
+    // Starts, takes the hand-over channel, and never answers on it.
+    let pid_file = dir.join("silent.pid");
+    let silent = dir.join("maitred.new");
+    let script = format!(
+        "#!/bin/sh\necho $$ > '{}'\nexec sleep 120\n",
+        pid_file.display()
+    );
+    std::fs::write(&silent, script).unwrap();
+    let _ = Command::new("chmod").arg("+x").arg(&silent).status();
+    std::fs::rename(&silent, &bin).unwrap();
+    chain.signal("USR2");
+    let limit = maitred::upgrade::READY_LIMIT + DEADLINE;
+    let started = Instant::now();
+    let mut served = 0;
+    let mut stopped = false;
+    while started.elapsed() < limit {
+        assert_eq!(get(chain.listener, "/").await.status, 200, "while waiting");
+        served += 1;
+        if chain.log().contains("was not ready within") {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(stopped, "{}", chain.log());
+    assert!(
+        started.elapsed() >= maitred::upgrade::READY_LIMIT - Duration::from_secs(1),
+        "stopped before its 30 s"
+    );
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || async { !alive(pid) }).await,
+        "the silent process still runs"
+    );
+    assert!(alive(first) && served > 0);
+    assert_eq!(get(chain.listener, "/").await.status, 200);
+}
+
 /// Reads notification datagrams until one contains `needle`; returns the ones read.
 fn notifications_until(sock: &UnixDatagram, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();
