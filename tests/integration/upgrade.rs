@@ -592,7 +592,7 @@ async fn an_upgrade_that_never_becomes_ready_is_stopped_and_the_old_process_serv
     let dir = scratch_dir("upgrade-silent");
     let bin = dir.join("maitred");
     std::fs::copy(BIN, &bin).unwrap();
-    let mut chain = Chain::start(&bin, &dir, &config(&[&b1], ""), &[]).await;
+    let chain = Chain::start(&bin, &dir, &config(&[&b1], ""), &[]).await;
     let first = chain.pid;
 
     // Starts, takes the hand-over channel, and never answers on it.
