@@ -21,6 +21,12 @@ use crate::config::{DiscoveryConfig, DiscoveryTarget, MAX_WEIGHT};
 /// How long one query waits for a server before it counts as a timeout.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The most backends one answer gives a pool. A DNS server's answer is as untrusted as
+/// a client's request, and every backend costs a health checker and a slot in the
+/// table (and, for SRV, a query per target): an answer of thousands is cut here, the
+/// lowest SRV priorities and then the lowest addresses kept, with a warning.
+pub const MAX_DISCOVERED: usize = 1024;
+
 /// One backend address an answer gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
@@ -117,8 +123,13 @@ impl Resolver {
         };
         let mut ttl = min_ttl(lookup.as_lookup().records().iter().map(|r| r.ttl()));
         let max_weight = lookup.iter().map(|s| s.weight()).max().unwrap_or(1);
+        let mut targets: Vec<_> = lookup.iter().collect();
+        targets.sort_by_key(|s| s.priority());
         let mut found = Vec::new();
-        for srv in lookup.iter() {
+        for srv in targets {
+            if found.len() >= MAX_DISCOVERED {
+                break;
+            }
             let target = srv.target().to_ascii();
             // Targets are resolved one by one: the additional section, when a server
             // sends one, is not something every server (Consul, CoreDNS) fills.
@@ -150,8 +161,19 @@ fn tune(opts: &mut ResolverOpts) {
 }
 
 fn records(mut found: Vec<Found>, ttl: Duration) -> Answer {
-    found.sort_by_key(|f| f.addr);
+    // One entry per address (its lowest priority), in address order.
+    found.sort_by_key(|f| (f.addr, f.priority));
     found.dedup_by_key(|f| f.addr);
+    if found.len() > MAX_DISCOVERED {
+        tracing::warn!(
+            found = found.len(),
+            kept = MAX_DISCOVERED,
+            "discovery: answer cut to the most backends a pool takes from DNS"
+        );
+        found.sort_by_key(|f| (f.priority, f.addr));
+        found.truncate(MAX_DISCOVERED);
+        found.sort_by_key(|f| f.addr);
+    }
     if found.is_empty() {
         return Answer::Empty("no records".into());
     }
@@ -199,6 +221,23 @@ fn classify(e: &ResolveError) -> Answer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_answer_of_thousands_is_cut_to_the_lowest_priorities_and_addresses() {
+        let found: Vec<Found> = (0..3000u32)
+            .map(|i| Found {
+                addr: SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 80)),
+                weight: 1,
+                priority: if i % 2 == 0 { 20 } else { 10 },
+            })
+            .collect();
+        let Answer::Records { found, .. } = records(found, Duration::from_secs(5)) else {
+            panic!("records expected");
+        };
+        assert_eq!(found.len(), MAX_DISCOVERED);
+        assert!(found.iter().all(|f| f.priority == 10), "priority 10 first");
+        assert!(found.windows(2).all(|w| w[0].addr < w[1].addr));
+    }
+
     use super::*;
 
     #[test]
