@@ -396,19 +396,7 @@ async fn websocket_follows_cookie_affinity() {
     let name = first.body.trim().trim_start_matches("backend ").to_string();
     for _ in 0..3 {
         let tcp = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
-        let req = http::Request::builder()
-            .uri(format!("ws://{}/ws", addr(&d)))
-            .header("host", "x")
-            .header("cookie", &jar)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            )
-            .body(())
-            .unwrap();
+        let req = ws_request(addr(&d), Some(&jar));
         let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
         ws.send("ping".into()).await.unwrap();
         let reply = tokio::time::timeout(DEADLINE, ws.next())

@@ -555,3 +555,22 @@ pub fn tally(replies: &[String]) -> HashMap<String, usize> {
 pub fn addr(d: &Daemon) -> SocketAddr {
     d.listener_addr("main").unwrap()
 }
+
+/// A WebSocket handshake request for `ws://addr/ws`, with `cookie` when given: what
+/// `tokio_tungstenite::client_async` sends through the daemon.
+pub fn ws_request(addr: SocketAddr, cookie: Option<&str>) -> http::Request<()> {
+    let mut req = http::Request::builder()
+        .uri(format!("ws://{addr}/ws"))
+        .header("host", "x")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        );
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.body(()).expect("a valid request")
+}

@@ -336,19 +336,7 @@ async fn websocket(
     cookie: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr(d)).await.unwrap();
-    let req = http::Request::builder()
-        .uri(format!("ws://{}/ws", addr(d)))
-        .header("host", "x")
-        .header("cookie", cookie)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let req = ws_request(addr(d), Some(cookie));
     tokio_tungstenite::client_async(req, tcp).await.unwrap().0
 }
 

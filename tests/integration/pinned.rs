@@ -107,19 +107,7 @@ async fn draining_backend_shows_its_progress_until_nothing_is_bound() {
     }
     let jar = jar.expect("a new client is placed on b");
     let tcp = tokio::net::TcpStream::connect(target).await.unwrap();
-    let req = http::Request::builder()
-        .uri(format!("ws://{target}/ws"))
-        .header("host", "x")
-        .header("cookie", &jar)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let req = ws_request(target, Some(&jar));
     let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     ws.send("ping".into()).await.unwrap();
     let reply = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();

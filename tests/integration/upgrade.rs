@@ -332,18 +332,7 @@ async fn websocket_load(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tall
             tally.fail("websocket connect".into());
             continue;
         };
-        let req = http::Request::builder()
-            .uri(format!("ws://{addr}/ws"))
-            .header("host", "t")
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            )
-            .body(())
-            .unwrap();
+        let req = ws_request(addr, None);
         let mut ws = match tokio_tungstenite::client_async(req, tcp).await {
             Ok((ws, _)) => ws,
             Err(e) => {
@@ -476,18 +465,7 @@ async fn twenty_upgrades_under_load_lose_nothing() {
 /// Opens a WebSocket to `addr` through the daemon.
 async fn websocket(addr: SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let req = http::Request::builder()
-        .uri(format!("ws://{addr}/ws"))
-        .header("host", "t")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let req = ws_request(addr, None);
     tokio_tungstenite::client_async(req, tcp).await.unwrap().0
 }
 
