@@ -531,13 +531,20 @@ pub fn ramp_admits(ramp: u32, draw: impl FnOnce() -> u64) -> bool {
     ramp >= RAMP_FULL || ramp_point(draw()) < ramp
 }
 
-/// A draw's point in `0..RAMP_FULL`: the top bits of a 64-bit finalizer (splitmix64's),
-/// so counters and hashes alike spread evenly.
+/// A draw's point in `0..RAMP_FULL`: the top bits of [`mix64`], so counters and hashes
+/// alike spread evenly.
 #[inline]
 fn ramp_point(x: u64) -> u32 {
+    (mix64(x) >> 54) as u32
+}
+
+/// splitmix64's finalizer: every input bit moves about half the output bits, so
+/// counters and sequences come out evenly spread.
+#[inline]
+pub fn mix64(x: u64) -> u64 {
     let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((x ^ (x >> 31)) >> 54) as u32
+    x ^ (x >> 31)
 }
 
 fn admin_to_u8(s: AdminState) -> u8 {

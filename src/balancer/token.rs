@@ -57,10 +57,7 @@ pub fn new_client_id() -> u64 {
         }
         s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
         state.set(s);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)).max(1)
+        crate::backend::mix64(s).max(1)
     })
 }
 
