@@ -216,7 +216,12 @@ impl Balancer for CookieAffinity {
         let Some(token) = self.token(ctx) else {
             return self.place(backends, ctx, limits, tried, Placement::New, None);
         };
-        let Some(i) = self.index_of(token.backend).filter(|&i| i < backends.len()) else {
+        let eligible = Eligible::new(backends, limits, tried);
+        // A backend gone from the pool, or one that cannot take its bound clients.
+        let bound = self
+            .index_of(token.backend)
+            .filter(|&i| i < backends.len() && eligible.accepts_bound(i));
+        let Some(i) = bound else {
             return self.place(
                 backends,
                 ctx,
@@ -226,17 +231,6 @@ impl Balancer for CookieAffinity {
                 Some(token),
             );
         };
-        let eligible = Eligible::new(backends, limits, tried);
-        if !eligible.accepts_bound(i) {
-            return self.place(
-                backends,
-                ctx,
-                limits,
-                tried,
-                Placement::Replaced,
-                Some(token),
-            );
-        }
         if !eligible.has_room(i) || eligible.over_bound(i, ctx.pool_in_flight, self.total_weight) {
             return self.place(
                 backends,
