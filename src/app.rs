@@ -157,6 +157,9 @@ impl Daemon {
         handed: Option<&Handover>,
     ) -> Result<Arc<Daemon>, StartError> {
         let config = Arc::new(config);
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let snapshot = Snapshot::build(Arc::clone(&config), None)?;
         let access_log = AccessLog::open(&config.server.access_log, config.server.log_format)
             .map_err(io_err("cannot open access log"))?;
@@ -298,7 +301,14 @@ impl Daemon {
             let result = match &self.config_path {
                 None => Err(ReloadError::NoFile),
                 Some(p) => match config::load(p) {
-                    Ok(c) => self.apply(c, dry_run).await,
+                    Ok(c) => {
+                        if !dry_run {
+                            for w in c.warnings() {
+                                tracing::warn!("reload: {w}");
+                            }
+                        }
+                        self.apply(c, dry_run).await
+                    }
                     Err(e) => Err(ReloadError::Config(e)),
                 },
             };

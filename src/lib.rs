@@ -47,6 +47,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod backend;
+pub mod backend_tls;
 pub mod balancer;
 pub mod config;
 pub mod conn_limit;

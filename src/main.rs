@@ -265,6 +265,9 @@ fn check(path: &Path, against: Option<&Path>, resolve: bool) -> ExitCode {
         return ExitCode::from(2);
     };
     print_summary(&new);
+    for w in new.warnings() {
+        println!("warning: {w}");
+    }
     if resolve && !resolve_all(&new) {
         return ExitCode::from(1);
     }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 
 use crate::backend::{Backend, BackendLive, InFlight};
+use crate::backend_tls::BackendTls;
 use crate::balancer::{
     AffinityKey, Balancer, ConsistentHash, CookieAffinity, CookieParams, Latency, LeastConnections,
     Limits, PeakEwma, PickContext, Placement, SmoothRoundRobin, Tried,
 };
-use crate::config::{BalancerKind, HashKey, PoolConfig};
+use crate::config::{BalancerKind, HashKey, PoolConfig, UpstreamProtocol};
 use crate::queue::WaitQueue;
 use crate::stats::PoolStats;
 
@@ -60,6 +61,39 @@ pub struct Pool {
     pub pinned_window: Duration,
     /// Counters, carried over reloads by pool name.
     pub stats: Arc<PoolStats>,
+    /// What the pool speaks to its backends, and how (DESIGN §12).
+    pub transport: Transport,
+}
+
+/// How a pool reaches its backends: the protocol, and for `h2` and `https` the TLS
+/// client config loaded with the snapshot.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// `http1`, `h2c`, `h2` or `https`.
+    pub protocol: UpstreamProtocol,
+    /// For `h2` and `https`.
+    pub tls: Option<Arc<BackendTls>>,
+    /// Differs between any two transports loaded separately: a connection opened under
+    /// one is never reused under another (a reload that changes a pool's protocol or
+    /// certificates starts its connections afresh).
+    pub id: u64,
+}
+
+impl Transport {
+    /// A transport with a fresh id.
+    pub fn new(protocol: UpstreamProtocol, tls: Option<Arc<BackendTls>>) -> Transport {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Transport {
+            protocol,
+            tls,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Plain HTTP/1.1, the default (for pools built without a snapshot: tests, benches).
+    pub fn http1() -> Transport {
+        Transport::new(UpstreamProtocol::Http1, None)
+    }
 }
 
 /// A backend chosen for one attempt, holding its in-flight slot.
@@ -87,6 +121,7 @@ impl Pool {
     /// balancer (hash table, round-robin cycle) is kept instead of rebuilt.
     pub fn build(
         cfg: &PoolConfig,
+        transport: Transport,
         stats: Arc<PoolStats>,
         queue: Option<Arc<WaitQueue>>,
         previous: Option<&Pool>,
@@ -141,6 +176,7 @@ impl Pool {
             slow_start: cfg.slow_start,
             pinned_window: cfg.pinned_window,
             stats,
+            transport,
         }
     }
 

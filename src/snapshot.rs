@@ -20,9 +20,11 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::backend::BackendLive;
+use crate::backend_tls::BackendTls;
+use crate::config::PoolConfig;
 use crate::config::{AdminState, Config};
 use crate::conn_limit::ConnLimit;
-use crate::pool::Pool;
+use crate::pool::{Pool, Transport};
 use crate::router::Router;
 use crate::tls::{self, TlsError};
 
@@ -87,6 +89,15 @@ pub enum BuildError {
         #[source]
         source: TlsError,
     },
+    /// A pool's CA, client certificate or key for TLS to its backends failed to load.
+    #[error("pool {pool} [tls]: {source}")]
+    BackendTls {
+        /// The pool.
+        pool: String,
+        /// What failed.
+        #[source]
+        source: TlsError,
+    },
 }
 
 impl Snapshot {
@@ -113,22 +124,28 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         certificates: Certificates,
     ) -> Result<Snapshot, BuildError> {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|pc| {
-                let old_pool = previous.and_then(|s| s.pool(&pc.name));
-                let old_cfg = previous.and_then(|s| s.config.pool(&pc.name));
-                let stats = old_pool.map(|p| Arc::clone(&p.stats)).unwrap_or_default();
-                let queue = old_pool.and_then(|p| p.queue().cloned());
-                let unchanged = old_cfg == Some(pc);
-                let previous = old_pool.map(|p| &**p);
-                Arc::new(Pool::build(pc, stats, queue, previous, unchanged, |addr| {
+        let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(config.pools.len());
+        for pc in &config.pools {
+            let old_pool = previous.and_then(|s| s.pool(&pc.name));
+            let old_cfg = previous.and_then(|s| s.config.pool(&pc.name));
+            let stats = old_pool.map(|p| Arc::clone(&p.stats)).unwrap_or_default();
+            let queue = old_pool.and_then(|p| p.queue().cloned());
+            let unchanged = old_cfg == Some(pc);
+            let transport = transport(pc, old_pool, old_cfg, certificates)?;
+            let previous = old_pool.map(|p| &**p);
+            pools.push(Arc::new(Pool::build(
+                pc,
+                transport,
+                stats,
+                queue,
+                previous,
+                unchanged,
+                |addr| {
                     let old = old_pool?.backends.iter().find(|b| &*b.name == addr)?;
                     Some(Arc::clone(&old.live))
-                }))
-            })
-            .collect();
+                },
+            )));
+        }
         let pool_index = |name: &str| pools.iter().position(|p| &*p.name == name);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
@@ -211,9 +228,37 @@ impl Snapshot {
     }
 }
 
+/// A pool's transport. With the same protocol and TLS settings as before, the previous
+/// one (its idle connections stay usable), except that a reload
+/// ([`Certificates::Load`]) loads a TLS pool's files again: a rotated CA or client
+/// certificate takes effect, and connections start afresh as nginx's new workers'
+/// would. Discovery rebuilds read no file.
+fn transport(
+    pc: &PoolConfig,
+    old_pool: Option<&Arc<Pool>>,
+    old_cfg: Option<&PoolConfig>,
+    certificates: Certificates,
+) -> Result<Transport, BuildError> {
+    let same = old_cfg.is_some_and(|o| o.protocol == pc.protocol && o.tls == pc.tls);
+    let reread = certificates == Certificates::Load && pc.tls.is_some();
+    if let (true, false, Some(old)) = (same, reread, old_pool) {
+        return Ok(old.transport.clone());
+    }
+    let tls = match &pc.tls {
+        None => None,
+        Some(t) => Some(Arc::new(BackendTls::load(t, pc.protocol).map_err(
+            |source| BuildError::BackendTls {
+                pool: pc.name.clone(),
+                source,
+            },
+        )?)),
+    };
+    Ok(Transport::new(pc.protocol, tls))
+}
+
 /// Whether a build loads listener certificates from their files or keeps the previous
 /// snapshot's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Certificates {
     Load,
     Keep,

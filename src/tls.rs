@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::config::TlsConfig;
 
-/// Why a listener's TLS settings could not be loaded.
+/// Why TLS settings (a listener's, or a pool's to its backends) could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate file could not be read or holds no certificate.
@@ -96,7 +96,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(sc))
 }
 
-fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Certificate {
         path: path.to_path_buf(),
         reason,
@@ -111,7 +111,7 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -177,6 +177,26 @@ pub struct RawPool {
     pub latency: Option<Spanned<RawLatency>>,
     /// `[pool.NAME.discovery]`; spanned to point at it for section-wide errors.
     pub discovery: Option<Spanned<RawDiscovery>>,
+    /// What maitred speaks to the backends (DESIGN §12).
+    pub protocol: Option<Spanned<String>>,
+    /// `[pool.NAME.tls]`; spanned to point at it when it does not belong.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// `[pool.NAME.tls]` (DESIGN §12).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CAs that sign the backends' certificates.
+    pub ca: Option<Spanned<String>>,
+    /// SNI and the name verified.
+    pub server_name: Option<Spanned<String>>,
+    /// Whether the backends' certificates are verified.
+    pub verify: Option<Spanned<bool>>,
+    /// PEM chain presented for mutual TLS.
+    pub client_cert: Option<Spanned<String>>,
+    /// PEM key of `client_cert`.
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// `[pool.NAME.discovery]` (DESIGN §10).
@@ -273,6 +293,8 @@ pub struct RawHealth {
     pub expect: Option<Spanned<String>>,
     /// Probe Host header.
     pub host: Option<Spanned<String>>,
+    /// Check with `grpc.health.v1.Health/Check` instead of `path`.
+    pub grpc: Option<Spanned<bool>>,
 }
 
 /// `[pool.NAME.ejection]`.

@@ -140,6 +140,7 @@ fn empty_sections_get_their_defaults() {
             fall: 3,
             expect: (200, 399),
             host: None,
+            grpc: false,
         })
     );
     assert_eq!(
@@ -861,4 +862,102 @@ fn a_pool_without_backends_needs_discovery() {
             .discovery
             .is_some()
     );
+}
+
+#[test]
+fn protocol_and_tls_to_backends_are_read_with_their_defaults() {
+    let web = |extra: &str| {
+        let src = BASE.replace(
+            "backends = [\"10.0.0.1:8000\"]\n",
+            &format!("backends = [\"10.0.0.1:8000\"]\n{extra}"),
+        );
+        ok(&src).pool("web").unwrap().clone()
+    };
+    let plain = web("");
+    assert_eq!(plain.protocol, UpstreamProtocol::Http1);
+    assert_eq!(plain.tls, None);
+    assert_eq!(web("protocol = \"h2c\"\n").protocol, UpstreamProtocol::H2c);
+    // h2 and https verify against the system's store by default.
+    let h2 = web("protocol = \"h2\"\n");
+    assert_eq!(h2.protocol, UpstreamProtocol::H2);
+    assert_eq!(
+        h2.tls,
+        Some(UpstreamTlsConfig {
+            verify: true,
+            ..UpstreamTlsConfig::default()
+        })
+    );
+    let named = web(
+        "protocol = \"https\"\n[pool.web.tls]\nserver_name = \"api.internal\"\nverify = false\n",
+    );
+    let tls = named.tls.unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+    assert!(!tls.verify);
+    let grpc = web("protocol = \"h2c\"\n[pool.web.health]\ngrpc = true\n");
+    let health = grpc.health.unwrap();
+    assert!(health.grpc);
+    assert_eq!(
+        health.path, "",
+        "the whole server unless path names a service"
+    );
+    let service = web("protocol = \"h2c\"\n[pool.web.health]\ngrpc = true\npath = \"shop.Cart\"\n");
+    assert_eq!(service.health.unwrap().path, "shop.Cart");
+}
+
+#[test]
+fn protocol_tls_and_grpc_mistakes_are_named() {
+    let with = |extra: &str| {
+        BASE.replace(
+            "backends = [\"10.0.0.1:8000\"]\n",
+            &format!("backends = [\"10.0.0.1:8000\"]\n{extra}"),
+        )
+    };
+    assert_one_error_containing(
+        &with("protocol = \"http2\"\n"),
+        "unknown protocol \"http2\"; expected one of http1, h2c, h2, https",
+    );
+    assert_one_error_containing(
+        &with("protocol = \"h2c\"\n[pool.web.tls]\nverify = false\n"),
+        "[tls] is only for protocol \"h2\" or \"https\", and this pool's protocol is \"h2c\"",
+    );
+    assert_one_error_containing(
+        &with("[pool.web.health]\ngrpc = true\n"),
+        "grpc health checks need protocol \"h2c\" or \"h2\", and this pool's protocol is \"http1\"",
+    );
+    assert_one_error_containing(
+        &with("protocol = \"h2\"\n[pool.web.tls]\nca = \"no/such/ca.pem\"\n"),
+        "cannot read CA file \"no/such/ca.pem\"",
+    );
+    assert_one_error_containing(
+        &with("protocol = \"h2\"\n[pool.web.tls]\nserver_name = \"bad name!\"\n"),
+        "invalid server_name \"bad name!\"",
+    );
+    assert_one_error_containing(
+        &with("protocol = \"https\"\n[pool.web.tls]\nclient_cert = \"Cargo.toml\"\n"),
+        "client_cert needs client_key beside it",
+    );
+    assert_one_error_containing(
+        &with("protocol = \"h2c\"\n[pool.web.health]\ngrpc = true\npath = \"/healthz\"\n"),
+        "invalid gRPC service name \"/healthz\"",
+    );
+}
+
+#[test]
+fn unverified_backends_and_upgrades_to_http2_pools_are_warned_about() {
+    let src = BASE
+        .replace(
+            "pool = \"web\"\n",
+            "pool = \"web\"\nupgrades = [\"websocket\"]\n",
+        )
+        .replace(
+            "backends = [\"10.0.0.1:8000\"]\n",
+            "backends = [\"10.0.0.1:8000\"]\nprotocol = \"h2\"\n[pool.web.tls]\nverify = false\n",
+        );
+    let warnings = ok(&src).warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].contains("pool web: [tls] verify = false"));
+    assert!(warnings[1].contains(
+        "listener public: pool web speaks HTTP/2 to its backends, so Upgrade requests (websocket) routed to it are answered without upgrading"
+    ));
+    assert!(ok(BASE).warnings().is_empty());
 }

@@ -35,6 +35,39 @@ impl Config {
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.listeners.iter().find(|l| l.name == name)
     }
+
+    /// What is valid but likely not what the operator meant: printed by `check` and
+    /// logged at start-up and on reload, never a reason to refuse the file.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.pools {
+            if p.tls.as_ref().is_some_and(|t| !t.verify) {
+                out.push(format!(
+                    "pool {}: [tls] verify = false: the backends' certificates are not checked; anyone on the path can stand in for them",
+                    p.name
+                ));
+            }
+        }
+        for l in &self.listeners {
+            if l.upgrades.is_empty() {
+                continue;
+            }
+            let targets = std::iter::once(&l.pool).chain(l.routes.iter().map(|r| &r.pool));
+            let mut named = Vec::new();
+            for name in targets {
+                let h2 = self.pool(name).is_some_and(|p| p.protocol.is_http2());
+                if h2 && !named.contains(&name) {
+                    named.push(name);
+                    out.push(format!(
+                        "listener {}: pool {name} speaks HTTP/2 to its backends, so Upgrade requests ({}) routed to it are answered without upgrading",
+                        l.name,
+                        l.upgrades.join(", ")
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `[server]`.
@@ -366,6 +399,71 @@ pub struct PoolConfig {
     pub latency: Option<LatencyConfig>,
     /// DNS discovery (DESIGN §10).
     pub discovery: Option<DiscoveryConfig>,
+    /// What maitred speaks to the backends (DESIGN §12).
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends: present exactly when `protocol` is `h2` or `https`.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// What maitred speaks to a pool's backends (DESIGN §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP.
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP, prior knowledge.
+    H2c,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl UpstreamProtocol {
+    /// Every protocol name, as written in the config file.
+    pub const NAMES: [&'static str; 4] = ["http1", "h2c", "h2", "https"];
+
+    /// The config-file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Https => "https",
+        }
+    }
+
+    /// HTTP/2 (h2c or h2).
+    pub fn is_http2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+
+    /// Over TLS (h2 or https).
+    pub fn is_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::Https)
+    }
+}
+
+/// `[pool.NAME.tls]`: how maitred verifies its backends and who it says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of trusted CAs; `None` = the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// SNI and the name verified; `None` = each backend's host.
+    pub server_name: Option<String>,
+    /// `false` accepts any certificate (warned about at start-up).
+    pub verify: bool,
+    /// Certificate chain and key presented for mutual TLS.
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// A client certificate for mutual TLS to backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthConfig {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// What a discovery section asks DNS for.
@@ -444,7 +542,7 @@ impl Default for LatencyConfig {
 /// `[pool.NAME.health]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Path probed with GET.
+    /// Path probed with GET, or with `grpc` the gRPC service name.
     pub path: String,
     /// Time between probes.
     pub interval: Duration,
@@ -458,6 +556,9 @@ pub struct HealthConfig {
     pub expect: (u16, u16),
     /// Host header for probes; the backend address when absent.
     pub host: Option<String>,
+    /// Check with `grpc.health.v1.Health/Check` instead of GET `path`; `path` then
+    /// holds the service name asked about (empty: the server as a whole).
+    pub grpc: bool,
 }
 
 /// `[pool.NAME.ejection]`.

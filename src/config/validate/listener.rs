@@ -217,7 +217,7 @@ fn alpn(ctx: &mut Ctx<'_>, list: &[Spanned<String>]) -> Option<Vec<String>> {
 }
 
 /// A TLS file path, relative to the config's directory, that can be opened for reading.
-fn readable_file(ctx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<PathBuf> {
+pub(super) fn readable_file(ctx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<PathBuf> {
     let written = v.get_ref();
     let path = ctx.base_dir.join(written);
     let result = File::open(&path).and_then(|f| f.metadata());

@@ -12,10 +12,13 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{Ctx, values};
-use crate::config::raw::{RawAffinity, RawBackend, RawEjection, RawHealth, RawLatency, RawPool};
+use crate::config::raw::{
+    RawAffinity, RawBackend, RawEjection, RawHealth, RawLatency, RawPool, RawUpstreamTls,
+};
 use crate::config::types::{
-    AdminState, AffinityConfig, BackendConfig, BackendSource, BalancerKind, EjectionConfig,
-    HashKey, HealthConfig, LatencyConfig, MAX_RETRIES, MAX_WEIGHT, PoolConfig,
+    AdminState, AffinityConfig, BackendConfig, BackendSource, BalancerKind, ClientAuthConfig,
+    EjectionConfig, HashKey, HealthConfig, LatencyConfig, MAX_RETRIES, MAX_WEIGHT, PoolConfig,
+    UpstreamProtocol, UpstreamTlsConfig,
 };
 
 /// Validates one pool. `used` says whether a listener or route sends traffic to it,
@@ -68,9 +71,15 @@ pub(super) fn pool(
         raw.pinned_window.as_ref(),
         Duration::from_secs(300),
     );
+    let protocol = ctx.parse_or(
+        raw.protocol.as_ref(),
+        UpstreamProtocol::Http1,
+        values::upstream_protocol,
+    );
+    let tls = protocol.and_then(|p| upstream_tls(ctx, p, raw));
     let health = match &raw.health {
         None => Some(None),
-        Some(h) => health(ctx, h).map(Some),
+        Some(h) => protocol.and_then(|p| health(ctx, h, p)).map(Some),
     };
     let ejection = match &raw.ejection {
         None => Some(None),
@@ -104,7 +113,79 @@ pub(super) fn pool(
         affinity: affinity?,
         latency: latency?,
         discovery: discovery?,
+        protocol: protocol?,
+        tls: tls?,
     })
+}
+
+/// `[pool.NAME.tls]`: for `h2` and `https` only (their defaults when absent); files
+/// readable, a client certificate only with its key.
+fn upstream_tls(
+    ctx: &mut Ctx<'_>,
+    protocol: UpstreamProtocol,
+    raw: &RawPool,
+) -> Option<Option<UpstreamTlsConfig>> {
+    let section = match (&raw.tls, protocol.is_tls()) {
+        (None, false) => return Some(None),
+        (None, true) => {
+            return Some(Some(UpstreamTlsConfig {
+                verify: true,
+                ..UpstreamTlsConfig::default()
+            }));
+        }
+        (Some(t), false) => {
+            ctx.error(
+                t.span(),
+                format!(
+                    "[tls] is only for protocol \"h2\" or \"https\", and this pool's protocol is {:?}; set protocol or remove the section",
+                    protocol.name()
+                ),
+            );
+            return None;
+        }
+        (Some(t), true) => t,
+    };
+    let t: &RawUpstreamTls = section.get_ref();
+    let ca = match &t.ca {
+        None => Some(None),
+        Some(p) => super::listener::readable_file(ctx, p, "CA").map(Some),
+    };
+    let server_name = match &t.server_name {
+        None => Some(None),
+        Some(n) => ctx.parse(n, values::server_name).map(Some),
+    };
+    let verify = t.verify.as_ref().is_none_or(|v| *v.get_ref());
+    let client_auth = match (&t.client_cert, &t.client_key) {
+        (None, None) => Some(None),
+        (Some(c), Some(k)) => {
+            let cert = super::listener::readable_file(ctx, c, "client certificate");
+            let key = super::listener::readable_file(ctx, k, "client key");
+            Some(Some(ClientAuthConfig {
+                cert: cert?,
+                key: key?,
+            }))
+        }
+        (Some(c), None) => {
+            ctx.error(
+                c.span(),
+                "client_cert needs client_key beside it".to_string(),
+            );
+            None
+        }
+        (None, Some(k)) => {
+            ctx.error(
+                k.span(),
+                "client_key needs client_cert beside it".to_string(),
+            );
+            None
+        }
+    };
+    Some(Some(UpstreamTlsConfig {
+        ca: ca?,
+        server_name: server_name?,
+        verify,
+        client_auth: client_auth?,
+    }))
 }
 
 /// `key`: required for `hash`, implied `client-ip` for `ip-hash`, refused elsewhere.
@@ -279,8 +360,22 @@ fn balance_factor(
 }
 
 /// `[pool.NAME.health]` with DESIGN §3's defaults.
-fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
-    let path = ctx.parse_or(raw.path.as_ref(), "/healthz".to_string(), |s| {
+fn health(ctx: &mut Ctx<'_>, raw: &RawHealth, protocol: UpstreamProtocol) -> Option<HealthConfig> {
+    let grpc = raw.grpc.as_ref().is_some_and(|g| *g.get_ref());
+    if let (Some(g), true) = (&raw.grpc, grpc && !protocol.is_http2()) {
+        ctx.error(
+            g.span(),
+            format!(
+                "grpc health checks need protocol \"h2c\" or \"h2\", and this pool's protocol is {:?}",
+                protocol.name()
+            ),
+        );
+        return None;
+    }
+    let path = if grpc {
+        ctx.parse_or(raw.path.as_ref(), String::new(), values::grpc_service)
+    } else {
+        ctx.parse_or(raw.path.as_ref(), "/healthz".to_string(), |s| {
         if let Some(c) = s.chars().find(|c| c.is_ascii_control() || *c == ' ') {
             Err(format!(
                 "invalid health path {s:?}: it contains {c:?}, which cannot be sent in a request line"
@@ -292,7 +387,8 @@ fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
                 "invalid health path {s:?}; expected a path starting with '/'"
             ))
         }
-    });
+        })
+    };
     let interval = ctx.duration("interval", raw.interval.as_ref(), Duration::from_secs(2));
     let timeout = ctx.duration("timeout", raw.timeout.as_ref(), Duration::from_secs(1));
     let rise = ctx.int("rise", raw.rise.as_ref(), 2, 1, u32::MAX);
@@ -310,6 +406,7 @@ fn health(ctx: &mut Ctx<'_>, raw: &RawHealth) -> Option<HealthConfig> {
         fall: fall?,
         expect: expect?,
         host: host?,
+        grpc,
     })
 }
 

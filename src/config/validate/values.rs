@@ -12,7 +12,9 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 
-use crate::config::types::{AdminState, BalancerKind, HashKey, HostMatch, SameSite};
+use crate::config::types::{
+    AdminState, BalancerKind, HashKey, HostMatch, SameSite, UpstreamProtocol,
+};
 
 /// A humantime duration ("250ms", "2s", "1m").
 pub fn duration(key: &str, text: &str) -> Result<Duration, String> {
@@ -86,6 +88,45 @@ pub fn balancer(text: &str) -> Result<BalancerKind, String> {
             BalancerKind::NAMES.join(", ")
         )
     })
+}
+
+/// A pool's `protocol` (DESIGN §12).
+pub fn upstream_protocol(text: &str) -> Result<UpstreamProtocol, String> {
+    let all = [
+        UpstreamProtocol::Http1,
+        UpstreamProtocol::H2c,
+        UpstreamProtocol::H2,
+        UpstreamProtocol::Https,
+    ];
+    all.into_iter().find(|p| p.name() == text).ok_or_else(|| {
+        format!(
+            "unknown protocol {text:?}; expected one of {}",
+            UpstreamProtocol::NAMES.join(", ")
+        )
+    })
+}
+
+/// A `[pool.NAME.tls] server_name`: a DNS name or an IP address, as sent in SNI and
+/// verified against the backend's certificate.
+pub fn server_name(text: &str) -> Result<String, String> {
+    rustls_pki_types::ServerName::try_from(text)
+        .map(|_| text.to_string())
+        .map_err(|_| format!("invalid server_name {text:?}; expected a DNS name or an IP address"))
+}
+
+/// A gRPC health check's service name (the `path` of a `grpc = true` check): a
+/// fully-qualified service such as `shop.Cart`, or empty for the whole server.
+pub fn grpc_service(text: &str) -> Result<String, String> {
+    let ok = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "invalid gRPC service name {text:?}; expected a name like \"shop.Cart\", or \"\" for the whole server"
+        ))
+    }
 }
 
 /// An affinity `fallback`: a balancer that needs no per-client state.
