@@ -15,6 +15,7 @@
 //! the backend, which decides whether a retry is allowed (DESIGN §5, `retries`).
 
 pub mod body;
+pub mod connect;
 pub mod hop;
 pub mod pool;
 pub mod request;
