@@ -8,6 +8,7 @@
 //! (`proxy`), which marks a checked backend down so that it must pass `rise` checks
 //! before it takes traffic again.
 
+mod grpc;
 mod probe;
 mod threshold;
 
@@ -21,6 +22,7 @@ use tokio::task::AbortHandle;
 
 use crate::backend::{Backend, BackendLive, Health};
 use crate::config::HealthConfig;
+use crate::pool::Pool;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 pub use probe::{ProbeSpec, probe};
@@ -55,7 +57,7 @@ impl HealthCheckers {
             let Some(hc) = &pool_cfg.health else { continue };
             longest = longest.max(hc.timeout);
             for b in &pool.backends {
-                let checker = Checker::new(&pool.name, b, hc);
+                let checker = Checker::new(pool, b, hc);
                 let task = tokio::spawn(checker.run(done_tx.clone(), shutdown.clone()));
                 self.tasks.push(task.abort_handle());
                 expected += 1;
@@ -99,9 +101,9 @@ struct Checker {
 }
 
 impl Checker {
-    fn new(pool: &Arc<str>, b: &Backend, hc: &HealthConfig) -> Checker {
+    fn new(pool: &Pool, b: &Backend, hc: &HealthConfig) -> Checker {
         Checker {
-            pool: Arc::clone(pool),
+            pool: Arc::clone(&pool.name),
             name: Arc::clone(&b.name),
             addr: b.addr,
             live: Arc::clone(&b.live),
@@ -110,6 +112,9 @@ impl Checker {
                 host: hc.host.clone().unwrap_or_else(|| b.name.to_string()),
                 timeout: hc.timeout,
                 expect: hc.expect,
+                grpc: hc.grpc,
+                transport: pool.transport.clone(),
+                backend: Arc::clone(&b.name),
             },
             interval: hc.interval,
             machine: Threshold::new(hc.rise, hc.fall, b.live.health()),

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::grpc::{Call, GrpcBody};
 use crate::access_log::Pending;
 use crate::backend::InFlight;
 use crate::upstream::{BackendBody, UpstreamError};
@@ -29,6 +30,9 @@ pub enum ResponseBody {
     },
     /// A short body maitred wrote itself (errors, admin pages).
     Local(Option<Bytes>, Option<Box<Pending>>),
+    /// A gRPC call's body, ended with a gRPC status at its deadline or when its
+    /// backend fails (boxed: only gRPC calls carry its state).
+    Grpc(Box<GrpcBody<ResponseBody>>),
 }
 
 impl ResponseBody {
@@ -42,10 +46,20 @@ impl ResponseBody {
         ResponseBody::Local(None, None)
     }
 
+    /// The body of the gRPC call `call`.
+    pub fn grpc(self, call: Call) -> ResponseBody {
+        ResponseBody::Grpc(Box::new(GrpcBody::new(self, call)))
+    }
+
     /// Attaches the access-log line to write when this body completes.
     pub fn set_log(&mut self, pending: Option<Box<Pending>>) {
         match self {
             ResponseBody::Backend { log, .. } | ResponseBody::Local(_, log) => *log = pending,
+            ResponseBody::Grpc(call) => {
+                if let Some(inner) = call.inner_mut() {
+                    inner.set_log(pending);
+                }
+            }
         }
     }
 }
@@ -112,6 +126,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
             }
+            ResponseBody::Grpc(call) => Pin::new(&mut **call).poll_frame(cx),
         }
     }
 
@@ -119,6 +134,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Backend { body, .. } => body.is_end_stream(),
             ResponseBody::Local(b, _) => b.is_none(),
+            ResponseBody::Grpc(call) => call.is_end_stream(),
         }
     }
 
@@ -127,6 +143,7 @@ impl Body for ResponseBody {
             ResponseBody::Backend { body, .. } => body.size_hint(),
             ResponseBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Local(None, _) => SizeHint::with_exact(0),
+            ResponseBody::Grpc(call) => call.size_hint(),
         }
     }
 }

@@ -1,10 +1,12 @@
 //! What can go wrong on the request path, and what each failure means: the status the
 //! client gets, whether another backend may be tried, and whether it counts against
-//! the backend (passive ejection).
+//! the backend (passive ejection). A gRPC client gets each as a gRPC status instead
+//! ([`ProxyError::reply`]).
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
+use super::grpc;
 use crate::upstream::UpstreamError;
 
 /// A failure while proxying one request.
@@ -40,6 +42,10 @@ pub enum ProxyError {
     /// was open).
     #[error("listener no longer configured")]
     ListenerGone,
+    /// A gRPC call's `grpc-timeout` passed before its backend answered: the client's
+    /// own limit, never the backend's fault.
+    #[error("gRPC deadline exceeded")]
+    Deadline,
 }
 
 impl ProxyError {
@@ -51,7 +57,7 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ResponseTimeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
@@ -71,12 +77,13 @@ impl ProxyError {
             )
     }
 
-    /// Whether the client caused it (its body failed or stalled): never the backend's
-    /// fault, and never worth trying another backend.
+    /// Whether the client caused it (its body failed or stalled, its gRPC deadline
+    /// passed): never the backend's fault, and never worth trying another backend.
     pub fn is_client_fault(&self) -> bool {
         matches!(
             self,
             ProxyError::ClientBodyTimeout
+                | ProxyError::Deadline
                 | ProxyError::Upstream(
                     UpstreamError::ClientBody(_) | UpstreamError::ClientBodyTimeout
                 )
@@ -92,7 +99,7 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Upstream(_) => {
                 "bad gateway\n"
             }
-            ProxyError::ResponseTimeout => "gateway timeout\n",
+            ProxyError::ResponseTimeout | ProxyError::Deadline => "gateway timeout\n",
             ProxyError::ClientBodyTimeout => "request body timed out\n",
             ProxyError::BadRequest(why) => why,
             ProxyError::UnsupportedCoding => "transfer coding not implemented\n",
@@ -108,6 +115,43 @@ impl ProxyError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
+    }
+}
+
+impl ProxyError {
+    /// The answer to a client: [`ProxyError::response`], or for a gRPC call its gRPC
+    /// form (HTTP 200, trailers-only, DESIGN §12).
+    pub fn reply(&self, grpc: bool) -> Response<ResponseBody> {
+        if grpc {
+            self.grpc_response()
+        } else {
+            self.response()
+        }
+    }
+
+    /// The trailers-only gRPC answer for this error: UNAVAILABLE when no backend took
+    /// or finished the call, DEADLINE_EXCEEDED when time ran out.
+    pub fn grpc_response(&self) -> Response<ResponseBody> {
+        use grpc::Code;
+        let (code, message) = match self {
+            ProxyError::NoBackend | ProxyError::ListenerGone => {
+                (Code::Unavailable, "no backend available")
+            }
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout => {
+                (Code::Unavailable, "backend unreachable")
+            }
+            ProxyError::Upstream(UpstreamError::ClientBody(_)) => {
+                (Code::Cancelled, "request body failed")
+            }
+            ProxyError::Upstream(_) => (Code::Unavailable, "backend failed"),
+            ProxyError::ResponseTimeout => (Code::DeadlineExceeded, "backend response timed out"),
+            ProxyError::Deadline => (Code::DeadlineExceeded, "deadline exceeded at the proxy"),
+            ProxyError::ClientBodyTimeout => (Code::Cancelled, "request body timed out"),
+            ProxyError::BadRequest(_) | ProxyError::UnsupportedCoding => {
+                (Code::Internal, "malformed request")
+            }
+        };
+        grpc::reply(code, message)
     }
 }
 

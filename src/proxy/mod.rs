@@ -10,6 +10,7 @@ pub mod body;
 pub mod client_ip;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod host;
 mod upgrade;
@@ -61,16 +62,21 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    // gRPC is HTTP/2 only: an HTTP/1 request is never looked at.
+    let grpc = match req.version() {
+        Version::HTTP_2 => grpc::Call::of(req.headers(), start.into()),
+        _ => None,
+    };
     let snap = shared.live.load_full();
     let Some(listener) = snap.listener(&conn.listener) else {
-        return ProxyError::ListenerGone.response();
+        return ProxyError::ListenerGone.reply(grpc.is_some());
     };
     let client_ip = client_ip::resolve(conn.peer_ip, &listener.trusted_proxies, req.headers());
     let Some(pool) = snap
         .pools
         .get(listener.router.route(req.uri(), req.headers()))
     else {
-        return ProxyError::NoBackend.response();
+        return ProxyError::NoBackend.reply(grpc.is_some());
     };
     let mut log = shared.access_log.load().as_ref().map(|l| {
         Pending::new(
@@ -87,7 +93,7 @@ pub async fn handle(
     let (mut resp, backend, upgrade_asked) = match check_request(&req, conn.tls) {
         Err(e) => {
             let asked = req.headers().contains_key(header::UPGRADE);
-            (e.response(), None, asked)
+            (e.reply(grpc.is_some()), None, asked)
         }
         Ok(checked) => {
             let asked = checked.present.upgrade();
@@ -97,9 +103,20 @@ pub async fn handle(
             let client = Client {
                 ip: client_ip,
                 body_timeout: listener.client_body_timeout,
+                grpc,
             };
-            let (resp, backend) =
-                proxy(shared, pool, conn, client, req, checked, client_upgrade).await;
+            let (resp, backend) = match grpc.and_then(|c| c.deadline) {
+                None => proxy(shared, pool, conn, client, req, checked, client_upgrade).await,
+                // A gRPC call's deadline bounds all of it up to the response head (the
+                // body's share is the body's: `grpc::GrpcBody`). Boxed: only calls with
+                // a deadline carry the timer.
+                Some(deadline) => {
+                    let call = proxy(shared, pool, conn, client, req, checked, client_upgrade);
+                    Box::pin(tokio::time::timeout_at(deadline, call))
+                        .await
+                        .unwrap_or_else(|_| (ProxyError::Deadline.grpc_response(), None))
+                }
+            };
             (resp, backend, asked)
         }
     };
@@ -176,6 +193,8 @@ struct Client {
     ip: IpAddr,
     /// Its listener's `client_body_timeout`.
     body_timeout: std::time::Duration,
+    /// The gRPC call this request is, if it is one.
+    grpc: Option<grpc::Call>,
 }
 
 /// The request's host (RFC 9112 §3.2.2): the target's authority when it has one
@@ -284,10 +303,20 @@ async fn proxy(
     };
 
     let now = if pool.needs_clock() { now_secs() } else { 0 };
-    let limits = upstream::Limits {
+    let mut limits = upstream::Limits {
         response: pool.response_timeout,
         client_body: client.body_timeout,
     };
+    let mut read_timeout = pool.read_timeout;
+    if let Some(call) = client.grpc {
+        // The body timeouts never cut a gRPC stream (DESIGN §12); a deadline, when the
+        // call has one, bounds it instead of `response_timeout`.
+        limits.client_body = grpc::NO_LIMIT;
+        read_timeout = grpc::NO_LIMIT;
+        if call.deadline.is_some() {
+            limits.response = grpc::NO_LIMIT;
+        }
+    }
     let mut tried = Tried::new();
     // When the request first waited in the pool's queue, plus `queue_timeout`.
     let mut queued_until = None;
@@ -362,7 +391,19 @@ async fn proxy(
                 if let (Some(latency), Some(started)) = (pool.latency(), started) {
                     feed_latency(latency, pool, chosen.index, &head, started);
                 }
-                let resp = respond(shared, pool, chosen, conn, head, client_upgrade);
+                let resp = respond(
+                    shared,
+                    pool,
+                    chosen,
+                    conn,
+                    head,
+                    client_upgrade,
+                    read_timeout,
+                );
+                let resp = match client.grpc {
+                    Some(call) => resp.map(|b| b.grpc(call)),
+                    None => resp,
+                };
                 return (resp, Some(name));
             }
             Err((e, delivered)) => {
@@ -370,7 +411,8 @@ async fn proxy(
                 let resend = !delivered || replayable;
                 let final_answer = matches!(e, ProxyError::ResponseTimeout) || e.is_client_fault();
                 if final_answer || !resend {
-                    return (e.response(), Some(Arc::clone(&chosen.backend.name)));
+                    let answer = e.reply(client.grpc.is_some());
+                    return (answer, Some(Arc::clone(&chosen.backend.name)));
                 }
                 last_err = e;
             }
@@ -381,7 +423,7 @@ async fn proxy(
             .unavailable
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    (last_err.response(), None)
+    (last_err.reply(client.grpc.is_some()), None)
 }
 
 /// Counts a failed attempt against its backend and ejects it when the streak is long
@@ -461,8 +503,8 @@ fn eject_if_due(pool: &Pool, chosen: &Chosen<'_>) {
 }
 
 /// Turns the backend's response head into the client's response: the affinity cookie
-/// in, the in-flight guard and the connection into the body; an agreed upgrade becomes
-/// a tunnel.
+/// in, the in-flight guard and the connection into the body (cut after `read_timeout`
+/// without progress); an agreed upgrade becomes a tunnel.
 fn respond(
     shared: &Shared,
     pool: &Pool,
@@ -470,6 +512,7 @@ fn respond(
     conn: upstream::UpConn,
     head: upstream::ResponseHead,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    read_timeout: std::time::Duration,
 ) -> Response<ResponseBody> {
     let status = head.status;
     let live = &chosen.backend.live;
@@ -494,12 +537,7 @@ fn respond(
         ResponseBody::empty()
     } else {
         ResponseBody::Backend {
-            body: upstream::BackendBody::new(
-                conn,
-                head.framing,
-                head.keep_alive,
-                pool.read_timeout,
-            ),
+            body: upstream::BackendBody::new(conn, head.framing, head.keep_alive, read_timeout),
             guard: Some(chosen.guard),
             log: None,
         }

@@ -1,7 +1,10 @@
 //! Client-connection timeouts: `header_timeout` (from a request's first byte to the end
 //! of its headers: the slowloris guard), `idle_timeout` (no request in progress) and
 //! `send_timeout` (a write to the client that has made no progress for that long: a
-//! client that stops reading must not hold its backend's slot).
+//! client that stops reading must not hold its backend's slot). A connection carrying
+//! a gRPC call is not closed by `send_timeout` (DESIGN §12: the body timeouts never cut
+//! a gRPC stream); its other HTTP/2 streams still are, one by one
+//! ([`super::stream_clock`]).
 //!
 //! hyper's own header timer starts while a keep-alive connection waits idle and
 //! allocates a timer per request, so maitred keeps its own clock: the I/O wrapper
@@ -38,6 +41,8 @@ use crate::upstream::UpstreamError;
 pub struct Activity {
     /// Requests in progress (HTTP/2: streams).
     active: AtomicU32,
+    /// Of those, the gRPC calls, which `send_timeout` never cuts.
+    untimed: AtomicU32,
     /// [`clock_ms`] when the last request ended, or the connection opened.
     last_end: AtomicU64,
     /// [`clock_ms`] of the first byte of a request whose head is incomplete; 0 = none.
@@ -79,6 +84,7 @@ impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             active: AtomicU32::new(0),
+            untimed: AtomicU32::new(0),
             last_end: AtomicU64::new(clock_ms()),
             head_started: AtomicU64::new(0),
             heads: Verdicts::default(),
@@ -123,7 +129,17 @@ impl Activity {
         self.head_started.store(0, Ordering::Relaxed);
         RequestActive {
             activity: Arc::clone(self),
+            untimed: false,
         }
+    }
+
+    /// A gRPC call's request is complete and the service runs: while it does,
+    /// `send_timeout` does not close the connection.
+    pub fn begin_untimed(self: &Arc<Self>) -> RequestActive {
+        self.untimed.fetch_add(1, Ordering::Relaxed);
+        let mut active = self.begin();
+        active.untimed = true;
+        active
     }
 
     /// Marks the connection as being parked (or no longer), which makes the I/O
@@ -156,7 +172,8 @@ impl Activity {
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         if self.active.load(Ordering::Relaxed) > 0 {
             let send_ms = timeouts.send.as_millis() as u64;
-            if blocked != 0 && now >= blocked.saturating_add(send_ms) {
+            let untimed = self.untimed.load(Ordering::Relaxed) > 0;
+            if blocked != 0 && now >= blocked.saturating_add(send_ms) && !untimed {
                 return Verdict::SendTimeout;
             }
             let next = if park { park_ms.min(idle_ms) } else { idle_ms };
@@ -199,10 +216,15 @@ impl Activity {
 #[derive(Debug)]
 pub struct RequestActive {
     activity: Arc<Activity>,
+    /// A gRPC call's ([`Activity::begin_untimed`]).
+    untimed: bool,
 }
 
 impl Drop for RequestActive {
     fn drop(&mut self) {
+        if self.untimed {
+            self.activity.untimed.fetch_sub(1, Ordering::Relaxed);
+        }
         self.activity.last_end.store(clock_ms(), Ordering::Relaxed);
         self.activity.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -392,6 +414,27 @@ mod tests {
             Verdict::WaitUntil(_)
         ));
         drop(g);
+    }
+
+    #[test]
+    fn a_grpc_call_keeps_a_blocked_connection_open() {
+        let a = Activity::new();
+        let t = timeouts(100, 60_000);
+        let call = a.begin_untimed();
+        a.note_write(true);
+        let since = a.write_blocked_since.load(Ordering::Relaxed);
+        assert!(matches!(
+            a.verdict(since + 5_000, &t, false),
+            Verdict::WaitUntil(_)
+        ));
+        let plain = a.begin();
+        assert!(matches!(
+            a.verdict(since + 5_000, &t, false),
+            Verdict::WaitUntil(_)
+        ));
+        drop(call);
+        assert_eq!(a.verdict(since + 5_000, &t, false), Verdict::SendTimeout);
+        drop(plain);
     }
 
     #[test]

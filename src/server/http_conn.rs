@@ -60,10 +60,19 @@ pub(super) fn serve_http<IO: Parkable>(
                 true => svc_activity.heads().take(),
                 false => Ok(()),
             };
-            let active = svc_activity.begin();
+            // A gRPC call is never cut by send_timeout (DESIGN §12).
+            let untimed =
+                req.version() == http::Version::HTTP_2 && proxy::grpc::is_grpc(req.headers());
+            let active = match untimed {
+                false => svc_activity.begin(),
+                true => svc_activity.begin_untimed(),
+            };
             let shared = Arc::clone(&shared);
             let info = Arc::clone(&info);
             async move {
+                if untimed {
+                    stream_clock::untimed();
+                }
                 let resp = match head {
                     Err(p) => proxy::refuse_head(p.reason()),
                     Ok(()) => {

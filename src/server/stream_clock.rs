@@ -15,6 +15,10 @@
 //! pending, and the body says "progress" when it yields data. Each worker runs one
 //! single-threaded runtime, and a task's poll runs to its end on that thread, so a
 //! thread-local mark read right after the poll belongs to that poll.
+//!
+//! A gRPC stream is never cut this way (DESIGN §12): a client may leave a long-lived
+//! stream unread for as long as it likes, its call's deadline being its own business.
+//! The service marks such a stream [`untimed`] on its first poll.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -38,6 +42,14 @@ enum Mark {
 
 thread_local! {
     static MARK: Cell<Mark> = const { Cell::new(Mark::Untouched) };
+    /// Set by a poll of a stream that `send_timeout` must never cut.
+    static UNTIMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes that the stream being polled is exempt from `send_timeout` (a gRPC call).
+#[inline]
+pub fn untimed() {
+    UNTIMED.with(|u| u.set(true));
 }
 
 /// Notes that the response (its head or its body) is waiting for the backend.
@@ -70,6 +82,7 @@ where
             send_timeout: self.send_timeout,
             timer: None,
             armed: false,
+            untimed: false,
         });
     }
 }
@@ -84,6 +97,8 @@ pub struct SendTimed<F> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether the timer runs (the stream waits on the client).
     armed: bool,
+    /// The stream is exempt from `send_timeout`.
+    untimed: bool,
 }
 
 impl<F: Future<Output = ()>> Future for SendTimed<F> {
@@ -92,8 +107,16 @@ impl<F: Future<Output = ()>> Future for SendTimed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         MARK.with(|m| m.set(Mark::Untouched));
+        UNTIMED.with(|u| u.set(false));
         if this.inner.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
+        }
+        if UNTIMED.with(|u| u.replace(false)) {
+            this.untimed = true;
+            this.timer = None;
+        }
+        if this.untimed {
+            return Poll::Pending;
         }
         let mark = MARK.with(|m| m.get());
         match mark {

@@ -1,5 +1,8 @@
 //! Health: active checks, passive ejection, retries on a dying backend, 503 when
-//! nothing is up and recovery without a restart.
+//! nothing is up and recovery without a restart. Checks in the pools' other protocols
+//! are in `protocols`.
+
+mod protocols;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
