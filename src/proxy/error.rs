@@ -151,8 +151,22 @@ impl ProxyError {
                 (Code::Internal, "malformed request")
             }
         };
-        grpc::reply(code, message)
+        grpc_reply(code, message)
     }
+}
+
+/// A trailers-only gRPC answer: HTTP 200, `content-type: application/grpc`, the status
+/// and its message in the headers, no body.
+fn grpc_reply(code: grpc::Code, message: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", code.value());
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    r
 }
 
 /// A short plain-text response written by maitred itself.
@@ -164,4 +178,23 @@ pub fn local_response(status: StatusCode, text: &'static str) -> Response<Respon
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[test]
+    fn a_grpc_client_gets_a_trailers_only_answer() {
+        let r = ProxyError::NoBackend.reply(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no backend available");
+        assert!(r.body().is_end_stream());
+        let r = ProxyError::Deadline.reply(true);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(ProxyError::NoBackend.reply(false).status(), 503);
+    }
 }

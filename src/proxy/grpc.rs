@@ -7,18 +7,18 @@
 //! HTTP/1 hot path pays one version compare). A gRPC client reads a status from the
 //! `grpc-status` trailer, or from the headers of a trailers-only answer; an HTML or
 //! plain-text error page means nothing to it, so every error maitred answers itself is
-//! an HTTP 200 with `grpc-status` and `grpc-message` in its headers and no body.
+//! an HTTP 200 with `grpc-status` and `grpc-message` in its headers and no body
+//! ([`super::error::ProxyError::reply`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::body::ResponseBody;
 use crate::upstream::UpstreamError;
 
 /// Stands for "no limit" where a body timeout does not apply to a gRPC call: a year,
@@ -40,7 +40,7 @@ pub enum Code {
 
 impl Code {
     /// The `grpc-status` value.
-    fn value(self) -> HeaderValue {
+    pub fn value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Code::Cancelled => "1",
             Code::DeadlineExceeded => "4",
@@ -102,21 +102,6 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// A trailers-only answer: HTTP 200, `content-type: application/grpc`, the status and
-/// its message in the headers, no body.
-pub fn reply(code: Code, message: &'static str) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::empty());
-    *r.status_mut() = StatusCode::OK;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", code.value());
-    h.insert("grpc-message", HeaderValue::from_static(message));
-    r
 }
 
 /// The trailers that end a call with `code`.
@@ -277,16 +262,6 @@ mod tests {
                 deadline: Some(start + Duration::from_millis(20))
             })
         );
-    }
-
-    #[test]
-    fn maitreds_own_answer_is_trailers_only() {
-        let r = reply(Code::Unavailable, "no backend available");
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["content-type"], "application/grpc");
-        assert_eq!(r.headers()["grpc-status"], "14");
-        assert_eq!(r.headers()["grpc-message"], "no backend available");
-        assert!(r.body().is_end_stream());
     }
 
     /// A backend body that never ends: the backend still streaming.
