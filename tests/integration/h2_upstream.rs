@@ -214,3 +214,287 @@ async fn http1_and_http2_clients_reach_an_h2c_backend() {
     assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+/// Errors counted against every backend of the daemon.
+fn backend_errors(d: &maitred::app::Daemon) -> u64 {
+    d.shared()
+        .live
+        .load()
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .map(|b| b.live.errors())
+        .sum()
+}
+
+/// A test CA, and a certificate for `backend.test` it signed, written to a scratch
+/// directory; the acceptor serves that certificate with `alpn`.
+fn backend_tls(alpn: &[&[u8]]) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    let dir = scratch_dir("h2-tls");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["backend.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (dir, tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn h2_tls_config(backend: SocketAddr, dir: &std::path::Path) -> String {
+    config_for(
+        "round-robin",
+        &[backend],
+        &format!(
+            "protocol = \"h2\"\nretries = 0\n\n[pool.web.tls]\nca = \"{}/ca.pem\"\nserver_name = \"backend.test\"\n",
+            dir.display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_with_a_test_ca_works_and_a_backend_without_alpn_h2_is_a_502() {
+    let (dir, acceptor) = backend_tls(&[b"h2"]);
+    let backend = H2Backend::start(
+        Opts {
+            tls: Some(acceptor),
+            ..Opts::default()
+        },
+        echo(),
+    )
+    .await;
+    let d = start_daemon(&h2_tls_config(backend.addr, &dir)).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let r = c.get("/secure", &[("host", "app.test")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "GET /secure ");
+    assert_eq!(r.headers["x-seen-authority"], "app.test");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+
+    // A backend that ignores ALPN (it would answer in HTTP/1.1): refused as a connect
+    // failure, counted against it.
+    let (dir, acceptor) = backend_tls(&[]);
+    let backend = H2Backend::start(
+        Opts {
+            tls: Some(acceptor),
+            ..Opts::default()
+        },
+        echo(),
+    )
+    .await;
+    let d = start_daemon(&h2_tls_config(backend.addr, &dir)).await;
+    let r = get(addr(&d), "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        backend_errors(&d) >= 1,
+        "a connect failure is the backend's"
+    );
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+/// A backend whose handler holds every request until `total` have arrived (or a
+/// deadline passes), so they are all in flight at once.
+fn holding(total: usize) -> Handler {
+    let barrier = Arc::new(tokio::sync::Barrier::new(total));
+    handler(move |_req, _| {
+        let barrier = Arc::clone(&barrier);
+        async move {
+            let _ = tokio::time::timeout(DEADLINE, barrier.wait()).await;
+            Response::new(full("held"))
+        }
+    })
+}
+
+async fn concurrent_gets(addr: SocketAddr, n: usize) -> Vec<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        set.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.get(&format!("/{i}"), &[]).await.status
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_opens_connections_only_as_the_backends_stream_limit_requires() {
+    for (limit, most) in [(10, 10), (1000, 1)] {
+        let backend = H2Backend::start(
+            Opts {
+                max_streams: Some(limit),
+                ..Opts::default()
+            },
+            holding(100),
+        )
+        .await;
+        let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+        let statuses = concurrent_gets(addr(&d), 100).await;
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+        let conns = backend.conns();
+        assert!(
+            (1..=most).contains(&conns),
+            "limit {limit}: {conns} connections for 100 concurrent requests"
+        );
+        d.shutdown(Some(Duration::from_secs(1))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_sends_goaway_under_load_fails_no_request() {
+    let ok = handler(|_req, _| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Response::new(full("ok"))
+    });
+    let backend = H2Backend::start(
+        Opts {
+            goaway_after: Some(7),
+            ..Opts::default()
+        },
+        ok,
+    )
+    .await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "retries = 0\n")).await;
+    let a = addr(&d);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        set.spawn(async move {
+            let mut c = Client::connect(a).await;
+            let mut statuses = Vec::new();
+            for i in 0..30 {
+                statuses.push(c.get(&format!("/{i}"), &[]).await.status);
+            }
+            statuses
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.extend(s.unwrap());
+    }
+    assert_eq!(statuses.len(), 120);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(
+        backend.conns() > 1,
+        "the backend's GOAWAYs made new connections"
+    );
+    assert_eq!(backend_errors(&d), 0);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+/// An HTTP/2 backend (the h2 crate's server) that resets every other stream (the
+/// first, the third, ...) with REFUSED_STREAM and answers the others with 200.
+async fn refusing_every_other_stream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let streams = Arc::clone(&streams);
+            tasks.spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let mut send = respond.send_response(Response::new(()), false).unwrap();
+                    send.send_data(Bytes::from_static(b"second time"), true)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_and_not_held_against_the_backend() {
+    let (backend, task) = refusing_every_other_stream().await;
+    let d = start_daemon(&h2c_config(&[backend], "retries = 0\n")).await;
+    let mut c = Client::connect(addr(&d)).await;
+    for _ in 0..3 {
+        let r = c.get("/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "second time");
+    }
+    assert_eq!(backend_errors(&d), 0);
+    let snap = d.shared().live.load();
+    let stats = &snap.pools[0].stats;
+    assert_eq!(stats.stale_retries.load(Ordering::Relaxed), 3);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_response_ends_the_response_and_frees_the_slot() {
+    let partial = handler(|_req, _| async move {
+        let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+            Bytes::from_static(b"partial"),
+        ))]);
+        let rest = futures_util::stream::pending();
+        Response::new(StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed())
+    });
+    let backend = H2Backend::start(Opts::default(), partial).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+    let stream = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "x")
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "partial");
+    assert_eq!(in_flight(&d), 1);
+    drop(backend);
+    let rest = tokio::time::timeout(DEADLINE, body.collect()).await;
+    assert!(
+        matches!(rest, Ok(Err(_))),
+        "the response ends with an error: {rest:?}"
+    );
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_to_an_http2_pool_goes_without_the_upgrade() {
+    let backend = H2Backend::start(Opts::default(), echo()).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+    let answer = raw_until_closed(
+        addr(&d),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("GET /ws"), "{answer}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
