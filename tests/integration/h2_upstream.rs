@@ -33,6 +33,8 @@ type Handler = Arc<
 struct H2Backend {
     addr: SocketAddr,
     conns: Arc<AtomicUsize>,
+    /// Connections not yet closed.
+    open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,13 +60,17 @@ impl H2Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&conns);
+        let open = Arc::new(AtomicUsize::new(0));
+        let (counter, still_open) = (Arc::clone(&conns), Arc::clone(&open));
         let task = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
+                still_open.fetch_add(1, Ordering::SeqCst);
                 let (opts, handler) = (opts.clone(), Arc::clone(&handler));
+                let closed = Arc::clone(&still_open);
                 tasks.spawn(async move {
+                    let _closed = Closed(closed);
                     match opts.tls.clone() {
                         None => serve_h2(TokioIo::new(tcp), n, opts, handler).await,
                         Some(acceptor) => {
@@ -76,11 +82,29 @@ impl H2Backend {
                 });
             }
         });
-        H2Backend { addr, conns, task }
+        H2Backend {
+            addr,
+            conns,
+            open,
+            task,
+        }
     }
 
     fn conns(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a connection closed when its task ends.
+struct Closed(Arc<AtomicUsize>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -145,7 +169,10 @@ fn echo() -> Handler {
             ("x-seen-te", seen("te")),
         ];
         let head = format!("{} {}", req.method(), req.uri().path());
-        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body = match req.into_body().collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
         let text = format!("{head} {}", String::from_utf8_lossy(&body));
         let mut trailers = HeaderMap::new();
         trailers.insert("x-trailer", "done".parse().unwrap());
@@ -446,14 +473,7 @@ async fn a_refused_stream_is_sent_again_and_not_held_against_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_mid_response_ends_the_response_and_frees_the_slot() {
-    let partial = handler(|_req, _| async move {
-        let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
-            Bytes::from_static(b"partial"),
-        ))]);
-        let rest = futures_util::stream::pending();
-        Response::new(StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed())
-    });
-    let backend = H2Backend::start(Opts::default(), partial).await;
+    let backend = H2Backend::start(Opts::default(), stalling()).await;
     let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
     let stream = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -496,5 +516,130 @@ async fn an_upgrade_request_to_an_http2_pool_goes_without_the_upgrade() {
         "{answer}"
     );
     assert!(answer.contains("GET /ws"), "{answer}");
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_to_an_http2_backend_is_a_408_not_held_against_it() {
+    let backend = H2Backend::start(Opts::default(), echo()).await;
+    let config = h2c_config(&[backend.addr], "").replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nclient_body_timeout = \"1s\"\n",
+    );
+    let d = start_daemon(&config).await;
+    let answer = raw(
+        addr(&d),
+        b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        DEADLINE,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(backend_errors(&d), 0);
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_bodies_stream_both_ways_at_once() {
+    // The backend answers at once and echoes the request body as it arrives: each
+    // piece must come back before the client sends the next.
+    let echo_stream = handler(|req: Request<Incoming>, _| async move {
+        Response::new(req.into_body().map_err(|e| Box::new(e) as BoxError).boxed())
+    });
+    let backend = H2Backend::start(Opts::default(), echo_stream).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+    let mut h2 = h2_client(addr(&d)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let req = Request::post("http://app.test/chat")
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for i in 0..5 {
+        let piece = Bytes::from(format!("ping {i}"));
+        tx.send(Ok(Frame::data(piece.clone()))).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < piece.len() {
+            let frame = tokio::time::timeout(DEADLINE, body.frame())
+                .await
+                .expect("the echo comes back while the request is still open")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert_eq!(got, piece);
+    }
+    drop(tx);
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.to_bytes().is_empty());
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_streams_closes_after_keepalive_timeout() {
+    let backend = H2Backend::start(Opts::default(), echo()).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "keepalive_timeout = \"1s\"\n")).await;
+    assert_eq!(get(addr(&d), "/").await.status, 200);
+    assert_eq!(backend.open(), 1);
+    assert!(
+        wait_until(DEADLINE, || async { backend.open() == 0 }).await,
+        "the idle connection is closed"
+    );
+    // The next request opens another.
+    assert_eq!(get(addr(&d), "/").await.status, 200);
+    assert_eq!(backend.conns(), 2);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+/// A handler whose body sends one piece and then nothing, forever.
+fn stalling() -> Handler {
+    handler(|_req, _| async move {
+        let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+            Bytes::from_static(b"partial"),
+        ))]);
+        let rest = futures_util::stream::pending();
+        Response::new(StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_body_is_cut_after_read_timeout_except_for_grpc() {
+    let backend = H2Backend::start(Opts::default(), stalling()).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "read_timeout = \"500ms\"\n")).await;
+    let mut h2 = h2_client(addr(&d)).await;
+    let req = Request::get("http://x/").body(full("")).unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let rest = tokio::time::timeout(DEADLINE, resp.into_body().collect()).await;
+    assert!(
+        matches!(rest, Ok(Err(_))),
+        "the stalled body is cut: {rest:?}"
+    );
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    assert_eq!(backend_errors(&d), 1, "a stalled backend body is its error");
+
+    // A gRPC call may idle: it is not cut.
+    let req = Request::post("http://x/svc/Method")
+        .header("content-type", "application/grpc")
+        .body(full(""))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "partial");
+    let more = tokio::time::timeout(Duration::from_millis(1500), body.frame()).await;
+    assert!(
+        more.is_err(),
+        "still open after three read_timeouts: {more:?}"
+    );
+    assert_eq!(in_flight(&d), 1);
+    drop(body);
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }

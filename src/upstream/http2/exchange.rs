@@ -115,8 +115,10 @@ pub async fn send(
                 Err(_) => return Err(sent_failure(UpstreamError::ResponseTimeout)),
             }
         };
+        // The pump first: a pump that failed has reset the stream, which also ends the
+        // wait for the response, and its failure is the one that tells why.
         tokio::select! {
-            r = &mut response => break r,
+            biased;
             end = p => {
                 pump = None;
                 match end {
@@ -126,6 +128,7 @@ pub async fn send(
                     Err(e) => return Err(sent_failure(UpstreamError::Io(std::io::Error::other(e)))),
                 }
             }
+            r = &mut response => break r,
         }
     };
     let resp = match answer {
