@@ -25,7 +25,7 @@ use super::{
 use crate::balancer::{PickContext, Tried};
 use crate::latency::clock_ns;
 use crate::pool::{Chosen, Pool};
-use crate::upstream::http2::{self, Answer, ConnectFailure, H2Limits, Target};
+use crate::upstream::http2::{self, Answer, ConnectFailure, H2Limits, ReplayBody, Target};
 use crate::upstream::{AddedHeaders as _, RequestBody, UpstreamError};
 
 /// How many times one backend may refuse a request unprocessed before the attempt
@@ -59,7 +59,7 @@ pub(super) async fn proxy(
     let fields = header_fields(&parts.headers, &forwarded, te_trailers);
     let bodiless = body.is_end_stream();
     let replayable = bodiless && is_idempotent(&parts.method);
-    let mut body = (!bodiless).then_some(RequestBody::Client(body));
+    let mut body = (!bodiless).then(|| ReplayBody::new(RequestBody::Client(body)));
     let limits = H2Limits {
         response: pool.response_timeout,
         client_body: (!grpc).then_some(client.body_timeout),

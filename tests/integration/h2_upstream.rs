@@ -385,9 +385,10 @@ async fn a_worker_opens_connections_only_as_the_backends_stream_limit_requires()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_sends_goaway_under_load_fails_no_request() {
-    let ok = handler(|_req, _| async move {
+    let ok = handler(|req: Request<Incoming>, _| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
         tokio::time::sleep(Duration::from_millis(2)).await;
-        Response::new(full("ok"))
+        Response::new(full(format!("{}", body.len())))
     });
     let backend = H2Backend::start(
         Opts {
@@ -405,7 +406,15 @@ async fn a_backend_that_sends_goaway_under_load_fails_no_request() {
             let mut c = Client::connect(a).await;
             let mut statuses = Vec::new();
             for i in 0..30 {
-                statuses.push(c.get(&format!("/{i}"), &[]).await.status);
+                // Every other request carries a body, which must go again whole if
+                // its stream was refused.
+                let r = if i % 2 == 0 {
+                    c.get(&format!("/{i}"), &[]).await
+                } else {
+                    let body = Bytes::from(vec![b'x'; 1000 * i]);
+                    c.send("POST", &format!("/{i}"), &[], body).await.unwrap()
+                };
+                statuses.push(r.status);
             }
             statuses
         });
@@ -438,14 +447,25 @@ async fn refusing_every_other_stream() -> (SocketAddr, tokio::task::JoinHandle<(
                 let Ok(mut conn) = h2::server::handshake(tcp).await else {
                     return;
                 };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
                     if streams.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
-                    let mut send = respond.send_response(Response::new(()), false).unwrap();
-                    send.send_data(Bytes::from_static(b"second time"), true)
-                        .unwrap();
+                    // Its own task: the connection is driven by `accept` meanwhile.
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(d)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(d.len());
+                            got.extend_from_slice(&d);
+                        }
+                        let answer = format!("second time {}", String::from_utf8_lossy(&got));
+                        let head = Response::new(());
+                        if let Ok(mut send) = respond.send_response(head, false) {
+                            let _ = send.send_data(Bytes::from(answer), true);
+                        }
+                    });
                 }
             });
         }
@@ -461,12 +481,19 @@ async fn a_refused_stream_is_sent_again_and_not_held_against_the_backend() {
     for _ in 0..3 {
         let r = c.get("/", &[]).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body, "second time");
+        assert_eq!(r.body, "second time ");
     }
+    // A body already sent on the refused stream is sent again whole.
+    let r = c
+        .send("POST", "/p", &[], Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "second time payload");
     assert_eq!(backend_errors(&d), 0);
     let snap = d.shared().live.load();
     let stats = &snap.pools[0].stats;
-    assert_eq!(stats.stale_retries.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.stale_retries.load(Ordering::Relaxed), 4);
     d.shutdown(Some(Duration::from_secs(1))).await;
     task.abort();
 }

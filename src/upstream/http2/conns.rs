@@ -188,9 +188,9 @@ fn choose(key: usize, target: Target<'_>) -> Choice {
             transport: target.transport.id,
             conns: Vec::new(),
         });
-        if entry.transport != target.transport.id
-            || !Weak::ptr_eq(&entry.live, &Arc::downgrade(live))
-        {
+        // The key is the state's address: a state freed and another made at the same
+        // address leaves a dead weak reference behind.
+        if entry.transport != target.transport.id || entry.live.strong_count() == 0 {
             // Connections of another transport, or of a backend state now gone: left
             // to finish their streams and close.
             *entry = BackendConns {
@@ -204,7 +204,10 @@ fn choose(key: usize, target: Target<'_>) -> Choice {
             match slot {
                 Slot::Open { send, state } => {
                     let active = state.active.load(Ordering::Relaxed);
-                    if active < send.current_max_send_streams() {
+                    // A backend that allows no stream at all still gets one at a time
+                    // (h2 holds it until the backend allows it) rather than a new
+                    // connection per request.
+                    if active < send.current_max_send_streams().max(1) {
                         state.active.store(active + 1, Ordering::Relaxed);
                         return Choice::Lease(Lease {
                             send: send.clone(),

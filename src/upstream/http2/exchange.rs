@@ -3,8 +3,9 @@
 //!
 //! While the body is on its way the backend may answer; once it has all gone (or at
 //! once, for a request without one), `response_timeout` bounds the wait for the head. A
-//! failure says whether the backend never processed the request ([`super::never_processed`]),
-//! and hands back a body the pump had not touched, so the request can go again.
+//! failure says whether the backend never processed the request
+//! ([`super::never_processed`]), and hands back the body if it can be sent again
+//! ([`super::replay`]), so the request can go on another stream.
 
 use std::time::Duration;
 
@@ -15,10 +16,11 @@ use super::body::H2Body;
 use super::conns::Lease;
 use super::never_processed;
 use super::pump::{self, PumpEnd, PumpLimits};
-use crate::upstream::{RequestBody, UpstreamError};
+use super::replay::ReplayBody;
+use crate::upstream::UpstreamError;
 
-/// How long a refused stream's pump is given to hand its untouched body back (it is
-/// woken by the reset at once).
+/// How long a refused stream's pump is given to hand its body back (it is woken by the
+/// reset at once).
 const HAND_BACK: Duration = Duration::from_secs(1);
 
 /// The bounds of one HTTP/2 exchange; `None` is no bound (gRPC streams may idle).
@@ -54,8 +56,8 @@ pub struct Failure {
     /// Some of the request reached the backend, or the client's body was taken: it may
     /// go elsewhere only if it is idempotent and bodiless.
     pub delivered: bool,
-    /// The client's body, untouched, when the request had one and it can go again.
-    pub body: Option<RequestBody>,
+    /// The request's body, when it had one and it can be sent again from its start.
+    pub body: Option<ReplayBody>,
 }
 
 /// Aborts the pump unless its handle is handed on to the response body.
@@ -69,15 +71,18 @@ impl Drop for PumpGuard {
     }
 }
 
-/// Sends `head` (with `body`, if any) on a stream of `lease`'s connection and waits
-/// for the response head.
+/// Sends `head` (with `body` from its start, if any) on a stream of `lease`'s
+/// connection and waits for the response head.
 pub async fn send(
     lease: Lease,
     head: Request<()>,
-    body: Option<RequestBody>,
+    mut body: Option<ReplayBody>,
     limits: H2Limits,
 ) -> Result<Answer, Failure> {
     let Lease { mut send, slot } = lease;
+    if let Some(b) = body.as_mut() {
+        b.rewind();
+    }
     let (mut response, stream) = match send.send_request(head, body.is_none()) {
         Ok(pair) => pair,
         Err(e) => {
@@ -104,7 +109,7 @@ pub async fn send(
     let mut pump: Option<JoinHandle<PumpEnd>> =
         body.map(|b| tokio::spawn(pump::run(b, stream, pump_limits)));
     let guard = PumpGuard(pump.as_ref().map(JoinHandle::abort_handle));
-    // The body a pump handed back when the stream was reset before it took any.
+    // The body the pump handed back when it ended, while it can be sent again.
     let mut returned = None;
     // While the body is on its way the answer may come; once it is all sent the
     // response timer starts. Each turn ends the pump or the wait.
@@ -122,8 +127,7 @@ pub async fn send(
             end = p => {
                 pump = None;
                 match end {
-                    Ok(PumpEnd::Done | PumpEnd::Stopped) => {}
-                    Ok(PumpEnd::Untouched(b)) => returned = Some(b),
+                    Ok(PumpEnd::Ended(b)) => returned = b.map(|b| *b),
                     Ok(PumpEnd::Failed(e)) => return Err(sent_failure(e)),
                     Err(e) => return Err(sent_failure(UpstreamError::Io(std::io::Error::other(e)))),
                 }
@@ -160,10 +164,10 @@ pub async fn send(
     })
 }
 
-/// The body of a refused stream, if its pump had not touched it.
-async fn hand_back(pump: JoinHandle<PumpEnd>) -> Option<RequestBody> {
+/// The body of a refused stream, if it can be sent again.
+async fn hand_back(pump: JoinHandle<PumpEnd>) -> Option<ReplayBody> {
     match tokio::time::timeout(HAND_BACK, pump).await {
-        Ok(Ok(PumpEnd::Untouched(body))) => Some(body),
+        Ok(Ok(PumpEnd::Ended(body))) => body.map(|b| *b),
         _ => None,
     }
 }

@@ -14,6 +14,7 @@
 //!   (PING keep-alive, idle close, GOAWAY drain);
 //! - [`exchange`]: one request on one stream: its head, the body pump ([`pump`]), the
 //!   response head within `response_timeout`;
+//! - [`replay`]: the request body, kept (up to a limit) so a refused stream can go again;
 //! - [`body`]: the response body, data then trailers, holding the stream's place.
 
 pub mod body;
@@ -21,10 +22,12 @@ mod conns;
 mod driver;
 mod exchange;
 mod pump;
+pub mod replay;
 
 pub use body::H2Body;
 pub use conns::{Lease, Target, checkout, clear_worker_state, heartbeat};
 pub use exchange::{Answer, Failure, H2Limits, send};
+pub use replay::ReplayBody;
 
 /// Why a connection to a backend could not be opened; shared by every request that
 /// waited for it.

@@ -8,41 +8,28 @@
 //!
 //! Bounds: `client_body_timeout` on each piece from the client (none for gRPC, whose
 //! calls may idle), and a stall bound on the backend's window. A pump that fails resets
-//! the stream. If the backend resets the stream before the pump took anything from the
-//! client's body, the body is handed back untouched, so a refused request can go again.
+//! the stream. When it ends, the body comes back if it can be sent again
+//! ([`super::replay`]), so a stream the backend refused can be replayed.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, SendStream};
-use http_body::{Body as _, Frame};
 
-use crate::upstream::{RequestBody, UpstreamError};
+use super::replay::{Piece, ReplayBody};
+use crate::upstream::UpstreamError;
 
 /// How the pump ended.
 #[derive(Debug)]
 pub(super) enum PumpEnd {
-    /// The whole body (and any trailers) was sent.
-    Done,
-    /// The backend reset or closed the stream after some of the body had gone.
-    Stopped,
-    /// The backend reset the stream before the pump took anything: the body, untouched.
-    Untouched(RequestBody),
+    /// The whole body was sent, or the backend reset or closed the stream; the body,
+    /// if it can be sent again from its start (boxed: the failure is small).
+    Ended(Option<Box<ReplayBody>>),
     /// The client's body failed or stalled, or the backend's window stayed shut: the
     /// stream was reset.
     Failed(UpstreamError),
-}
-
-/// What waiting for the next piece of the client's body gave.
-enum Next {
-    Frame(Frame<Bytes>),
-    End,
-    Failed(hyper::Error),
-    /// The backend reset the stream (or the connection failed) meanwhile.
-    Reset,
 }
 
 /// The bounds of one pump; `None` is no bound.
@@ -54,16 +41,31 @@ pub(super) struct PumpLimits {
     pub write_stall: Option<Duration>,
 }
 
+/// What waiting for the next piece of the body gave.
+enum Next {
+    Piece(Piece),
+    Failed(hyper::Error),
+    /// The backend reset the stream (or the connection failed) meanwhile.
+    Reset,
+}
+
+/// Why sending stopped.
+enum Stop {
+    /// The stream is gone (reset, closed).
+    Reset,
+    /// The backend's window stayed shut too long.
+    Stalled,
+}
+
 /// Pumps `body` into `send` until it ends or fails.
 pub(super) async fn run(
-    mut body: RequestBody,
+    mut body: ReplayBody,
     mut send: SendStream<Bytes>,
     limits: PumpLimits,
 ) -> PumpEnd {
-    let mut touched = false;
-    // One turn per piece of the client's body; it ends with the body.
+    // One turn per piece of the body; it ends with the body.
     loop {
-        let next = next_frame(&mut body, &mut send);
+        let next = next_piece(&mut body, &mut send);
         let next = match limits.client_body {
             None => next.await,
             Some(limit) => match tokio::time::timeout(limit, next).await {
@@ -74,56 +76,53 @@ pub(super) async fn run(
                 }
             },
         };
-        let frame = match next {
-            Next::Frame(frame) => frame,
-            Next::End => {
-                return match send.send_data(Bytes::new(), true) {
-                    Ok(()) => PumpEnd::Done,
-                    Err(_) => PumpEnd::Stopped,
-                };
-            }
+        let piece = match next {
+            Next::Piece(piece) => piece,
             Next::Failed(e) => {
                 send.send_reset(Reason::CANCEL);
                 return PumpEnd::Failed(UpstreamError::ClientBody(e));
             }
-            Next::Reset if touched => return PumpEnd::Stopped,
-            Next::Reset => return PumpEnd::Untouched(body),
+            Next::Reset => return ended(body),
         };
-        touched = true;
-        let end = body.is_end_stream();
-        match frame.into_data() {
-            Ok(data) => {
-                if let Err(stop) = send_data(&mut send, data, end, limits).await {
-                    return stop;
-                }
-                if end {
-                    return PumpEnd::Done;
-                }
+        match piece {
+            Piece::End => {
+                let _ = send.send_data(Bytes::new(), true);
+                return ended(body);
             }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    return match send.send_trailers(trailers) {
-                        Ok(()) => PumpEnd::Done,
-                        Err(_) => PumpEnd::Stopped,
-                    };
+            Piece::Trailers(trailers) => {
+                let _ = send.send_trailers(trailers);
+                return ended(body);
+            }
+            Piece::Data(data) => {
+                let end = body.is_end();
+                match send_data(&mut send, data, end, limits.write_stall).await {
+                    Ok(()) if end => return ended(body),
+                    Ok(()) => {}
+                    Err(Stop::Reset) => return ended(body),
+                    Err(Stop::Stalled) => {
+                        send.send_reset(Reason::CANCEL);
+                        return PumpEnd::Failed(UpstreamError::ResponseTimeout);
+                    }
                 }
             }
         }
     }
 }
 
-/// The next frame of the client's body, unless the backend resets the stream first.
-async fn next_frame(body: &mut RequestBody, send: &mut SendStream<Bytes>) -> Next {
+fn ended(body: ReplayBody) -> PumpEnd {
+    PumpEnd::Ended(body.replayable().then(|| Box::new(body)))
+}
+
+/// The next piece of the body, unless the backend resets the stream first.
+async fn next_piece(body: &mut ReplayBody, send: &mut SendStream<Bytes>) -> Next {
     poll_fn(|cx| {
         if send.poll_reset(cx).is_ready() {
             return Poll::Ready(Next::Reset);
         }
-        match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(Next::End),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Next::Failed(e)),
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Next::Frame(f)),
-        }
+        body.poll_piece(cx).map(|r| match r {
+            Ok(piece) => Next::Piece(piece),
+            Err(e) => Next::Failed(e),
+        })
     })
     .await
 }
@@ -134,38 +133,28 @@ async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
-    limits: PumpLimits,
-) -> Result<(), PumpEnd> {
-    if data.is_empty() {
-        if end {
-            send.send_data(data, true).map_err(|_| PumpEnd::Stopped)?;
-        }
-        return Ok(());
-    }
+    stall: Option<Duration>,
+) -> Result<(), Stop> {
     // Each turn sends what the window allows; the window opens or the stream ends.
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let capacity = poll_fn(|cx| send.poll_capacity(cx));
-        let capacity = match limits.write_stall {
+        let capacity = match stall {
             None => capacity.await,
-            Some(limit) => match tokio::time::timeout(limit, capacity).await {
-                Ok(c) => c,
-                Err(_) => {
-                    send.send_reset(Reason::CANCEL);
-                    return Err(PumpEnd::Failed(UpstreamError::ResponseTimeout));
-                }
-            },
+            Some(limit) => tokio::time::timeout(limit, capacity)
+                .await
+                .map_err(|_| Stop::Stalled)?,
         };
         let n = match capacity {
             Some(Ok(n)) => n,
-            Some(Err(_)) | None => return Err(PumpEnd::Stopped),
+            Some(Err(_)) | None => return Err(Stop::Reset),
         };
         if n == 0 {
             continue;
         }
         let piece = data.split_to(n.min(data.len()));
         send.send_data(piece, end && data.is_empty())
-            .map_err(|_| PumpEnd::Stopped)?;
+            .map_err(|_| Stop::Reset)?;
     }
     Ok(())
 }
