@@ -670,3 +670,84 @@ async fn a_stalled_http2_body_is_cut_after_read_timeout_except_for_grpc() {
     assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// A TCP relay in front of a backend that can be frozen: from then on no byte passes
+/// either way and both sockets stay open, as when a backend's host vanishes.
+struct Relay {
+    addr: SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pipes: [(Reader, Writer); 2] =
+                    [(Box::new(cr), Box::new(sw)), (Box::new(sr), Box::new(cw))];
+                for (mut from, mut to) in pipes {
+                    let f = Arc::clone(&f);
+                    tasks.spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf).await {
+                            if n == 0 || f.load(Ordering::SeqCst) {
+                                // Frozen (or done): hold both sockets, pass nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { addr, frozen, task }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_answering_pings_has_its_connection_closed() {
+    let backend = H2Backend::start(Opts::default(), stalling()).await;
+    let relay = Relay::start(backend.addr).await;
+    let pool = "keepalive_timeout = \"1s\"\nconnect_timeout = \"1s\"\n";
+    let d = start_daemon(&h2c_config(&[relay.addr], pool)).await;
+    let mut h2 = h2_client(addr(&d)).await;
+    // A gRPC call, which no read_timeout cuts: only the PINGs can tell the backend is gone.
+    let req = Request::post("http://x/svc/Watch")
+        .header("content-type", "application/grpc")
+        .body(full(""))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "partial");
+    relay.frozen.store(true, Ordering::SeqCst);
+    let rest = tokio::time::timeout(DEADLINE, body.collect()).await;
+    assert!(
+        matches!(rest, Ok(Err(_))),
+        "the call ends with an error: {rest:?}"
+    );
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}

@@ -8,10 +8,12 @@
 //! `connect_timeout`.
 //!
 //! The same task then drives the connection (h2's `Connection` does the reading and
-//! writing for every stream) until it ends: a PING every [`PING_INTERVAL`] that must
-//! be answered within [`PONG_TIMEOUT`], so a backend that vanished without a word is
-//! noticed; no stream for the pool's `keepalive_timeout` closes it; after a GOAWAY h2
-//! finishes the streams in flight and ends the connection.
+//! writing for every stream) until it ends: a PING every `keepalive_timeout` (between
+//! [`MIN_PING_INTERVAL`] and [`PING_INTERVAL`]) that must be answered within `connect_timeout` (between
+//! [`MIN_PONG_TIMEOUT`] and [`MAX_PONG_TIMEOUT`]), so a backend that vanished without a
+//! word is noticed even while a long stream (gRPC) waits on it; no stream for the
+//! pool's `keepalive_timeout` closes it; after a GOAWAY h2 finishes the streams in
+//! flight and ends the connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,11 +32,14 @@ use super::ConnectFailure;
 use crate::backend_tls::BackendTls;
 use crate::upstream::connect;
 
-/// How often a connection is pinged.
+/// The longest and the shortest time between two PINGs on a connection.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_PING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long a PING may go unanswered before the connection is closed.
-const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bounds on how long a PING may go unanswered before the connection is closed:
+/// never less than a second (a busy backend on a noisy host), never more than ten.
+const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The receive window of each stream: what a backend may send ahead of the client's
 /// reading, per stream (h2's default, 64 KiB, throttles any fast backend).
@@ -56,6 +61,19 @@ pub(super) struct Spec {
     pub connect_timeout: Duration,
     /// No stream for this long closes it.
     pub keepalive: Duration,
+}
+
+impl Spec {
+    /// Time between PINGs.
+    fn ping_interval(&self) -> Duration {
+        self.keepalive.clamp(MIN_PING_INTERVAL, PING_INTERVAL)
+    }
+
+    /// How long a PING may go unanswered.
+    fn pong_timeout(&self) -> Duration {
+        self.connect_timeout
+            .clamp(MIN_PONG_TIMEOUT, MAX_PONG_TIMEOUT)
+    }
 }
 
 /// The state of an open connection shared by its driver and its streams.
@@ -205,7 +223,7 @@ async fn drive<F>(
 ) where
     F: std::future::Future<Output = Result<(), h2::Error>>,
 {
-    let mut next_ping = Instant::now() + PING_INTERVAL;
+    let mut next_ping = Instant::now() + spec.ping_interval();
     // Each turn waits for the connection's end, its idle deadline or the next PING.
     loop {
         let wake = match state.idle_since() {
@@ -229,17 +247,17 @@ async fn drive<F>(
         }
         let answered = tokio::select! {
             ended = conn.as_mut() => return log_end(ended, spec),
-            pong = timeout(PONG_TIMEOUT, ping.ping(Ping::opaque())) => matches!(pong, Ok(Ok(_))),
+            pong = timeout(spec.pong_timeout(), ping.ping(Ping::opaque())) => matches!(pong, Ok(Ok(_))),
         };
         if !answered {
             tracing::warn!(
                 backend = %spec.name,
-                timeout = %humantime::format_duration(PONG_TIMEOUT),
+                timeout = %humantime::format_duration(spec.pong_timeout()),
                 "backend did not answer an HTTP/2 PING; connection closed"
             );
             return;
         }
-        next_ping = Instant::now() + PING_INTERVAL;
+        next_ping = Instant::now() + spec.ping_interval();
     }
 }
 

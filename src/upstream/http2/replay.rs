@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::Body as _;
+use http_body::Body;
 
 use crate::upstream::RequestBody;
 
@@ -24,7 +24,7 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// A client's request body on its way to an HTTP/2 backend, which can be sent again
 /// from its start while all that was taken of it is kept.
 #[derive(Debug)]
-pub struct ReplayBody {
+pub struct ReplayBody<B = RequestBody> {
     /// Pieces to send before the client's body goes on (after a rewind).
     replay: VecDeque<Bytes>,
     /// The client's trailers to send again after `replay` (after a rewind).
@@ -35,7 +35,7 @@ pub struct ReplayBody {
     /// The client's trailers, once taken, kept while `whole`.
     trailers: Option<HeaderMap>,
     /// The client's body.
-    rest: RequestBody,
+    rest: B,
     /// The client's body has been taken to its end.
     rest_done: bool,
     /// Everything taken is kept: the body can be sent again whole.
@@ -53,9 +53,9 @@ pub enum Piece {
     End,
 }
 
-impl ReplayBody {
+impl<B: Body<Data = Bytes> + Unpin> ReplayBody<B> {
     /// The client's body, not yet touched.
-    pub fn new(rest: RequestBody) -> ReplayBody {
+    pub fn new(rest: B) -> ReplayBody<B> {
         ReplayBody {
             replay: VecDeque::new(),
             replay_trailers: None,
@@ -93,7 +93,7 @@ impl ReplayBody {
     }
 
     /// The next piece: from the replay first, then from the client.
-    pub fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Piece, hyper::Error>> {
+    pub fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Piece, B::Error>> {
         if let Some(piece) = self.replay.pop_front() {
             self.keep(&piece);
             return Poll::Ready(Ok(Piece::Data(piece)));
@@ -151,5 +151,84 @@ impl ReplayBody {
         }
         self.sent_len += piece.len();
         self.sent.push(piece.clone());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use std::convert::Infallible;
+
+    type TestBody = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
+
+    fn body(frames: Vec<Frame<Bytes>>) -> ReplayBody<TestBody> {
+        ReplayBody::new(StreamBody::new(futures_util::stream::iter(
+            frames.into_iter().map(Ok).collect::<Vec<_>>(),
+        )))
+    }
+
+    /// Takes `n` pieces (all with `None`), as text.
+    fn take(b: &mut ReplayBody<TestBody>, n: Option<usize>) -> Vec<String> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while n.is_none_or(|n| out.len() < n) {
+            match b.poll_piece(&mut cx) {
+                Poll::Ready(Ok(Piece::Data(d))) => {
+                    out.push(String::from_utf8_lossy(&d).into_owned())
+                }
+                Poll::Ready(Ok(Piece::Trailers(t))) => {
+                    out.push(format!("trailers {}", t.len()));
+                    break;
+                }
+                Poll::Ready(Ok(Piece::End)) => {
+                    out.push("end".into());
+                    break;
+                }
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => panic!("a ready body is pending"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_rewound_body_gives_what_was_taken_again_then_the_rest() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut b = body(vec![
+            Frame::data(Bytes::from_static(b"a")),
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from_static(b"b")),
+            Frame::data(Bytes::from_static(b"c")),
+            Frame::trailers(trailers),
+        ]);
+        assert_eq!(take(&mut b, Some(2)), ["a", "b"]);
+        b.rewind();
+        assert_eq!(take(&mut b, Some(1)), ["a"]);
+        b.rewind();
+        assert_eq!(take(&mut b, None), ["a", "b", "c", "trailers 1"]);
+        assert!(b.replayable());
+        b.rewind();
+        assert!(!b.is_end());
+        assert_eq!(take(&mut b, None), ["a", "b", "c", "trailers 1"]);
+        assert!(b.is_end());
+    }
+
+    #[test]
+    fn a_body_past_the_limit_is_no_longer_replayable() {
+        let big = Bytes::from(vec![b'x'; REPLAY_LIMIT]);
+        let mut b = body(vec![
+            Frame::data(big.clone()),
+            Frame::data(Bytes::from_static(b"y")),
+        ]);
+        assert_eq!(take(&mut b, Some(1)).len(), 1);
+        assert!(b.replayable(), "exactly the limit is kept");
+        assert_eq!(take(&mut b, None), ["y", "end"]);
+        assert!(!b.replayable());
     }
 }
