@@ -17,6 +17,7 @@
 pub mod body;
 pub mod connect;
 pub mod hop;
+pub mod http2;
 pub mod pool;
 pub mod request;
 pub mod response;
@@ -74,6 +75,10 @@ pub enum UpstreamError {
     /// The backend's response body made no progress for `read_timeout`.
     #[error("backend body made no progress within read_timeout")]
     ReadTimeout,
+    /// An HTTP/2 stream or connection to the backend failed (reset, GOAWAY, protocol
+    /// error, I/O).
+    #[error("backend HTTP/2: {0}")]
+    H2(#[source] h2::Error),
 }
 
 /// A failed exchange, and whether any of the request reached the backend.

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod discovery;
 mod grpc;
+mod h2_upstream;
 mod health;
 mod latency;
 mod limits;
