@@ -134,8 +134,19 @@ pub struct RawCall {
     pub trailers: Option<HeaderMap>,
 }
 
+impl RawCall {
+    /// `grpc-status` from the trailers, else from the headers (trailers-only).
+    pub fn grpc_status(&self) -> Option<&str> {
+        self.trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| self.headers.get("grpc-status"))
+            .map(|v| v.to_str().unwrap())
+    }
+}
+
 /// Sends a gRPC request by hand (HTTP/2 prior knowledge) to `addr`: `path`, a body of
-/// framed `messages`, and `headers` (e.g. `grpc-timeout`); reads the whole answer.
+/// one framed `message`, and `headers` (e.g. `grpc-timeout`); reads the whole answer.
 pub async fn raw_call(
     addr: SocketAddr,
     path: &str,

@@ -4,8 +4,8 @@
 //! `tonic::server::Grpc`, and a client over `tonic::client::Grpc`.
 //!
 //! What the server does is steered by the request: `delay_ms` holds the answer (the
-//! first message of a stream) back, `count` and `interval_ms` shape a server stream,
-//! and a non-zero `fail_code` ends the call with that status and an `x-reason`
+//! first message of a stream) back, `count`, `interval_ms` and `size` shape a server
+//! stream, and a non-zero `fail_code` ends the call with that status and an `x-reason`
 //! metadata entry (in the trailers of a stream that has sent messages).
 
 // Test support, like `common`: not every test uses every call.
@@ -40,6 +40,9 @@ pub struct EchoRequest {
     pub interval_ms: u32,
     #[prost(int32, tag = "5")]
     pub fail_code: i32,
+    /// A server stream's messages carry this many bytes of padding.
+    #[prost(uint32, tag = "6")]
+    pub size: u32,
 }
 
 impl EchoRequest {
@@ -165,10 +168,11 @@ impl tonic::server::ServerStreamingService<EchoRequest> for Spread {
                     if seq > 0 {
                         pause(req.interval_ms).await;
                     }
-                    let reply = EchoReply {
-                        message: format!("{} {seq}", req.message),
-                        seq,
+                    let message = match req.size {
+                        0 => format!("{} {seq}", req.message),
+                        n => "x".repeat(n as usize),
                     };
+                    let reply = EchoReply { message, seq };
                     Some((Ok(reply), seq + 1))
                 }
             });
