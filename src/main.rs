@@ -212,8 +212,12 @@ fn print_summary(cfg: &Config) {
             .as_ref()
             .map(|d| format!(", discovery {}", d.target))
             .unwrap_or_default();
+        let protocol = match p.protocol {
+            maitred::config::UpstreamProtocol::Http1 => String::new(),
+            other => format!(", {}", other.name()),
+        };
         println!(
-            "pool {}: {}, {} backend{}{discovery}",
+            "pool {}: {}, {} backend{}{protocol}{discovery}",
             p.name,
             p.balancer.name(),
             p.backends.len(),

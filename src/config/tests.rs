@@ -59,7 +59,9 @@ fn example_config_is_accepted() {
     let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        ["api", "beta", "cart", "chat", "search", "sessions", "web"]
+        [
+            "api", "beta", "cart", "chat", "grpc", "search", "sessions", "web"
+        ]
     );
     let kinds: Vec<BalancerKind> = config.pools.iter().map(|p| p.balancer).collect();
     for kind in [
