@@ -751,3 +751,60 @@ async fn a_backend_that_stops_answering_pings_has_its_connection_closed() {
     assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+/// Counts its drops: the backend's response body, dropped when its stream is reset.
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_resets_its_stream_at_the_backend() {
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&cancelled);
+    let endless = handler(move |_req, _| {
+        let guard = DropCount(Arc::clone(&seen));
+        async move {
+            let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+                Bytes::from_static(b"partial"),
+            ))]);
+            // The rest never comes; the stream holds the guard until hyper drops it.
+            let rest = futures_util::stream::unfold(guard, |g| async move {
+                std::future::pending::<()>().await;
+                Some((Ok::<_, BoxError>(Frame::data(Bytes::new())), g))
+            });
+            Response::new(StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed())
+        }
+    });
+    let backend = H2Backend::start(Opts::default(), endless).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+    let stream = tokio::net::TcpStream::connect(addr(&d)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "x")
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.is_some());
+    assert_eq!(in_flight(&d), 1);
+    // The client leaves.
+    drop(body);
+    drop(sender);
+    conn.abort();
+    assert!(
+        wait_until(DEADLINE, || async { cancelled.load(Ordering::SeqCst) == 1 }).await,
+        "the backend's stream was reset"
+    );
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    assert_eq!(backend_errors(&d), 0);
+    // Only the stream was reset: the connection stays for the next request.
+    assert_eq!((backend.conns(), backend.open()), (1, 1));
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
