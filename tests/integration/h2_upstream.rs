@@ -808,3 +808,55 @@ async fn a_client_that_leaves_resets_its_stream_at_the_backend() {
     assert_eq!((backend.conns(), backend.open()), (1, 1));
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+/// A backend that speaks HTTP/1.1 and h2c (prior knowledge) alike and answers with the
+/// version it was asked in, counting its connections.
+async fn either_version() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&conns);
+    let task = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tasks.spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(full(format!("{:?}", req.version()))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_protocol_never_reuses_the_old_connections() {
+    let (backend, conns, task) = either_version().await;
+    let dir = scratch_dir("h2-reload");
+    let path = dir.join("maitred.toml");
+    let h2c = h2c_config(&[backend], "");
+    let http1 = h2c.replace("protocol = \"h2c\"", "protocol = \"http1\"");
+    std::fs::write(&path, &h2c).unwrap();
+    let d = start_daemon_file(&path).await;
+    let body = |r: Reply| (r.status, r.body);
+    assert_eq!(body(get(addr(&d), "/").await), (200, "HTTP/2.0".into()));
+    // An unchanged pool keeps its connection across a reload.
+    d.reload(false).await.unwrap();
+    assert_eq!(body(get(addr(&d), "/").await), (200, "HTTP/2.0".into()));
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    std::fs::write(&path, &http1).unwrap();
+    d.reload(false).await.unwrap();
+    assert_eq!(body(get(addr(&d), "/").await), (200, "HTTP/1.1".into()));
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    // Back to h2c: a new transport, so a new connection, though the old one is open.
+    std::fs::write(&path, &h2c).unwrap();
+    d.reload(false).await.unwrap();
+    assert_eq!(body(get(addr(&d), "/").await), (200, "HTTP/2.0".into()));
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+    task.abort();
+}
