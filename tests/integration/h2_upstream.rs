@@ -860,3 +860,28 @@ async fn a_reload_that_changes_the_protocol_never_reuses_the_old_connections() {
     d.shutdown(Some(Duration::from_secs(1))).await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_holds_per_request_over_http2_backends() {
+    let named =
+        |name: &'static str| handler(move |_req, _| async move { Response::new(full(name)) });
+    let backends = [
+        H2Backend::start(Opts::default(), named("a")).await,
+        H2Backend::start(Opts::default(), named("b")).await,
+        H2Backend::start(Opts::default(), named("c")).await,
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let pool = "protocol = \"h2c\"\n\n[pool.web.affinity]\ncookie = \"srv\"\nsecret = \"s\"\n";
+    let d = start_daemon(&config_for("cookie-affinity", &addrs, pool)).await;
+    let mut c = Client::connect(addr(&d)).await;
+    let first = c.get("/", &[]).await;
+    assert_eq!(first.status, 200);
+    let jar = first.headers["set-cookie"].to_str().unwrap();
+    let jar = jar.split(';').next().unwrap().to_string();
+    for _ in 0..6 {
+        let r = c.get("/", &[("cookie", &jar)]).await;
+        assert_eq!(r.body, first.body);
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
