@@ -13,6 +13,8 @@
 //! The request's parts are only borrowed, so a retry on another backend encodes them
 //! again instead of keeping a copy; a failure says whether any of the request reached
 //! the backend, which decides whether a retry is allowed (DESIGN §5, `retries`).
+//!
+//! Backends that speak HTTP/2 (`protocol = "h2c"` or `"h2"`) are [`http2`]'s.
 
 pub mod body;
 pub mod connect;

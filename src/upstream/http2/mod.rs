@@ -7,12 +7,12 @@
 //! graceful GOAWAY's last stream id say that a request was never processed, so it may
 //! go again without counting against the backend.
 //!
-//! - [`conns`]: each worker's connections to each backend, chosen per request by free
+//! - `conns`: each worker's connections to each backend, chosen per request by free
 //!   streams, opened one at a time with the requests that wait for it;
-//! - [`driver`]: opening a connection (TCP, TLS with ALPN h2 for `h2`, the handshake and
+//! - `driver`: opening a connection (TCP, TLS with ALPN h2 for `h2`, the handshake and
 //!   a first PING that makes the peer's SETTINGS known) and the task that then drives it
 //!   (PING keep-alive, idle close, GOAWAY drain);
-//! - [`exchange`]: one request on one stream: its head, the body pump ([`pump`]), the
+//! - `exchange`: one request on one stream: its head, the body pump (`pump`), the
 //!   response head within `response_timeout`;
 //! - [`replay`]: the request body, kept (up to a limit) so a refused stream can go again;
 //! - [`body`]: the response body, data then trailers, holding the stream's place.
