@@ -16,7 +16,9 @@
 //! handles each request against the current [`snapshot::Snapshot`] → `router.rs` picks
 //! the pool → `pool.rs` picks a backend through one of `balancer/*` and takes its
 //! in-flight slot → `proxy/forward.rs` sends it on a pooled keep-alive connection with
-//! `upstream/`. The response body carries the in-flight guard and the connection back.
+//! `upstream/` (for an HTTP/2 pool, `proxy/http2.rs` on a stream of a multiplexed
+//! connection of `upstream/http2/`). The response body carries the in-flight guard and
+//! the connection back.
 //!
 //! # The health flow
 //!

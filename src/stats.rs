@@ -69,7 +69,8 @@ pub struct PoolStats {
     /// Requests answered 503 because no backend could take them.
     pub unavailable: AtomicU64,
     /// Requests sent again on a fresh connection because the reused one had been
-    /// closed by the backend before any answer.
+    /// closed by the backend before any answer, or (HTTP/2) because the backend
+    /// refused the stream unprocessed.
     pub stale_retries: AtomicU64,
     /// Time requests waited in the pool's queue for a slot, per request that waited
     /// (served or not).

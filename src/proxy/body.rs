@@ -1,5 +1,6 @@
-//! The body of a response on its way to the client: a backend's, carrying the backend's
-//! in-flight slot and the access-log line until it ends, or a short one maitred wrote.
+//! The body of a response on its way to the client: a backend's (HTTP/1.1 or an HTTP/2
+//! stream), carrying the backend's in-flight slot and the access-log line until it
+//! ends, or a short one maitred wrote.
 //! An enum rather than a boxed trait object, so a response allocates nothing for its
 //! body. (The request body on its way to a backend is [`crate::upstream::RequestBody`].)
 
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::access_log::Pending;
 use crate::backend::InFlight;
+use crate::upstream::http2::H2Body;
 use crate::upstream::{BackendBody, UpstreamError};
 
 /// A response body on its way to the client.
@@ -22,6 +24,16 @@ pub enum ResponseBody {
         /// The backend's body, with its connection, which goes back to the backend's
         /// idle pool when the body completes.
         body: BackendBody,
+        /// Released when the body completes or is dropped.
+        guard: Option<InFlight>,
+        /// The access-log line, written when the body completes or is dropped.
+        log: Option<Box<Pending>>,
+    },
+    /// An HTTP/2 backend's body, data then trailers; holds the backend's in-flight slot
+    /// (and the stream's place on its connection) until it ends or is dropped.
+    H2 {
+        /// The stream's body; dropped early, the stream is reset.
+        body: H2Body,
         /// Released when the body completes or is dropped.
         guard: Option<InFlight>,
         /// The access-log line, written when the body completes or is dropped.
@@ -45,7 +57,9 @@ impl ResponseBody {
     /// Attaches the access-log line to write when this body completes.
     pub fn set_log(&mut self, pending: Option<Box<Pending>>) {
         match self {
-            ResponseBody::Backend { log, .. } | ResponseBody::Local(_, log) => *log = pending,
+            ResponseBody::Backend { log, .. }
+            | ResponseBody::H2 { log, .. }
+            | ResponseBody::Local(_, log) => *log = pending,
         }
     }
 }
@@ -105,6 +119,7 @@ impl Body for ResponseBody {
                 }
                 polled
             }
+            ResponseBody::H2 { body, guard, log } => poll_h2(body, guard, log, cx),
             ResponseBody::Local(b, log) => {
                 let frame = b.take();
                 if let (Some(l), Some(d)) = (log.as_mut(), frame.as_ref()) {
@@ -118,6 +133,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Backend { body, .. } => body.is_end_stream(),
+            ResponseBody::H2 { body, .. } => body.is_end_stream(),
             ResponseBody::Local(b, _) => b.is_none(),
         }
     }
@@ -125,8 +141,42 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Backend { body, .. } => body.size_hint(),
+            ResponseBody::H2 { body, .. } => body.size_hint(),
             ResponseBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Local(None, _) => SizeHint::with_exact(0),
         }
     }
+}
+
+/// Polls an HTTP/2 backend's body; its end, failure or stall releases the in-flight
+/// slot (the stream's place on its connection goes with the body itself).
+fn poll_h2(
+    body: &mut H2Body,
+    guard: &mut Option<InFlight>,
+    log: &mut Option<Box<Pending>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+    let polled = Pin::new(&mut *body).poll_frame(cx);
+    match &polled {
+        Poll::Ready(Some(Ok(frame))) => {
+            if let (Some(l), Some(d)) = (log.as_mut(), frame.data_ref()) {
+                l.bytes += d.len() as u64;
+            }
+            if body.is_end_stream() {
+                guard.take();
+            }
+        }
+        Poll::Ready(Some(Err(UpstreamError::ReadTimeout))) => {
+            // The backend stalled mid-body: its fault, counted as its error.
+            if let Some(g) = guard.take() {
+                g.live().record_failure(0);
+            }
+            tracing::debug!("HTTP/2 backend body made no progress within read_timeout");
+        }
+        Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            guard.take();
+        }
+        Poll::Pending => {}
+    }
+    polled
 }

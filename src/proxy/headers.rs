@@ -39,6 +39,11 @@ impl Present {
         self.0 & bit::TRANSFER_ENCODING != 0
     }
 
+    /// Whether there is a TE header.
+    pub fn te(self) -> bool {
+        self.0 & bit::TE != 0
+    }
+
     /// Whether there is an Upgrade header.
     pub fn upgrade(self) -> bool {
         self.0 & bit::UPGRADE != 0
@@ -317,6 +322,20 @@ impl std::fmt::Debug for IpText {
     }
 }
 
+/// Whether `TE` lists `trailers` (RFC 9110 §10.1.4), which an HTTP/2 backend is told
+/// (DESIGN §6: gRPC needs it).
+pub fn te_has_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| {
+            let coding = t.split(';').next().unwrap_or(t).trim();
+            coding.eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// The X-Forwarded-For header name.
 pub fn x_forwarded_for() -> &'static HeaderName {
     &X_FORWARDED_FOR
@@ -390,6 +409,20 @@ mod tests {
         ] {
             assert_eq!(hop_kind(name), kind, "{}", String::from_utf8_lossy(name));
         }
+    }
+
+    #[test]
+    fn finds_trailers_in_te() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_static(v));
+            te_has_trailers(&h)
+        };
+        assert!(with("trailers"));
+        assert!(with("gzip, Trailers"));
+        assert!(!with("gzip"));
+        assert!(!with("trailersx"));
+        assert!(!te_has_trailers(&HeaderMap::new()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod host;
+mod http2;
 mod upgrade;
 
 use std::net::IpAddr;
@@ -91,7 +92,9 @@ pub async fn handle(
         }
         Ok(checked) => {
             let asked = checked.present.upgrade();
+            // An HTTP/2 backend cannot take an upgrade: the request goes without it.
             let tunnel = version == Version::HTTP_11
+                && !pool.transport.protocol.is_http2()
                 && headers::wants_upgrade(req.headers(), checked.present, &listener.upgrades);
             let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
             let client = Client {
@@ -262,6 +265,10 @@ async fn proxy(
     checked: Checked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (Response<ResponseBody>, Option<Arc<str>>) {
+    if pool.transport.protocol.is_http2() {
+        // Boxed: its state would otherwise size every HTTP/1.1 request's future.
+        return Box::pin(http2::proxy(pool, conn, client, req, checked)).await;
+    }
     let client_ip = client.ip;
     let Checked { host, present } = checked;
     let (mut parts, body) = req.into_parts();
@@ -360,7 +367,14 @@ async fn proxy(
                 upstream::response::recycle(std::mem::take(&mut parts.headers));
                 let name = Arc::clone(&chosen.backend.name);
                 if let (Some(latency), Some(started)) = (pool.latency(), started) {
-                    feed_latency(latency, pool, chosen.index, &head, started);
+                    feed_latency(
+                        latency,
+                        pool,
+                        chosen.index,
+                        head.status,
+                        &head.headers,
+                        started,
+                    );
                 }
                 let resp = respond(shared, pool, chosen, conn, head, client_upgrade);
                 return (resp, Some(name));
@@ -408,20 +422,21 @@ fn note_failure(pool: &Pool, chosen: &Chosen<'_>, e: &ProxyError) {
     eject_if_due(pool, chosen);
 }
 
-/// Feeds a peak-ewma pool's estimator with an answer that began at `started`: its
-/// latency, or the penalty for a 5xx, or for a 429 the penalty and its Retry-After.
+/// Feeds a peak-ewma pool's estimator with an answer (`status`, `headers`) that began
+/// at `started`: its latency, or the penalty for a 5xx, or for a 429 the penalty and
+/// its Retry-After.
 fn feed_latency(
     latency: &Latency,
     pool: &Pool,
     index: usize,
-    head: &upstream::ResponseHead,
+    status: StatusCode,
+    headers: &http::HeaderMap,
     started: u64,
 ) {
     let now = clock_ns();
-    let status = head.status;
     if status == StatusCode::TOO_MANY_REQUESTS {
         latency.penalize(&pool.backends, index, now);
-        if let (Some(b), Some(wait)) = (pool.backends.get(index), retry_after(&head.headers)) {
+        if let (Some(b), Some(wait)) = (pool.backends.get(index), retry_after(headers)) {
             latency.block(b, wait, now);
         }
     } else if status.is_server_error() {
@@ -460,6 +475,18 @@ fn eject_if_due(pool: &Pool, chosen: &Chosen<'_>) {
     }
 }
 
+/// Counts a backend's answer: its status class, and a 5xx toward ejection or anything
+/// else as a success.
+fn note_status(pool: &Pool, chosen: &Chosen<'_>, status: StatusCode) {
+    let live = &chosen.backend.live;
+    live.record_status(status.as_u16());
+    if status.is_server_error() {
+        eject_if_due(pool, chosen);
+    } else {
+        live.record_success();
+    }
+}
+
 /// Turns the backend's response head into the client's response: the affinity cookie
 /// in, the in-flight guard and the connection into the body; an agreed upgrade becomes
 /// a tunnel.
@@ -472,13 +499,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
     let status = head.status;
-    let live = &chosen.backend.live;
-    live.record_status(status.as_u16());
-    if status.is_server_error() {
-        eject_if_due(pool, &chosen);
-    } else {
-        live.record_success();
-    }
+    note_status(pool, &chosen, status);
     pool.stats.count_placement(chosen.placement);
     let mut headers = head.headers;
     if let Some(c) = chosen.set_cookie {

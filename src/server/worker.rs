@@ -9,6 +9,7 @@
 //! - the parking lots of idle client connections (here);
 //! - the worker's slot in every backend's idle-connection pool, and its heartbeat count
 //!   ([`crate::upstream::pool`]);
+//! - its HTTP/2 connections to each backend ([`crate::upstream::http2`]);
 //! - spare header maps and the response header names seen ([`crate::upstream::response`]);
 //! - issued and verified affinity tokens ([`crate::balancer`]);
 //! - the access-log line buffer ([`crate::access_log`]);
@@ -82,6 +83,7 @@ impl Worker {
                 .iter()
                 .filter_map(move |b| Some((conn_pool::of(&b.live)?, keepalive)))
         }));
+        crate::upstream::http2::heartbeat();
     }
 }
 
@@ -92,6 +94,7 @@ impl Drop for Worker {
         clear_lot(&TCP_LOT);
         clear_lot(&TLS_LOT);
         crate::upstream::response::clear_worker_state();
+        crate::upstream::http2::clear_worker_state();
         crate::balancer::clear_worker_caches();
         crate::access_log::clear_worker_buffer();
         tracing::trace!(worker = self.index, "worker state cleared");

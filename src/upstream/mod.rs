@@ -13,10 +13,13 @@
 //! The request's parts are only borrowed, so a retry on another backend encodes them
 //! again instead of keeping a copy; a failure says whether any of the request reached
 //! the backend, which decides whether a retry is allowed (DESIGN §5, `retries`).
+//!
+//! Backends that speak HTTP/2 (`protocol = "h2c"` or `"h2"`) are [`http2`]'s.
 
 pub mod body;
 pub mod connect;
 pub mod hop;
+pub mod http2;
 pub mod pool;
 pub mod request;
 pub mod response;
@@ -74,6 +77,10 @@ pub enum UpstreamError {
     /// The backend's response body made no progress for `read_timeout`.
     #[error("backend body made no progress within read_timeout")]
     ReadTimeout,
+    /// An HTTP/2 stream or connection to the backend failed (reset, GOAWAY, protocol
+    /// error, I/O).
+    #[error("backend HTTP/2: {0}")]
+    H2(#[source] h2::Error),
 }
 
 /// A failed exchange, and whether any of the request reached the backend.

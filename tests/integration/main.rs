@@ -8,6 +8,7 @@ mod balancing;
 mod cli;
 mod common;
 mod discovery;
+mod h2_upstream;
 mod health;
 mod latency;
 mod limits;
