@@ -1,7 +1,7 @@
-//! gRPC calls through maitred to a tonic server over h2c: every kind of call, statuses
-//! and trailers passed through, `grpc-timeout` bounding a call, slow streams that no
-//! body timeout cuts, a backend killed mid-stream, and maitred's own errors in gRPC's
-//! form (HTTP 200, trailers-only, never a page).
+//! gRPC calls through maitred to a tonic server over h2c (and h2 over TLS): every kind
+//! of call, statuses and trailers passed through, `grpc-timeout` bounding a call, slow
+//! streams that no body timeout cuts, a backend killed mid-stream, and maitred's own
+//! errors in gRPC's form (HTTP 200, trailers-only, never a page).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use tonic::Code;
 use super::echo::{EchoClient, EchoRequest};
 use super::{GrpcBackend, grpc_config, raw_call};
 use crate::common::*;
+use crate::test_ca::TestCa;
 
 #[tokio::test]
 async fn no_backend_is_unavailable_with_http_200_and_no_body() {
@@ -378,5 +379,40 @@ async fn a_grpc_client_that_pauses_reading_is_not_cut_by_send_timeout() {
         seen += 1;
     }
     assert_eq!(seen, 256);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+#[tokio::test]
+async fn calls_reach_a_backend_over_tls_with_h2() {
+    let ca = TestCa::new("grpc-calls-ca");
+    let b = GrpcBackend::start_tls(ca.server_config(&["backend.test"], &[b"h2"])).await;
+    let tls = format!(
+        "[pool.web.tls]\nca = \"{}\"\nserver_name = \"backend.test\"\n",
+        ca.ca_path().display()
+    );
+    let config = grpc_config(&[b.addr], &tls, "").replace("\"h2c\"", "\"h2\"");
+    let d = start_daemon(&config).await;
+    let mut client = EchoClient::connect(addr(&d)).await;
+    let reply = client
+        .unary(tonic::Request::new(EchoRequest::say("over tls")))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().message, "over tls");
+    let req = EchoRequest {
+        count: 3,
+        ..EchoRequest::say("tick")
+    };
+    let mut stream = client
+        .spread(tonic::Request::new(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0;
+    while stream.message().await.unwrap().is_some() {
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    let trailers = stream.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers.get("x-sent").unwrap(), "3");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
