@@ -545,3 +545,19 @@ async fn cookie_affinity_holds_per_request_over_http2_backends() {
     }
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_past_the_limit_is_a_bad_gateway() {
+    let huge = handler(|_req, _| async move {
+        let mut r = Response::new(full("body"));
+        let value = "x".repeat(100 * 1024);
+        r.headers_mut().insert("x-huge", value.parse().unwrap());
+        r
+    });
+    let backend = H2Backend::start(Opts::default(), huge).await;
+    let d = start_daemon(&h2c_config(&[backend.addr], "retries = 0\n")).await;
+    let r = get(addr(&d), "/").await;
+    assert_eq!(r.status, 502, "{:?}", r.headers.keys().collect::<Vec<_>>());
+    assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+}

@@ -199,7 +199,9 @@ fn choose(key: usize, target: Target<'_>) -> Choice {
                 conns: Vec::new(),
             };
         }
-        entry.conns.retain_mut(Slot::takes_streams);
+        // Closed connections are dropped from the list; h2 is asked (a lock) only
+        // about the one about to be chosen.
+        entry.conns.retain(|s| !s.is_closed());
         for slot in entry.conns.iter_mut() {
             match slot {
                 Slot::Open { send, state } => {
@@ -207,7 +209,8 @@ fn choose(key: usize, target: Target<'_>) -> Choice {
                     // A backend that allows no stream at all still gets one at a time
                     // (h2 holds it until the backend allows it) rather than a new
                     // connection per request.
-                    if active < send.current_max_send_streams().max(1) {
+                    let free = active < send.current_max_send_streams().max(1);
+                    if free && takes_streams(send, state) {
                         state.active.store(active + 1, Ordering::Relaxed);
                         return Choice::Lease(Lease {
                             send: send.clone(),
@@ -234,23 +237,25 @@ fn choose(key: usize, target: Target<'_>) -> Choice {
 }
 
 impl Slot {
-    /// Whether the connection may still take new streams: not closed, and h2 does not
-    /// report a GOAWAY or a failure (asked without waiting).
-    fn takes_streams(&mut self) -> bool {
-        let Slot::Open { send, state } = self else {
-            return true;
-        };
-        if state.is_closed() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Err(e)) = send.poll_ready(&mut cx) {
-            tracing::debug!(error = %e, "HTTP/2 connection to backend takes no new streams");
-            state.close();
-            return false;
-        }
-        true
+    /// An open connection that takes no new stream.
+    fn is_closed(&self) -> bool {
+        matches!(self, Slot::Open { state, .. } if state.is_closed())
     }
+}
+
+/// Whether an open connection may still take new streams: h2 does not report a GOAWAY
+/// or a failure (asked without waiting). One that may not is closed for good.
+fn takes_streams(send: &mut SendRequest<Bytes>, state: &ConnState) -> bool {
+    if state.is_closed() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    if let Poll::Ready(Err(e)) = send.poll_ready(&mut cx) {
+        tracing::debug!(error = %e, "HTTP/2 connection to backend takes no new streams");
+        state.close();
+        return false;
+    }
+    true
 }
 
 /// The driver opened the connection `attempt` stood for: it takes streams from now on.
@@ -297,7 +302,10 @@ pub fn heartbeat() {
     let _ = CONNS.try_with(|conns| {
         if let Ok(mut conns) = conns.try_borrow_mut() {
             conns.retain(|_, entry| {
-                entry.conns.retain_mut(Slot::takes_streams);
+                entry.conns.retain_mut(|s| match s {
+                    Slot::Open { send, state } => takes_streams(send, state),
+                    Slot::Connecting { .. } => true,
+                });
                 entry.live.strong_count() > 0 && !entry.conns.is_empty()
             });
         }

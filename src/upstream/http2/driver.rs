@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::ConnectFailure;
 use crate::backend_tls::BackendTls;
-use crate::upstream::connect;
+use crate::upstream::{MAX_HEAD, connect};
 
 /// The longest and the shortest time between two PINGs on a connection.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,11 +42,13 @@ const MIN_PONG_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The receive window of each stream: what a backend may send ahead of the client's
-/// reading, per stream (h2's default, 64 KiB, throttles any fast backend).
-const STREAM_WINDOW: u32 = 1 << 20;
+/// reading (h2's default, 64 KiB, throttles any fast backend).
+const STREAM_WINDOW: u32 = 512 * 1024;
 
-/// The receive window of the whole connection.
-const CONN_WINDOW: u32 = 8 << 20;
+/// The receive window of the whole connection, shared by its streams: a stream whose
+/// client stopped reading holds at most its own window of it, so it takes 32 such
+/// streams (each cut by `send_timeout` in the end) to stall the others.
+const CONN_WINDOW: u32 = 16 << 20;
 
 /// What the driver needs to open a connection.
 #[derive(Debug)]
@@ -173,6 +175,7 @@ where
     builder
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
+        .max_header_list_size(MAX_HEAD as u32)
         .enable_push(false);
     let (send, mut conn) = match timeout_at(deadline, builder.handshake::<_, Bytes>(io)).await {
         Err(_) => return Err(ConnectFailure::Timeout),
