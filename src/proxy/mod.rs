@@ -321,7 +321,7 @@ async fn proxy(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let checkout = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+        let checkout = match forward::checkout(chosen.backend, pool).await {
             Ok(c) => c,
             Err(e) => {
                 note_failure(pool, &chosen, &e);
@@ -343,7 +343,7 @@ async fn proxy(
                         .stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Boxed: rare, and its state would size every request's future.
-                    let fresh = Box::pin(forward::connect(chosen.backend, pool.connect_timeout));
+                    let fresh = Box::pin(forward::connect(chosen.backend, pool));
                     match fresh.await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => break Err((e, false)),
