@@ -20,3 +20,4 @@ mod slow_start;
 mod tls;
 mod upgrade;
 mod upstream;
+mod upstream_tls;
