@@ -152,12 +152,23 @@ fn server_config(leaf: &Leaf, client_ca: Option<&CertificateDer<'static>>) -> ru
 /// An HTTPS backend on loopback: TLS (tokio-rustls) in front of a hyper HTTP/1.1
 /// server. `/` answers `backend NAME`, `/echo` sends the request body back, `/ws`
 /// upgrades to a WebSocket that echoes each message prefixed with the name. Counts
-/// completed handshakes and the requests it answered.
+/// completed handshakes, open connections and the requests it answered.
 struct TlsBackend {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
-    tasks: Arc<Mutex<JoinSet<()>>>,
+    accept: JoinSet<()>,
+    conns: Arc<Mutex<JoinSet<()>>>,
+}
+
+/// One open connection of a [`TlsBackend`], counted until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl TlsBackend {
@@ -166,15 +177,18 @@ impl TlsBackend {
         let addr = listener.local_addr().unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let handshakes = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (h, r, t, name) = (
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let (h, o, r, c, name) = (
             Arc::clone(&handshakes),
+            Arc::clone(&open),
             Arc::clone(&requests),
-            Arc::clone(&tasks),
+            Arc::clone(&conns),
             name.to_string(),
         );
-        tasks.lock().unwrap().spawn(async move {
+        let mut accept = JoinSet::new();
+        accept.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, h, r, name) = (
                     acceptor.clone(),
@@ -182,7 +196,10 @@ impl TlsBackend {
                     Arc::clone(&r),
                     name.clone(),
                 );
-                t.lock().unwrap().spawn(async move {
+                o.fetch_add(1, Ordering::SeqCst);
+                let open = Open(Arc::clone(&o));
+                c.lock().unwrap().spawn(async move {
+                    let _open = open;
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -201,8 +218,10 @@ impl TlsBackend {
         TlsBackend {
             addr,
             handshakes,
+            open,
             requests,
-            tasks,
+            accept,
+            conns,
         }
     }
 
@@ -213,11 +232,25 @@ impl TlsBackend {
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Closes every open connection (without a TLS close_notify, as a backend that
+    /// exits would) and waits until they are gone; it goes on accepting new ones.
+    async fn drop_connections(&self) {
+        self.conns.lock().unwrap().abort_all();
+        let open = Arc::clone(&self.open);
+        let gone = wait_until(DEADLINE, move || {
+            let open = Arc::clone(&open);
+            async move { open.load(Ordering::SeqCst) == 0 }
+        })
+        .await;
+        assert!(gone, "the backend's connections did not close");
+    }
 }
 
 impl Drop for TlsBackend {
     fn drop(&mut self) {
-        self.tasks.lock().unwrap().abort_all();
+        self.accept.abort_all();
+        self.conns.lock().unwrap().abort_all();
     }
 }
 
@@ -303,7 +336,29 @@ async fn verified_backend_answers_and_its_connection_is_reused() {
         1,
         "one TLS connection carried every request"
     );
+
+    // The backend closes its idle connection: the next request sees it closed before
+    // sending on it, and opens another (no stale send, no retry).
+    b.drop_connections().await;
+    let r = client.get("/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "backend a\n"));
+    assert_eq!(b.handshakes(), 2);
+    assert_eq!(
+        stale_retries(&d),
+        0,
+        "the closed connection was not sent on"
+    );
     d.shutdown(Some(Duration::from_secs(1))).await;
+}
+
+fn stale_retries(d: &maitred::app::Daemon) -> u64 {
+    d.shared()
+        .live
+        .load()
+        .pools
+        .iter()
+        .map(|p| p.stats.stale_retries.load(Ordering::Relaxed))
+        .sum()
 }
 
 #[tokio::test]
@@ -393,15 +448,32 @@ async fn a_reload_reads_the_ca_again_and_a_bad_one_keeps_the_running_config() {
 
     std::fs::copy(&pki.ca, &ca).unwrap();
     d.reload(false).await.unwrap();
-    let r = get(addr(&d), "/").await;
+    // One client connection, so one worker and its idle backend connections.
+    let mut client = Client::connect(addr(&d)).await;
+    for _ in 0..2 {
+        let r = client.get("/", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "backend a\n"));
+    }
+    assert_eq!(b.handshakes(), 1);
+
+    // A reload reads the TLS files again and starts the pool's connections afresh,
+    // even when they have not changed.
+    d.reload(false).await.unwrap();
+    let r = client.get("/", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "backend a\n"));
+    assert_eq!(
+        b.handshakes(),
+        2,
+        "the idle connection of before was not reused"
+    );
 
     std::fs::write(&ca, "not a certificate\n").unwrap();
     let err = d.reload(false).await.unwrap_err();
     let msgs = err.messages().join("\n");
     assert!(msgs.contains("pool-ca.pem"), "{msgs}");
-    let r = get(addr(&d), "/").await;
+    let r = client.get("/", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "backend a\n"));
+    assert_eq!(b.handshakes(), 2, "a failed reload changed nothing");
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
