@@ -1,5 +1,5 @@
-//! The backend side of the proxy: HTTP/1.1 over a pooled keep-alive connection, spoken
-//! by maitred itself.
+//! The backend side of the proxy: HTTP/1.1 over a pooled keep-alive connection, plain
+//! TCP or TLS ([`stream`]), spoken by maitred itself.
 //!
 //! Why not hyper's client: its connection runs in a task of its own, with a channel and
 //! a dispatcher between the request and the socket; profiled (issue 8), that task cost
