@@ -76,9 +76,10 @@ pub struct SendFailure {
     pub stale: bool,
 }
 
-/// Sends the request on `conn` and waits for the response head.
+/// Sends the request on `conn` to `backend` and waits for the response head.
 pub async fn send(
     conn: &mut UpConn,
+    backend: &Backend,
     parts: &Parts,
     forwarded: &Forwarded,
     body: &mut RequestBody,
@@ -94,6 +95,10 @@ pub async fn send(
             let error = match error {
                 UpstreamError::ResponseTimeout => ProxyError::ResponseTimeout,
                 UpstreamError::ClientBodyTimeout => ProxyError::ClientBodyTimeout,
+                UpstreamError::Io(e) if is_tls(&e) => {
+                    tls_failed(backend, &e);
+                    ProxyError::Upstream(UpstreamError::Io(e))
+                }
                 e => ProxyError::Upstream(e),
             };
             SendFailure {
@@ -104,4 +109,19 @@ pub async fn send(
             }
         },
     )
+}
+
+/// Whether an I/O error is rustls' (an alert from the backend, a record that does not
+/// decrypt).
+fn is_tls(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// Logs a TLS failure after the handshake: with TLS 1.3 a backend judges the client
+/// certificate only once the handshake is over on maitred's side, so a missing or
+/// refused one shows here (`received fatal alert: CertificateRequired`), not in
+/// [`upstream::connect::tls`].
+#[cold]
+fn tls_failed(backend: &Backend, e: &std::io::Error) {
+    tracing::warn!(backend = %backend.name, error = %e, "TLS to backend failed");
 }

@@ -331,7 +331,15 @@ async fn proxy(
         };
         let (mut conn, mut reused) = (checkout.conn, checkout.reused);
         let sent = loop {
-            let sent = forward::send(&mut conn, &parts, &forwarded, &mut body, limits).await;
+            let sent = forward::send(
+                &mut conn,
+                chosen.backend,
+                &parts,
+                &forwarded,
+                &mut body,
+                limits,
+            )
+            .await;
             match sent {
                 // A reused connection the backend had closed (its keep-alive timeout
                 // raced ours) goes again once on a fresh one to the same backend: not

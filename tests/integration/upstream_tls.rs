@@ -435,6 +435,26 @@ async fn a_backend_that_requires_a_client_certificate_gets_the_configured_one() 
 }
 
 #[tokio::test]
+async fn a_client_certificate_the_backend_refuses_after_the_handshake_is_logged() {
+    // With TLS 1.3 the backend judges the client certificate after maitred's side of
+    // the handshake is done: its alert arrives with the answer, and is logged there.
+    let pki = pki();
+    let b = TlsBackend::start("m", server_config(&pki.server, Some(&pki.client_ca_der))).await;
+    let path = pki.dir.join("maitred.toml");
+    let cfg = https_config(b.addr, &verified_by(&pki.ca, "localhost"));
+    std::fs::write(&path, cfg).unwrap();
+    let mut p = crate::cli::Proc::start(&path);
+    let target = p.listening_addr().await;
+    assert_eq!(get(target, "/").await.status, 502);
+    assert!(
+        p.wait_log("TLS to backend failed").await && p.log().contains("alert"),
+        "{}",
+        p.log()
+    );
+    assert!(p.log().contains(&b.addr.to_string()), "{}", p.log());
+}
+
+#[tokio::test]
 async fn a_reload_reads_the_ca_again_and_a_bad_one_keeps_the_running_config() {
     let pki = pki();
     let b = TlsBackend::start("a", server_config(&pki.server, None)).await;
