@@ -21,3 +21,4 @@ mod slow_start;
 mod tls;
 mod upgrade;
 mod upstream;
+mod upstream_tls;
