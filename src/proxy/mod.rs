@@ -357,7 +357,7 @@ async fn proxy(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let checkout = match forward::checkout(chosen.backend, pool.connect_timeout).await {
+        let checkout = match forward::checkout(chosen.backend, pool).await {
             Ok(c) => c,
             Err(e) => {
                 note_failure(pool, &chosen, &e);
@@ -367,7 +367,15 @@ async fn proxy(
         };
         let (mut conn, mut reused) = (checkout.conn, checkout.reused);
         let sent = loop {
-            let sent = forward::send(&mut conn, &parts, &forwarded, &mut body, limits).await;
+            let sent = forward::send(
+                &mut conn,
+                chosen.backend,
+                &parts,
+                &forwarded,
+                &mut body,
+                limits,
+            )
+            .await;
             match sent {
                 // A reused connection the backend had closed (its keep-alive timeout
                 // raced ours) goes again once on a fresh one to the same backend: not
@@ -379,7 +387,7 @@ async fn proxy(
                         .stale_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Boxed: rare, and its state would size every request's future.
-                    let fresh = Box::pin(forward::connect(chosen.backend, pool.connect_timeout));
+                    let fresh = Box::pin(forward::connect(chosen.backend, pool));
                     match fresh.await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => break Err((e, false)),

@@ -1,5 +1,5 @@
-//! The backend side of the proxy: HTTP/1.1 over a pooled keep-alive connection, spoken
-//! by maitred itself.
+//! The backend side of the proxy: HTTP/1.1 over a pooled keep-alive connection, plain
+//! TCP or TLS ([`stream`]), spoken by maitred itself.
 //!
 //! Why not hyper's client: its connection runs in a task of its own, with a channel and
 //! a dispatcher between the request and the socket; profiled (issue 8), that task cost
@@ -23,6 +23,7 @@ pub mod http2;
 pub mod pool;
 pub mod request;
 pub mod response;
+pub mod stream;
 
 use std::io;
 use std::pin::Pin;
@@ -30,12 +31,14 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http_body::Body as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 pub use body::BackendBody;
 pub use request::{AddedHeaders, RequestBody};
 pub use response::ResponseHead;
+pub use stream::Stream;
 
 /// The most a response head may take; a larger one is a bad gateway.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -98,10 +101,13 @@ pub struct Failure {
     pub stale: bool,
 }
 
-/// One HTTP/1.1 connection to a backend.
+/// One HTTP/1.1 connection to a backend, plain or over TLS.
 #[derive(Debug)]
 pub struct UpConn {
-    io: TcpStream,
+    io: Stream,
+    /// The id of the pool transport ([`crate::pool::Transport`]) it was opened under:
+    /// an idle connection is reused only under the same one.
+    transport: u64,
     /// Bytes read from the backend and not yet consumed.
     buf: BytesMut,
     /// The request head being written; its capacity is kept for the next request.
@@ -109,24 +115,43 @@ pub struct UpConn {
 }
 
 impl UpConn {
-    /// Opens a connection (no timeout: the caller bounds it).
-    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<UpConn> {
-        let io = TcpStream::connect(addr).await?;
-        let _ = io.set_nodelay(true);
-        Ok(UpConn {
+    /// A connection over plain TCP, opened under the transport with id `transport`.
+    pub fn plain(io: TcpStream, transport: u64) -> UpConn {
+        UpConn::new(Stream::Plain(io), transport)
+    }
+
+    /// A connection over TLS (handshake done), opened under the transport with id
+    /// `transport`.
+    pub fn tls(io: TlsStream<TcpStream>, transport: u64) -> UpConn {
+        UpConn::new(Stream::Tls(Box::new(io)), transport)
+    }
+
+    fn new(io: Stream, transport: u64) -> UpConn {
+        UpConn {
             io,
+            transport,
             buf: BytesMut::new(),
             head: Vec::new(),
-        })
+        }
+    }
+
+    /// Opens a plain connection (no timeout: the caller bounds it), for tests.
+    #[cfg(test)]
+    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<UpConn> {
+        Ok(UpConn::plain(connect::tcp(addr).await?, 0))
+    }
+
+    /// The id of the transport the connection was opened under.
+    #[inline]
+    pub fn transport(&self) -> u64 {
+        self.transport
     }
 
     /// Whether a pooled connection can carry a request: the backend has neither closed
     /// it nor sent anything unasked. Costs no system call unless the socket was
     /// reported readable since its last read.
     pub fn is_usable(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.buf.is_empty() && self.io.is_idle_and_open()
     }
 
     /// Frees the read buffer and head buffer (an idle connection beyond the first few in
@@ -150,9 +175,9 @@ impl UpConn {
         self.buf.capacity() + self.head.capacity()
     }
 
-    /// The connection's socket and any bytes the backend sent after the response head,
+    /// The connection's stream and any bytes the backend sent after the response head,
     /// for a tunnel after `101 Switching Protocols`.
-    pub fn into_tunnel(self) -> (TcpStream, BytesMut) {
+    pub fn into_tunnel(self) -> (Stream, BytesMut) {
         (self.io, self.buf)
     }
 
@@ -178,16 +203,17 @@ impl UpConn {
         request::encode_head(&mut self.head, parts, forwarded, framing);
         if framing == request::Framing::None {
             // The common case: the head in one write, then the answer, under one timer.
-            let (mut rd, mut wr) = self.io.split();
-            let exchange = async {
-                write_head(&mut wr, &self.head, false).await?;
-                read_head(&mut rd, &mut self.buf, parts)
-                    .await
-                    .map_err(|e| Failure::after_write(e, &self.buf))
-            };
-            return match tokio::time::timeout(limits.response, exchange).await {
-                Err(_) => Err(Failure::after_write(UpstreamError::ResponseTimeout, &[])),
-                Ok(r) => r,
+            let UpConn { io, buf, head, .. } = self;
+            return match io {
+                Stream::Plain(tcp) => {
+                    let (rd, wr) = tcp.split();
+                    send_bodiless(rd, wr, head, buf, parts, limits).await
+                }
+                Stream::Tls(tls) => {
+                    let shared = stream::Shared::new(&mut **tls);
+                    let (rd, wr) = shared.split();
+                    send_bodiless(rd, wr, head, buf, parts, limits).await
+                }
             };
         }
         // Boxed: its state (the body pump, the early-answer race and their timers) would
@@ -223,69 +249,154 @@ impl UpConn {
             }
             Ok(None) => request::append_end(&mut self.head, framing),
         }
-        let (mut rd, mut wr) = self.io.split();
-        let sent = async {
-            write_head(&mut wr, &self.head, taken).await?;
-            if let Some(data) = large {
-                let written = async {
-                    write_piece(&mut wr, &data, framing).await?;
-                    if !more && framing == request::Framing::Chunked {
-                        wr.write_all(b"0\r\n\r\n").await?;
-                    }
-                    Ok::<_, io::Error>(())
-                };
-                if let Err(e) = written.await {
-                    return Err(Failure::written_part(e.into()));
-                }
+        let UpConn { io, buf, head, .. } = self;
+        let sending = Sending {
+            head,
+            taken,
+            large,
+            more,
+            framing,
+            limits,
+        };
+        match io {
+            Stream::Plain(tcp) => {
+                let (rd, wr) = tcp.split();
+                send_with_body(rd, wr, sending, buf, parts, body).await
             }
-            Ok(())
-        };
-        match tokio::time::timeout(limits.response, sent).await {
-            Err(_) => return Err(Failure::written_part(UpstreamError::ResponseTimeout)),
-            Ok(Err(f)) => return Err(f),
-            Ok(Ok(())) => {}
+            Stream::Tls(tls) => {
+                let shared = stream::Shared::new(&mut **tls);
+                let (rd, wr) = shared.split();
+                send_with_body(rd, wr, sending, buf, parts, body).await
+            }
         }
-        if !more {
-            let read = read_head(&mut rd, &mut self.buf, parts);
-            return match tokio::time::timeout(limits.response, read).await {
-                Err(_) => Err(Failure::written_part(UpstreamError::ResponseTimeout)),
-                Ok(r) => r.map_err(|e| Failure::after_write(e, &self.buf)),
-            };
-        }
-        let pump = pump_body(&mut wr, body, framing, limits);
-        let read = read_head(&mut rd, &mut self.buf, parts);
-        tokio::pin!(pump, read);
-        // While the body is on its way the backend may answer early; once it has all
-        // been sent, the response timer starts.
-        let early = tokio::select! {
-            biased;
-            r = &mut read => Some(r),
-            w = &mut pump => match w {
-                Ok(()) => None,
-                // The backend stopped reading; it may still have answered.
-                Err(UpstreamError::Io(_)) => Some(
-                    match tokio::time::timeout(limits.response, &mut read).await {
-                        Err(_) => Err(UpstreamError::ResponseTimeout),
-                        Ok(r) => r,
-                    },
-                ),
-                Err(error) => return Err(Failure::written_part(error)),
-            },
-        };
-        let answer = match early {
-            Some(r) => r.map(|mut h| {
-                // The backend answered before taking the whole body: the connection is
-                // out of step and is not reused.
-                h.keep_alive = false;
-                h
-            }),
-            None => match tokio::time::timeout(limits.response, &mut read).await {
-                Err(_) => Err(UpstreamError::ResponseTimeout),
-                Ok(r) => r,
-            },
-        };
-        answer.map_err(Failure::written_part)
     }
+}
+
+/// A request with a body, its head (and perhaps the body's first piece) encoded and
+/// ready to go.
+struct Sending<'a> {
+    /// The head, with the body's first piece when it was small enough to coalesce.
+    head: &'a [u8],
+    /// Some of the client's body was consumed.
+    taken: bool,
+    /// The body's first piece, when too large to coalesce into the head.
+    large: Option<Bytes>,
+    /// The client's body goes on after what was taken.
+    more: bool,
+    framing: request::Framing,
+    limits: Limits,
+}
+
+/// Writes a bodiless request's head and reads the answer's, both under one
+/// `response` timer.
+async fn send_bodiless<R, W>(
+    mut rd: R,
+    mut wr: W,
+    head: &[u8],
+    buf: &mut BytesMut,
+    parts: &Parts,
+    limits: Limits,
+) -> Result<ResponseHead, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let exchange = async {
+        write_head(&mut wr, head, false).await?;
+        read_head(&mut rd, buf, parts)
+            .await
+            .map_err(|e| Failure::after_write(e, buf))
+    };
+    match tokio::time::timeout(limits.response, exchange).await {
+        Err(_) => Err(Failure::after_write(UpstreamError::ResponseTimeout, &[])),
+        Ok(r) => r,
+    }
+}
+
+/// Writes a request with a body and reads the answer's head, which may come before
+/// the body has all been sent.
+async fn send_with_body<R, W>(
+    mut rd: R,
+    mut wr: W,
+    sending: Sending<'_>,
+    buf: &mut BytesMut,
+    parts: &Parts,
+    body: &mut RequestBody,
+) -> Result<ResponseHead, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Sending {
+        head,
+        taken,
+        large,
+        more,
+        framing,
+        limits,
+    } = sending;
+    let sent = async {
+        write_head(&mut wr, head, taken).await?;
+        if let Some(data) = large {
+            let written = async {
+                write_piece(&mut wr, &data, framing).await?;
+                if !more && framing == request::Framing::Chunked {
+                    wr.write_all(b"0\r\n\r\n").await?;
+                    wr.flush().await?;
+                }
+                Ok::<_, io::Error>(())
+            };
+            if let Err(e) = written.await {
+                return Err(Failure::written_part(e.into()));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limits.response, sent).await {
+        Err(_) => return Err(Failure::written_part(UpstreamError::ResponseTimeout)),
+        Ok(Err(f)) => return Err(f),
+        Ok(Ok(())) => {}
+    }
+    if !more {
+        let read = read_head(&mut rd, buf, parts);
+        return match tokio::time::timeout(limits.response, read).await {
+            Err(_) => Err(Failure::written_part(UpstreamError::ResponseTimeout)),
+            Ok(r) => r.map_err(|e| Failure::after_write(e, buf)),
+        };
+    }
+    let pump = pump_body(&mut wr, body, framing, limits);
+    let read = read_head(&mut rd, buf, parts);
+    tokio::pin!(pump, read);
+    // While the body is on its way the backend may answer early; once it has all
+    // been sent, the response timer starts.
+    let early = tokio::select! {
+        biased;
+        r = &mut read => Some(r),
+        w = &mut pump => match w {
+            Ok(()) => None,
+            // The backend stopped reading; it may still have answered.
+            Err(UpstreamError::Io(_)) => Some(
+                match tokio::time::timeout(limits.response, &mut read).await {
+                    Err(_) => Err(UpstreamError::ResponseTimeout),
+                    Ok(r) => r,
+                },
+            ),
+            Err(error) => return Err(Failure::written_part(error)),
+        },
+    };
+    let answer = match early {
+        Some(r) => r.map(|mut h| {
+            // The backend answered before taking the whole body: the connection is
+            // out of step and is not reused.
+            h.keep_alive = false;
+            h
+        }),
+        None => match tokio::time::timeout(limits.response, &mut read).await {
+            Err(_) => Err(UpstreamError::ResponseTimeout),
+            Ok(r) => r,
+        },
+    };
+    answer.map_err(Failure::written_part)
 }
 
 /// The waits of one exchange.
@@ -355,19 +466,27 @@ impl UpstreamError {
 /// the whole head is written leaves the request unsent, so a connection the backend
 /// had closed is stale: the request can go again on a fresh one.
 async fn write_head(
-    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    wr: &mut (impl AsyncWrite + Unpin),
     head: &[u8],
     taken: bool,
 ) -> Result<(), Failure> {
     let mut written = 0;
-    while written < head.len() {
-        let e = match wr.write(&head[written..]).await {
-            Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
-            Ok(n) => {
-                written += n;
-                continue;
+    loop {
+        let e = if written < head.len() {
+            match wr.write(&head[written..]).await {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) => e,
             }
-            Err(e) => e,
+        } else {
+            // A no-op on TCP; TLS may hold the last record until flushed.
+            match wr.flush().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
         };
         let error = UpstreamError::Io(e);
         let stale = written == 0 && error.is_connection_gone();
@@ -378,7 +497,6 @@ async fn write_head(
             stale,
         });
     }
-    Ok(())
 }
 
 /// The next piece of the client's body, waiting at most `limits.client_body` for it.
@@ -410,7 +528,7 @@ async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, UpstreamErro
 
 /// Writes the rest of the client's body to the backend as it arrives, raw or chunked.
 async fn pump_body(
-    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    wr: &mut (impl AsyncWrite + Unpin),
     body: &mut RequestBody,
     framing: request::Framing,
     limits: Limits,
@@ -423,13 +541,15 @@ async fn pump_body(
     }
     if framing == request::Framing::Chunked {
         wr.write_all(b"0\r\n\r\n").await?;
+        wr.flush().await?;
     }
     Ok(())
 }
 
-/// Writes one piece of the body, framed.
+/// Writes one piece of the body, framed, and flushes it (a no-op on TCP; TLS may hold
+/// the last record until flushed, and the next piece may be long in coming).
 async fn write_piece(
-    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    wr: &mut (impl AsyncWrite + Unpin),
     data: &[u8],
     framing: request::Framing,
 ) -> io::Result<()> {
@@ -438,15 +558,16 @@ async fn write_piece(
         let n = request::chunk_size_line(&mut line, data.len());
         wr.write_all(&line[..n]).await?;
         wr.write_all(data).await?;
-        wr.write_all(b"\r\n").await
+        wr.write_all(b"\r\n").await?;
     } else {
-        wr.write_all(data).await
+        wr.write_all(data).await?;
     }
+    wr.flush().await
 }
 
 /// Reads until a final response head is complete and parses it.
 async fn read_head(
-    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    rd: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     req: &Parts,
 ) -> Result<ResponseHead, UpstreamError> {

@@ -106,12 +106,14 @@ impl ConnPool {
         }
     }
 
-    /// Takes the most recently returned connection that is still usable; the backend
-    /// may have closed the ones below it, which are dropped on the way.
-    pub fn take(&self) -> Option<UpConn> {
+    /// Takes the most recently returned connection that is still usable and was opened
+    /// under the transport with id `transport`; the backend may have closed the ones
+    /// below it, and a reload may have changed the pool's transport (its protocol or
+    /// its TLS files): those are dropped on the way.
+    pub fn take(&self, transport: u64) -> Option<UpConn> {
         let mut idle = self.slots[slot()].lock().ok()?;
         while let Some((_, mut c)) = idle.pop_back() {
-            if c.is_usable() {
+            if c.transport() == transport && c.is_usable() {
                 return Some(c);
             }
         }
@@ -214,13 +216,34 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while pool.idle() > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let c = pool.take().unwrap();
+            let c = pool.take(0).unwrap();
             pool.put(c);
         }
         assert_eq!(pool.idle(), 1);
         // The one left is the open one.
-        assert!(pool.take().is_some());
-        assert!(pool.take().is_none());
+        assert!(pool.take(0).is_some());
+        assert!(pool.take(0).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_under_another_transport_is_dropped_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ConnPool::new();
+        let mut peers = Vec::new();
+        for transport in [7, 8] {
+            let tcp = super::super::connect::tcp(addr).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            pool.put(UpConn::plain(tcp, transport));
+        }
+        // Under transport 7, the newer connection (8's) is dropped on the way to 7's.
+        assert_eq!(pool.take(7).map(|c| c.transport()), Some(7));
+        assert_eq!(pool.idle(), 0);
+        let tcp = super::super::connect::tcp(addr).await.unwrap();
+        peers.push(listener.accept().await.unwrap().0);
+        pool.put(UpConn::plain(tcp, 7));
+        assert!(pool.take(9).is_none());
+        assert_eq!(pool.idle(), 0, "a reload's new transport starts afresh");
     }
 
     #[tokio::test]
@@ -249,13 +272,13 @@ mod tests {
         };
         assert_eq!(warm(&pool), 40, "returned within the last heartbeat");
         // Ten of them serve again after that heartbeat; the other thirty do not.
-        let reused: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        let reused: Vec<_> = (0..10).map(|_| pool.take(0)).collect();
         for c in reused {
             put_warm(&pool, c);
         }
         heartbeat([(&pool, long)]);
         let mut capacities = Vec::new();
-        while let Some(c) = pool.take() {
+        while let Some(c) = pool.take(0) {
             capacities.push(c.buffer_capacity());
         }
         // Taken newest first: the ten reused ones are warm, the thirty idle for two

@@ -23,3 +23,4 @@ mod test_ca;
 mod tls;
 mod upgrade;
 mod upstream;
+mod upstream_tls;
