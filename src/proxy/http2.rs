@@ -6,7 +6,8 @@
 //! `TE: trailers` kept, which gRPC needs), its body is pumped beside the response, and
 //! a request the backend never processed (REFUSED_STREAM, above a graceful GOAWAY's
 //! last stream id) goes again on another connection without counting against the
-//! backend or spending a retry, as a stale HTTP/1 connection's does. A gRPC request
+//! backend or spending a retry, as a stale HTTP/1 connection's does; so does, once, an
+//! idempotent bodiless request whose connection broke under it. A gRPC request
 //! (`content-type: application/grpc…`) has no body timeouts.
 
 use std::sync::Arc;
