@@ -6,7 +6,8 @@
 //! `TE: trailers` kept, which gRPC needs), its body is pumped beside the response, and
 //! a request the backend never processed (REFUSED_STREAM, above a graceful GOAWAY's
 //! last stream id) goes again on another connection without counting against the
-//! backend or spending a retry, as a stale HTTP/1 connection's does. A gRPC request
+//! backend or spending a retry, as a stale HTTP/1 connection's does; so does, once, an
+//! idempotent bodiless request whose connection broke under it. A gRPC request
 //! (`content-type: application/grpc…`, [`super::grpc`]) has no body timeouts, and gets
 //! maitred's own errors as gRPC statuses.
 
@@ -116,8 +117,9 @@ pub(super) async fn proxy(
             connect_timeout: pool.connect_timeout,
             keepalive_timeout: pool.keepalive_timeout,
         };
-        let mut refusals = 0;
-        // Each turn is one stream; a refused one goes again, at most MAX_REFUSALS times.
+        let (mut refusals, mut stale) = (0, false);
+        // Each turn is one stream; a refused one goes again, at most MAX_REFUSALS times,
+        // and one that found its connection broken once.
         let sent = loop {
             let lease = match http2::checkout(to).await {
                 Ok(lease) => lease,
@@ -132,6 +134,12 @@ pub(super) async fn proxy(
                     body = f.body;
                     pool.stats.stale_retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(pool = %pool.name, backend = %chosen.backend.name, error = %f.error, "HTTP/2 request refused unprocessed; sent again");
+                }
+                // The connection broke under the request (DESIGN §6's stale connection):
+                // an idempotent bodiless request goes once more, not a failure.
+                Err(f) if f.stale && !stale && replayable => {
+                    stale = true;
+                    pool.stats.stale_retries.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(f) => {
                     body = f.body;

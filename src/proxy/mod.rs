@@ -108,17 +108,16 @@ pub async fn handle(
                 body_timeout: listener.client_body_timeout,
                 grpc,
             };
+            // One call site, so the request's future is built in place.
+            let call = proxy(shared, pool, conn, client, req, checked, client_upgrade);
             let (resp, backend) = match grpc.and_then(|c| c.deadline) {
-                None => proxy(shared, pool, conn, client, req, checked, client_upgrade).await,
+                None => call.await,
                 // A gRPC call's deadline bounds all of it up to the response head (the
                 // body's share is the body's: `grpc::GrpcBody`). Boxed: only calls with
                 // a deadline carry the timer.
-                Some(deadline) => {
-                    let call = proxy(shared, pool, conn, client, req, checked, client_upgrade);
-                    Box::pin(tokio::time::timeout_at(deadline, call))
-                        .await
-                        .unwrap_or_else(|_| (ProxyError::Deadline.grpc_response(), None))
-                }
+                Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, call))
+                    .await
+                    .unwrap_or_else(|_| (ProxyError::Deadline.grpc_response(), None)),
             };
             (resp, backend, asked)
         }

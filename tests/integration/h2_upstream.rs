@@ -561,3 +561,21 @@ async fn a_response_head_past_the_limit_is_a_bad_gateway() {
     assert!(wait_until(DEADLINE, || async { in_flight(&d) == 0 }).await);
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_breaks_under_a_get_sends_it_once_more_on_a_fresh_one() {
+    let (backend, conns, task) = dropping_first_connection().await;
+    let d = start_daemon(&h2c_config(&[backend], "retries = 0\n")).await;
+    let r = get(addr(&d), "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "fresh"));
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        backend_errors(&d),
+        0,
+        "a broken connection is not a failure"
+    );
+    let snap = d.shared().live.load();
+    assert_eq!(snap.pools[0].stats.stale_retries.load(Ordering::Relaxed), 1);
+    d.shutdown(Some(Duration::from_secs(1))).await;
+    task.abort();
+}

@@ -53,6 +53,10 @@ pub struct Failure {
     /// The backend never processed the request: it may go again, and it is not the
     /// backend's fault.
     pub refused: bool,
+    /// The connection broke (closed or reset without a GOAWAY) before the response
+    /// head: as with a stale HTTP/1.1 connection, an idempotent bodiless request may go
+    /// once more on a fresh one.
+    pub stale: bool,
     /// Some of the request reached the backend, or the client's body was taken: it may
     /// go elsewhere only if it is idempotent and bodiless.
     pub delivered: bool,
@@ -95,6 +99,7 @@ pub async fn send(
             return Err(Failure {
                 error: UpstreamError::H2(e),
                 refused,
+                stale: false,
                 delivered: !refused,
                 body,
             });
@@ -148,10 +153,11 @@ pub async fn send(
                 (true, Some(p)) => hand_back(p).await,
             };
             return Err(Failure {
-                error: UpstreamError::H2(e),
                 refused,
+                stale: e.is_io(),
                 delivered: !refused || (had_body && body.is_none()),
                 body,
+                error: UpstreamError::H2(e),
             });
         }
     };
@@ -176,6 +182,7 @@ fn sent_failure(error: UpstreamError) -> Failure {
     Failure {
         error,
         refused: false,
+        stale: false,
         delivered: true,
         body: None,
     }

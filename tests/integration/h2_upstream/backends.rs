@@ -365,3 +365,35 @@ pub async fn either_version() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::Joi
     });
     (addr, conns, task)
 }
+
+/// An HTTP/2 backend (the h2 crate's server) whose first connection is closed, with no
+/// GOAWAY, as soon as its first request arrives; later connections answer 200. Returns
+/// its address, its connection count, and its task.
+pub async fn dropping_first_connection()
+-> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&conns);
+    let task = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            tasks.spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if first {
+                        // Dropping the connection closes the socket, no GOAWAY.
+                        return;
+                    }
+                    if let Ok(mut send) = respond.send_response(Response::new(()), false) {
+                        let _ = send.send_data(Bytes::from_static(b"fresh"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, task)
+}
