@@ -157,7 +157,7 @@ impl Daemon {
         handed: Option<&Handover>,
     ) -> Result<Arc<Daemon>, StartError> {
         let config = Arc::new(config);
-        for w in config.warnings() {
+        for w in config.warnings().iter().filter(|w| w.at_start) {
             tracing::warn!("{w}");
         }
         let snapshot = Snapshot::build(Arc::clone(&config), None)?;
@@ -303,7 +303,7 @@ impl Daemon {
                 Some(p) => match config::load(p) {
                     Ok(c) => {
                         if !dry_run {
-                            for w in c.warnings() {
+                            for w in c.warnings().iter().filter(|w| w.at_start) {
                                 tracing::warn!("reload: {w}");
                             }
                         }

@@ -957,8 +957,17 @@ fn unverified_backends_and_upgrades_to_http2_pools_are_warned_about() {
         );
     let warnings = ok(&src).warnings();
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
-    assert!(warnings[0].contains("pool web: [tls] verify = false"));
-    assert!(warnings[1].contains(
+    assert!(
+        warnings[0]
+            .message
+            .contains("pool web: [tls] verify = false")
+    );
+    assert!(
+        warnings[0].at_start,
+        "logged at start-up, not only by check"
+    );
+    assert!(!warnings[1].at_start, "upgrades has a default: check only");
+    assert!(warnings[1].message.contains(
         "listener public: pool web speaks HTTP/2 to its backends, so Upgrade requests (websocket) routed to it are answered without upgrading"
     ));
     assert!(ok(BASE).warnings().is_empty());

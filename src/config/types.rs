@@ -36,16 +36,20 @@ impl Config {
         self.listeners.iter().find(|l| l.name == name)
     }
 
-    /// What is valid but likely not what the operator meant: printed by `check` and
-    /// logged at start-up and on reload, never a reason to refuse the file.
-    pub fn warnings(&self) -> Vec<String> {
+    /// What is valid but likely not what the operator meant: printed by `check` (each
+    /// line), and the security ones also logged at start-up and on reload; never a
+    /// reason to refuse the file.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
         for p in &self.pools {
             if p.tls.as_ref().is_some_and(|t| !t.verify) {
-                out.push(format!(
-                    "pool {}: [tls] verify = false: the backends' certificates are not checked; anyone on the path can stand in for them",
-                    p.name
-                ));
+                out.push(ConfigWarning {
+                    message: format!(
+                        "pool {}: [tls] verify = false: the backends' certificates are not checked; anyone on the path can stand in for them",
+                        p.name
+                    ),
+                    at_start: true,
+                });
             }
         }
         for l in &self.listeners {
@@ -58,15 +62,35 @@ impl Config {
                 let h2 = self.pool(name).is_some_and(|p| p.protocol.is_http2());
                 if h2 && !named.contains(&name) {
                     named.push(name);
-                    out.push(format!(
-                        "listener {}: pool {name} speaks HTTP/2 to its backends, so Upgrade requests ({}) routed to it are answered without upgrading",
-                        l.name,
-                        l.upgrades.join(", ")
-                    ));
+                    // `upgrades` has a default, so this would be logged for every
+                    // listener in front of a gRPC pool: `check` says it, the log does not.
+                    out.push(ConfigWarning {
+                        message: format!(
+                            "listener {}: pool {name} speaks HTTP/2 to its backends, so Upgrade requests ({}) routed to it are answered without upgrading",
+                            l.name,
+                            l.upgrades.join(", ")
+                        ),
+                        at_start: false,
+                    });
                 }
             }
         }
         out
+    }
+}
+
+/// Something valid in a config that is likely not what the operator meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// What it is, naming the listener or pool.
+    pub message: String,
+    /// Logged at start-up and on reload too, not only printed by `check`.
+    pub at_start: bool,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
