@@ -58,9 +58,12 @@ impl ResponseBody {
         ResponseBody::Local(None, None)
     }
 
-    /// The body of the gRPC call `call`.
-    pub fn grpc(self, call: Call) -> ResponseBody {
-        ResponseBody::Grpc(Box::new(GrpcBody::new(self, call)))
+    /// Makes this body the gRPC call `call`'s, in place: the response around it is
+    /// not moved.
+    #[inline(never)]
+    pub fn make_grpc(&mut self, call: Call) {
+        let inner = std::mem::replace(self, ResponseBody::empty());
+        *self = ResponseBody::Grpc(Box::new(GrpcBody::new(inner, call)));
     }
 
     /// Attaches the access-log line to write when this body completes.
