@@ -119,7 +119,7 @@ pub fn encode_head<A: AddedHeaders>(out: &mut Vec<u8>, parts: &Parts, added: &A,
     out.extend_from_slice(b"\r\n");
 }
 
-#[inline]
+#[inline(always)]
 fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
