@@ -221,9 +221,22 @@ impl UpConn {
                 }
             };
         }
-        // Boxed: its state (the body pump, the early-answer race and their timers) would
-        // otherwise size every request's future, and move with it, bodiless or not.
-        Box::pin(self.exchange_with_body(parts, body, framing, limits)).await
+        self.boxed_with_body(parts, body, framing, limits).await
+    }
+
+    /// [`UpConn::exchange_with_body`], boxed: its state (the body pump, the early-answer
+    /// race and their timers) would otherwise size every request's future, and move
+    /// with it, bodiless or not. Made out of line, so its making is not in the code of
+    /// every exchange either.
+    #[inline(never)]
+    fn boxed_with_body<'a>(
+        &'a mut self,
+        parts: &'a Parts,
+        body: &'a mut RequestBody,
+        framing: request::Framing,
+        limits: Limits,
+    ) -> Pin<Box<impl Future<Output = Result<ResponseHead, Failure>> + 'a>> {
+        Box::pin(self.exchange_with_body(parts, body, framing, limits))
     }
 
     /// [`UpConn::exchange`] for a request with a body: the head goes out with the
