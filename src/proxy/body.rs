@@ -58,9 +58,12 @@ impl ResponseBody {
         ResponseBody::Local(None, None)
     }
 
-    /// The body of the gRPC call `call`.
-    pub fn grpc(self, call: Call) -> ResponseBody {
-        ResponseBody::Grpc(Box::new(GrpcBody::new(self, call)))
+    /// Makes this body the gRPC call `call`'s, in place: the response around it is
+    /// not moved.
+    #[inline(never)]
+    pub fn make_grpc(&mut self, call: Call) {
+        let inner = std::mem::replace(self, ResponseBody::empty());
+        *self = ResponseBody::Grpc(Box::new(GrpcBody::new(inner, call)));
     }
 
     /// Attaches the access-log line to write when this body completes.
@@ -141,7 +144,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
             }
-            ResponseBody::Grpc(call) => Pin::new(&mut **call).poll_frame(cx),
+            ResponseBody::Grpc(call) => poll_grpc(call, cx),
         }
     }
 
@@ -150,7 +153,7 @@ impl Body for ResponseBody {
             ResponseBody::Backend { body, .. } => body.is_end_stream(),
             ResponseBody::H2 { body, .. } => body.is_end_stream(),
             ResponseBody::Local(b, _) => b.is_none(),
-            ResponseBody::Grpc(call) => call.is_end_stream(),
+            ResponseBody::Grpc(call) => grpc_ended(call),
         }
     }
 
@@ -160,13 +163,38 @@ impl Body for ResponseBody {
             ResponseBody::H2 { body, .. } => body.size_hint(),
             ResponseBody::Local(Some(b), _) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Local(None, _) => SizeHint::with_exact(0),
-            ResponseBody::Grpc(call) => call.size_hint(),
+            ResponseBody::Grpc(call) => grpc_size(call),
         }
     }
 }
 
+// A gRPC call's body, HTTP/2's and gRPC's are polled and asked through functions
+// never inlined: the body of every HTTP/1.1 response (the hot path) keeps small code.
+
+/// Polls a gRPC call's body.
+#[inline(never)]
+fn poll_grpc(
+    call: &mut GrpcBody<ResponseBody>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+    Pin::new(call).poll_frame(cx)
+}
+
+/// Whether a gRPC call's body has ended.
+#[inline(never)]
+fn grpc_ended(call: &GrpcBody<ResponseBody>) -> bool {
+    call.is_end_stream()
+}
+
+/// A gRPC call's body's size hint.
+#[inline(never)]
+fn grpc_size(call: &GrpcBody<ResponseBody>) -> SizeHint {
+    call.size_hint()
+}
+
 /// Polls an HTTP/2 backend's body; its end, failure or stall releases the in-flight
 /// slot (the stream's place on its connection goes with the body itself).
+#[inline(never)]
 fn poll_h2(
     body: &mut H2Body,
     guard: &mut Option<InFlight>,

@@ -75,6 +75,8 @@ impl Call {
 
 /// Whether `headers` are a gRPC request's: `content-type` begins with
 /// `application/grpc` (`application/grpc+proto`, `application/grpc+json` too).
+/// Not inlined: only HTTP/2 requests ask, and the HTTP/1 path's code stays small.
+#[inline(never)]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()

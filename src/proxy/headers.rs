@@ -61,6 +61,7 @@ impl Present {
 /// must reach the other side.
 ///
 /// Allocation-free unless `Connection` names a non-standard header.
+#[inline]
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present, keep_upgrade: bool) {
     let present = present.0 & !bit::X_FORWARDED_FOR;
     if present == 0 {
@@ -194,6 +195,7 @@ pub struct Forwarded {
 impl Forwarded {
     /// The forwarding headers for a request with `headers` (holding what `present`
     /// says) from `client`.
+    #[inline]
     pub fn new(
         headers: &HeaderMap,
         present: Present,
@@ -210,6 +212,7 @@ impl Forwarded {
 }
 
 impl AddedHeaders for Forwarded {
+    #[inline]
     fn replaces(name: &HeaderName) -> bool {
         *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
     }

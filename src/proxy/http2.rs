@@ -160,11 +160,10 @@ pub(super) async fn proxy(
                         started,
                     );
                 }
-                let resp = respond(pool, chosen, answer);
-                let resp = match grpc {
-                    Some(call) => resp.map(|b| b.grpc(call)),
-                    None => resp,
-                };
+                let mut resp = respond(pool, chosen, answer);
+                if let Some(call) = grpc {
+                    resp.body_mut().make_grpc(call);
+                }
                 return (resp, Some(name));
             }
             Err((e, delivered, refused)) => {

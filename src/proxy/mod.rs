@@ -108,16 +108,23 @@ pub async fn handle(
                 body_timeout: listener.client_body_timeout,
                 grpc,
             };
-            // One call site, so the request's future is built in place.
-            let call = proxy(shared, pool, conn, client, req, checked, client_upgrade);
             let (resp, backend) = match grpc.and_then(|c| c.deadline) {
-                None => call.await,
-                // A gRPC call's deadline bounds all of it up to the response head (the
-                // body's share is the body's: `grpc::GrpcBody`). Boxed: only calls with
-                // a deadline carry the timer.
-                Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, call))
+                // Awaited where it is made, so the request's future is built in place.
+                None => proxy(shared, pool, conn, client, req, checked, client_upgrade).await,
+                // Boxed: only calls with a deadline carry the timer and its future.
+                Some(deadline) => {
+                    Box::pin(proxy_until(
+                        deadline,
+                        shared,
+                        pool,
+                        conn,
+                        client,
+                        req,
+                        checked,
+                        client_upgrade,
+                    ))
                     .await
-                    .unwrap_or_else(|_| (ProxyError::Deadline.grpc_response(), None)),
+                }
             };
             (resp, backend, asked)
         }
@@ -272,6 +279,25 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// [`proxy`] for a gRPC call with a deadline, which bounds all of it up to the response
+/// head (the body's share is the body's: `grpc::GrpcBody`).
+#[allow(clippy::too_many_arguments)]
+async fn proxy_until(
+    deadline: tokio::time::Instant,
+    shared: &Shared,
+    pool: &Pool,
+    conn: &ConnInfo,
+    client: Client,
+    req: Request<Incoming>,
+    checked: Checked,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> (Response<ResponseBody>, Option<Arc<str>>) {
+    let call = proxy(shared, pool, conn, client, req, checked, client_upgrade);
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| (ProxyError::Deadline.grpc_response(), None))
+}
+
 /// Forwards to the pool with retries; returns the response and the backend that gave it.
 /// `checked` is what [`check_request`] found.
 async fn proxy(
@@ -412,7 +438,7 @@ async fn proxy(
                         started,
                     );
                 }
-                let resp = respond(
+                let mut resp = respond(
                     shared,
                     pool,
                     chosen,
@@ -421,10 +447,9 @@ async fn proxy(
                     client_upgrade,
                     read_timeout,
                 );
-                let resp = match client.grpc {
-                    Some(call) => resp.map(|b| b.grpc(call)),
-                    None => resp,
-                };
+                if let Some(call) = client.grpc {
+                    resp.body_mut().make_grpc(call);
+                }
                 return (resp, Some(name));
             }
             Err((e, delivered)) => {

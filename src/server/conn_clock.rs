@@ -135,6 +135,8 @@ impl Activity {
 
     /// A gRPC call's request is complete and the service runs: while it does,
     /// `send_timeout` does not close the connection.
+    /// Not inlined: it keeps the service's per-request code, HTTP/1's too, small.
+    #[inline(never)]
     pub fn begin_untimed(self: &Arc<Self>) -> RequestActive {
         self.untimed.fetch_add(1, Ordering::Relaxed);
         let mut active = self.begin();

@@ -25,8 +25,10 @@ pub mod request;
 pub mod response;
 pub mod stream;
 
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -209,16 +211,32 @@ impl UpConn {
                     let (rd, wr) = tcp.split();
                     send_bodiless(rd, wr, head, buf, parts, limits).await
                 }
+                // Polled out of line: inline, TLS's copy of the exchange would double
+                // this function's code and keep it from being inlined into its caller.
                 Stream::Tls(tls) => {
                     let shared = stream::Shared::new(&mut **tls);
                     let (rd, wr) = shared.split();
-                    send_bodiless(rd, wr, head, buf, parts, limits).await
+                    let mut sending = pin!(send_bodiless(rd, wr, head, buf, parts, limits));
+                    std::future::poll_fn(|cx| poll_apart(sending.as_mut(), cx)).await
                 }
             };
         }
-        // Boxed: its state (the body pump, the early-answer race and their timers) would
-        // otherwise size every request's future, and move with it, bodiless or not.
-        Box::pin(self.exchange_with_body(parts, body, framing, limits)).await
+        self.boxed_with_body(parts, body, framing, limits).await
+    }
+
+    /// [`UpConn::exchange_with_body`], boxed: its state (the body pump, the early-answer
+    /// race and their timers) would otherwise size every request's future, and move
+    /// with it, bodiless or not. Made out of line, so its making is not in the code of
+    /// every exchange either.
+    #[inline(never)]
+    fn boxed_with_body<'a>(
+        &'a mut self,
+        parts: &'a Parts,
+        body: &'a mut RequestBody,
+        framing: request::Framing,
+        limits: Limits,
+    ) -> Pin<Box<impl Future<Output = Result<ResponseHead, Failure>> + 'a>> {
+        Box::pin(self.exchange_with_body(parts, body, framing, limits))
     }
 
     /// [`UpConn::exchange`] for a request with a body: the head goes out with the
@@ -285,6 +303,12 @@ struct Sending<'a> {
     more: bool,
     framing: request::Framing,
     limits: Limits,
+}
+
+/// Polls `fut` in a function never inlined into the caller's.
+#[inline(never)]
+fn poll_apart<F: Future>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fut.poll(cx)
 }
 
 /// Writes a bodiless request's head and reads the answer's, both under one

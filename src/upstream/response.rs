@@ -170,6 +170,7 @@ fn range_in(base: usize, part: &[u8]) -> (u32, u32) {
 }
 
 /// Parses the response head at the start of `buf`, the answer to `req`.
+#[inline]
 pub fn parse(buf: &mut BytesMut, req: &Parts) -> Result<Parsed, UpstreamError> {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => parse_with(buf, req, &mut scratch),
