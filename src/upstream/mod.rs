@@ -85,7 +85,7 @@ pub enum UpstreamError {
     /// An HTTP/2 stream or connection to the backend failed (reset, GOAWAY, protocol
     /// error, I/O).
     #[error("backend HTTP/2: {0}")]
-    H2(#[source] h2::Error),
+    H2(#[source] Box<h2::Error>),
 }
 
 /// A failed exchange, and whether any of the request reached the backend.

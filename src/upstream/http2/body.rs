@@ -120,7 +120,7 @@ impl Body for H2Body {
                     this.progressed = true;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Err(e))) => return this.fail(UpstreamError::H2(e)),
+                Poll::Ready(Some(Err(e))) => return this.fail(UpstreamError::H2(Box::new(e))),
                 Poll::Ready(None) => this.state = State::Trailers,
                 Poll::Pending if this.stalled(cx) => return this.fail(UpstreamError::ReadTimeout),
                 Poll::Pending => return Poll::Pending,
@@ -132,7 +132,7 @@ impl Body for H2Body {
                     this.finish();
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
-                Poll::Ready(Err(e)) => this.fail(UpstreamError::H2(e)),
+                Poll::Ready(Err(e)) => this.fail(UpstreamError::H2(Box::new(e))),
                 Poll::Pending if this.stalled(cx) => this.fail(UpstreamError::ReadTimeout),
                 Poll::Pending => Poll::Pending,
             };

@@ -97,7 +97,7 @@ pub async fn send(
                 slot.close_conn();
             }
             return Err(Failure {
-                error: UpstreamError::H2(e),
+                error: UpstreamError::H2(Box::new(e)),
                 refused,
                 stale: false,
                 delivered: !refused,
@@ -157,7 +157,7 @@ pub async fn send(
                 stale: e.is_io(),
                 delivered: !refused || (had_body && body.is_none()),
                 body,
-                error: UpstreamError::H2(e),
+                error: UpstreamError::H2(Box::new(e)),
             });
         }
     };
