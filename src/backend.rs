@@ -114,6 +114,9 @@ pub struct BackendLive {
     pinned: OnceLock<PinnedClients>,
     /// Open WebSocket / Upgrade tunnels, only through [`Tunnel`].
     tunnels: AtomicU32,
+    /// Open HTTP/2 connections to the backend, all workers together, only through
+    /// [`Http2Conn`].
+    http2_conns: AtomicU32,
     /// Unix seconds when the backend last entered `drain`; 0 when it is not draining.
     /// Written with the admin state.
     drain_since: AtomicU64,
@@ -191,6 +194,7 @@ impl BackendLive {
             ramp_since: AtomicU64::new(0),
             pinned: OnceLock::new(),
             tunnels: AtomicU32::new(0),
+            http2_conns: AtomicU32::new(0),
             drain_since: AtomicU64::new(if admin == AdminState::Drain {
                 unix_secs()
             } else {
@@ -292,6 +296,17 @@ impl BackendLive {
     pub fn open_tunnel(self: &Arc<Self>) -> Tunnel {
         self.tunnels.fetch_add(1, Ordering::Relaxed);
         Tunnel(Arc::clone(self))
+    }
+
+    /// Open HTTP/2 connections to the backend now, all workers together.
+    pub fn http2_connections(&self) -> u32 {
+        self.http2_conns.load(Ordering::Relaxed)
+    }
+
+    /// Counts an open HTTP/2 connection until the returned guard drops.
+    pub fn open_http2_conn(self: &Arc<Self>) -> Http2Conn {
+        self.http2_conns.fetch_add(1, Ordering::Relaxed);
+        Http2Conn(Arc::clone(self))
     }
 
     /// Whether nothing is bound to the backend any more: no request in flight, no open
@@ -588,6 +603,17 @@ pub struct Tunnel(Arc<BackendLive>);
 impl Drop for Tunnel {
     fn drop(&mut self) {
         self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open HTTP/2 connection to a backend, counted in
+/// [`BackendLive::http2_connections`] until dropped.
+#[derive(Debug)]
+pub struct Http2Conn(Arc<BackendLive>);
+
+impl Drop for Http2Conn {
+    fn drop(&mut self) {
+        self.0.http2_conns.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -138,6 +138,23 @@ impl Collector for Scrape {
             "WebSocket and Upgrade tunnels open to a backend now.",
             backends().map(|(l, live)| (l, ConstGauge::new(live.tunnels()))),
         )?;
+        let http2 = pools
+            .iter()
+            .filter(|p| p.transport.protocol.is_http2())
+            .flat_map(|p| {
+                p.backends.iter().map(move |b| {
+                    (
+                        [("pool", &*p.name), ("backend", &*b.name)],
+                        ConstGauge::new(b.live.http2_connections()),
+                    )
+                })
+            });
+        family(
+            &mut enc,
+            "maitred_backend_http2_connections",
+            "h2c and h2 pools: HTTP/2 connections open to a backend now, all workers together.",
+            http2,
+        )?;
         let pinned = pools
             .iter()
             .filter(|p| p.balancer_kind().is_sticky())

@@ -102,6 +102,7 @@ fn pool_view(pool: &Pool, cfg: &PoolConfig) -> Value {
     let stats = &pool.stats;
     json!({
         "balancer": pool.balancer_kind().name(),
+        "protocol": pool.transport.protocol.name(),
         "backends_total": pool.backends.len(),
         "backends_up": count(&|b| b.live.is_up()),
         "backends_available": count(&|b| b.live.accepts_new()),
@@ -171,11 +172,18 @@ fn backend_view(pool: &Pool, cfg: &PoolConfig, b: &Backend) -> Value {
         "last_check": live.last_check().map(|c| json!({"passed": c.passed, "detail": c.detail})),
         "tunnels": live.tunnels(),
     });
+    let http2 = pool.transport.protocol.is_http2();
     let sticky = pool.balancer_kind().is_sticky();
     let pinned = live.pinned();
     if let Some(fields) = view.as_object_mut() {
         if sticky {
             fields.insert("pinned".to_string(), json!(pinned));
+        }
+        if http2 {
+            fields.insert(
+                "http2_connections".to_string(),
+                json!(live.http2_connections()),
+            );
         }
         // DESIGN §11: a draining backend's progress; nothing bound = safe to remove.
         if let Some(since) = live.drain_since() {

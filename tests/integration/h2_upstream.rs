@@ -76,6 +76,25 @@ async fn http1_and_http2_clients_reach_an_h2c_backend() {
 }
 
 /// Errors counted against every backend of the daemon.
+/// The HTTP/2 connections `/status` and `/metrics` show for the pool's first backend.
+async fn shown_http2_conns(d: &maitred::app::Daemon) -> (u64, u64) {
+    let status: serde_json::Value =
+        serde_json::from_str(&crate::admin::admin_get(d, "/status").await.body).unwrap();
+    assert_eq!(status["pools"]["web"]["protocol"], "h2c");
+    let shown = status["pools"]["web"]["backends"][0]["http2_connections"]
+        .as_u64()
+        .unwrap();
+    let metrics = crate::admin::admin_get(d, "/metrics").await.body;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("maitred_backend_http2_connections{pool=\"web\""))
+        .unwrap_or_else(|| panic!("no HTTP/2 connection gauge in {metrics}"));
+    let gauge = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (shown, gauge)
+}
+
+const ADMIN: &str = "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+
 fn backend_errors(d: &maitred::app::Daemon) -> u64 {
     d.shared()
         .live
@@ -164,7 +183,7 @@ async fn a_worker_opens_connections_only_as_the_backends_stream_limit_requires()
             holding(100),
         )
         .await;
-        let d = start_daemon(&h2c_config(&[backend.addr], "")).await;
+        let d = start_daemon(&(h2c_config(&[backend.addr], "") + ADMIN)).await;
         let statuses = concurrent_gets(addr(&d), 100).await;
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
         let conns = backend.conns();
@@ -172,6 +191,9 @@ async fn a_worker_opens_connections_only_as_the_backends_stream_limit_requires()
             (1..=most).contains(&conns),
             "limit {limit}: {conns} connections for 100 concurrent requests"
         );
+        // Still open (idle, within keepalive_timeout), and so shown.
+        assert_eq!(backend.open(), conns);
+        assert_eq!(shown_http2_conns(&d).await, (conns as u64, conns as u64));
         d.shutdown(Some(Duration::from_secs(1))).await;
     }
 }
@@ -365,12 +387,18 @@ async fn request_and_response_bodies_stream_both_ways_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_streams_closes_after_keepalive_timeout() {
     let backend = H2Backend::start(Opts::default(), echo()).await;
-    let d = start_daemon(&h2c_config(&[backend.addr], "keepalive_timeout = \"1s\"\n")).await;
+    let config = h2c_config(&[backend.addr], "keepalive_timeout = \"1s\"\n") + ADMIN;
+    let d = start_daemon(&config).await;
     assert_eq!(get(addr(&d), "/").await.status, 200);
     assert_eq!(backend.open(), 1);
+    assert_eq!(shown_http2_conns(&d).await, (1, 1));
     assert!(
         wait_until(DEADLINE, || async { backend.open() == 0 }).await,
         "the idle connection is closed"
+    );
+    assert!(
+        wait_until(DEADLINE, || async { shown_http2_conns(&d).await == (0, 0) }).await,
+        "a closed connection is no longer shown"
     );
     // The next request opens another.
     assert_eq!(get(addr(&d), "/").await.status, 200);

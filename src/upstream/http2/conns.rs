@@ -146,7 +146,8 @@ pub async fn checkout(target: Target<'_>) -> Result<Lease, ConnectFailure> {
                     connect_timeout: target.connect_timeout,
                     keepalive: target.keepalive_timeout,
                 };
-                tokio::spawn(open(key, spec, Arc::clone(&attempt)));
+                let live = Arc::clone(&target.backend.live);
+                tokio::spawn(open(key, live, spec, Arc::clone(&attempt)));
                 attempt
             }
         };
@@ -162,11 +163,12 @@ pub async fn checkout(target: Target<'_>) -> Result<Lease, ConnectFailure> {
 }
 
 /// Opens the connection `attempt` stands for, offers it to requests, and drives it
-/// until it ends.
-async fn open(key: usize, spec: Spec, attempt: Arc<Attempt>) {
+/// until it ends, counted in the backend's HTTP/2 connections meanwhile.
+async fn open(key: usize, live: Arc<BackendLive>, spec: Spec, attempt: Arc<Attempt>) {
     match driver::open(spec).await {
         Err(failure) => failed(key, &attempt, failure),
         Ok(opened) => {
+            let _counted = live.open_http2_conn();
             opened_conn(key, &attempt, opened.send, opened.state);
             opened.drive.await;
         }
