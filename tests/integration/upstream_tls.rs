@@ -16,31 +16,20 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::common::*;
+use crate::test_ca::{Leaf, TestCa};
 
 const BIN: &str = env!("CARGO_BIN_EXE_maitred");
 
-/// A certificate and its key, as DER and as PEM files.
-struct Leaf {
-    der: CertificateDer<'static>,
-    key: Vec<u8>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-}
-
-/// The test's certificates, written as PEM files to a scratch directory: a CA signing
-/// the backend's certificate (for `localhost` and 127.0.0.1), another CA signing a
-/// certificate for the same names, and a client CA signing maitred's client
-/// certificate.
+/// The test's certificates: a CA signing the backend's certificate (for `localhost`
+/// and 127.0.0.1), another CA signing a certificate for the same names, and a client CA
+/// signing maitred's client certificate; `dir` is a scratch directory for configs.
 struct Pki {
     dir: PathBuf,
     /// The CA that signs `server`.
@@ -53,69 +42,24 @@ struct Pki {
     client: Leaf,
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(
-    dir: &Path,
-    name: &str,
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-    sans: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> Leaf {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, issuer).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    Leaf {
-        der: cert.der().clone(),
-        key: key.serialize_der(),
-        cert_path,
-        key_path,
-    }
-}
-
 fn pki() -> Pki {
-    let dir = scratch_dir("upstream-tls");
-    let (good, other, clients) = (ca("test CA"), ca("other CA"), ca("client CA"));
-    let write_ca = |name: &str, c: &CertifiedIssuer<'static, KeyPair>| {
-        let path = dir.join(name);
-        std::fs::write(&path, c.pem()).unwrap();
-        path
-    };
+    let good = TestCa::new("upstream-tls-ca");
+    let other = TestCa::new("upstream-tls-other-ca");
+    let clients = TestCa::new("upstream-tls-client-ca");
     let names = ["localhost", "127.0.0.1"];
     let server = ExtendedKeyUsagePurpose::ServerAuth;
     Pki {
-        ca: write_ca("ca.pem", &good),
-        other_ca: write_ca("other-ca.pem", &other),
+        dir: scratch_dir("upstream-tls"),
+        ca: good.ca_path(),
+        other_ca: other.ca_path(),
         client_ca_der: clients.der().clone(),
-        server: leaf(&dir, "server", &good, &names, server.clone()),
-        stranger: leaf(&dir, "stranger", &other, &names, server),
-        client: leaf(
-            &dir,
+        server: good.leaf("server", &names, server.clone()),
+        stranger: other.leaf("stranger", &names, server),
+        client: clients.leaf(
             "client",
-            &clients,
             &["maitred.test"],
             ExtendedKeyUsagePurpose::ClientAuth,
         ),
-        dir,
     }
 }
 

@@ -187,31 +187,13 @@ pub fn echo() -> Handler {
     })
 }
 
-/// A test CA, and a certificate for `backend.test` it signed, written to a scratch
-/// directory; the acceptor serves that certificate with `alpn`.
+/// A test CA, and a certificate for `backend.test` it signed; the CA's certificate is
+/// `ca.pem` in the returned directory, and the acceptor serves the certificate with
+/// `alpn`.
 pub fn backend_tls(alpn: &[&[u8]]) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
-    let dir = scratch_dir("h2-tls");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["backend.test".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
-    .unwrap();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    (dir, tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    let ca = crate::test_ca::TestCa::new("h2-tls");
+    let cfg = ca.server_config(&["backend.test"], alpn);
+    (ca.dir, tokio_rustls::TlsAcceptor::from(cfg))
 }
 
 /// A backend whose handler holds every request until `total` have arrived (or a
