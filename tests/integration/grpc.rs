@@ -34,6 +34,8 @@ pub struct GrpcBackend {
     pub addr: SocketAddr,
     pub health: HealthReporter,
     tasks: Arc<Mutex<JoinSet<()>>>,
+    /// Calls the backend has received (health checks included).
+    calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// hyper's executor for the backend's streams: they go into its task set.
@@ -68,13 +70,17 @@ impl GrpcBackend {
         let routes = Routes::new(echo).add_service(health_service);
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let exec = InSet(Arc::clone(&tasks));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
         tasks.lock().unwrap().spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let _ = tcp.set_nodelay(true);
                 let (routes, exec, tls) = (routes.clone(), exec.clone(), tls.clone());
                 let conn_exec = exec.clone();
+                let counted = Arc::clone(&counted);
                 hyper::rt::Executor::execute(&conn_exec, async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let mut routes = routes.clone();
                         async move { routes.call(req).await }
                     });
@@ -96,7 +102,13 @@ impl GrpcBackend {
             addr,
             health,
             tasks,
+            calls,
         }
+    }
+
+    /// Calls received so far (health checks included).
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Kills the server: the listener, every connection and every stream end at once.

@@ -88,8 +88,9 @@ async fn a_grpc_health_check_runs_over_tls_with_h2() {
     let d = start_daemon(&config).await;
     assert_eq!(state(&d, "web", b.addr), (Health::Up, "SERVING".into()));
     b.health.set_not_serving::<super::echo::EchoServer>().await;
-    // The whole server ("") is still serving: three check intervals change nothing.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The whole server ("") is still serving: four more checks change nothing.
+    let seen = b.calls();
+    assert!(wait_until(DEADLINE, || async { b.calls() >= seen + 4 }).await);
     assert_eq!(state(&d, "web", b.addr), (Health::Up, "SERVING".into()));
     b.health
         .set_service_status("", ServingStatus::NotServing)
