@@ -15,7 +15,8 @@
 //!
 //! A connection leaves the list when its driver ends it (idle, dead, drained after
 //! GOAWAY) or when h2 reports it can take no new stream (GOAWAY received, I/O failure);
-//! its streams in flight go on, since they hold the connection themselves.
+//! its streams in flight go on, since they hold the connection themselves. While its
+//! driver runs, a connection counts in the backend's `http2_connections` (`/status`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
