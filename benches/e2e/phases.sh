@@ -22,8 +22,7 @@
 # Needs nginx, wrk, taskset, curl and python3. Everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-conns=("${@:-64}")
-[ $# -gt 0 ] || conns=(64 256)
+if [ $# -gt 0 ]; then conns=("$@"); else conns=(64 256); fi
 duration=${DURATION:-8}
 bench=../shared/bench
 for tool in nginx wrk taskset curl python3 git; do
