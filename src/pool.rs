@@ -258,11 +258,30 @@ impl Pool {
     /// The pick of a pool with a queue: `None` at once when others wait already (first
     /// come, first served: the request goes behind them) or no backend can take it, and
     /// `tried` is left as it was, so the queue sees which backends are only full.
-    pub fn pick_unqueued(&self, ctx: &mut PickContext<'_>, tried: &Tried) -> Option<Chosen<'_>> {
+    fn pick_unqueued(&self, ctx: &mut PickContext<'_>, tried: &Tried) -> Option<Chosen<'_>> {
         if self.queued() > 0 {
             return None;
         }
         self.pick(ctx, &mut tried.clone())
+    }
+
+    /// Chooses a backend for one attempt of a request without waiting: as
+    /// [`Pool::pick`] in a pool without a queue; in a pool with one, a free slot when
+    /// nobody waits before the request. `Err(queue)`: the request must wait its turn
+    /// there ([`Pool::wait_for_slot`]). Not async, so that a request that never queues
+    /// carries no wait's state.
+    pub fn pick_now(
+        &self,
+        ctx: &mut PickContext<'_>,
+        tried: &mut Tried,
+    ) -> Result<Option<Chosen<'_>>, &WaitQueue> {
+        match self.queue() {
+            None => Ok(self.pick(ctx, tried)),
+            Some(queue) => match self.pick_unqueued(ctx, tried) {
+                Some(c) => Ok(Some(c)),
+                None => Err(queue),
+            },
+        }
     }
 
     /// Waits in the queue, first come first served, for a slot on a backend not in

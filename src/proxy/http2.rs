@@ -93,15 +93,12 @@ pub(super) async fn proxy(
             now_secs: now,
             pool_in_flight: 0,
         };
-        let picked = match pool.queue() {
-            None => pool.pick(&mut ctx, &mut tried),
-            Some(queue) => match pool.pick_unqueued(&mut ctx, &tried) {
-                Some(c) => Some(c),
-                None => {
-                    pool.wait_for_slot(queue, &mut ctx, &tried, &mut queued_until)
-                        .await
-                }
-            },
+        let picked = match pool.pick_now(&mut ctx, &mut tried) {
+            Ok(picked) => picked,
+            Err(queue) => {
+                pool.wait_for_slot(queue, &mut ctx, &tried, &mut queued_until)
+                    .await
+            }
         };
         let Some(chosen) = picked else {
             break;

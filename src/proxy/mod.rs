@@ -361,15 +361,12 @@ async fn proxy(
             now_secs: now,
             pool_in_flight: 0,
         };
-        let picked = match pool.queue() {
-            None => pool.pick(&mut ctx, &mut tried),
-            Some(queue) => match pool.pick_unqueued(&mut ctx, &tried) {
-                Some(c) => Some(c),
-                // Boxed: only requests that queue carry the wait's state.
-                None => {
-                    Box::pin(pool.wait_for_slot(queue, &mut ctx, &tried, &mut queued_until)).await
-                }
-            },
+        let picked = match pool.pick_now(&mut ctx, &mut tried) {
+            Ok(picked) => picked,
+            // Boxed: only requests that queue carry the wait's state.
+            Err(queue) => {
+                Box::pin(pool.wait_for_slot(queue, &mut ctx, &tried, &mut queued_until)).await
+            }
         };
         let Some(chosen) = picked else {
             break;
