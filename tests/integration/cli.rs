@@ -174,20 +174,27 @@ fn version_prints_name_and_version() {
     );
 }
 
+/// `maitred check -c PATH`, which must succeed; its standard output.
+pub fn check_passes(path: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn check_accepts_the_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/maitred.example.toml");
-    let out = Command::new(BIN)
-        .args(["check", "-c", example])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_passes(Path::new(example));
     assert!(stdout.lines().any(|l| l.starts_with("pool ")), "{stdout}");
 }
 
@@ -371,17 +378,7 @@ fn check_accepts_the_shipped_examples() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN)
-                .args(["check", "-c"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            check_passes(&path);
         }
     }
 }

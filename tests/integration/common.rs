@@ -252,6 +252,45 @@ async fn respond_as(
     respond(&state, req).await
 }
 
+/// A backend's answer to a WebSocket upgrade: 101, then an echo of each text or binary
+/// message as text prefixed with `name: `, until the client closes.
+pub fn websocket_echo(name: String, req: &mut Request<Incoming>) -> Response<BoxBody> {
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            use futures_util::{SinkExt, StreamExt};
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    let reply = format!("{name}: {}", msg.into_text().unwrap_or_default());
+                    if tx.send(reply.into()).await.is_err() {
+                        break;
+                    }
+                } else if msg.is_close() {
+                    break;
+                }
+            }
+        }
+    });
+    let accept = key
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(""))
+        .unwrap()
+}
+
 async fn respond(
     state: &BackendState,
     mut req: Request<Incoming>,
@@ -286,41 +325,7 @@ async fn respond(
         return Ok(r);
     }
     if path == "/ws" {
-        let key = req.headers().get("sec-websocket-key").cloned();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
-                use futures_util::{SinkExt, StreamExt};
-                let (mut tx, mut rx) = ws.split();
-                while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        let reply = format!("{name}: {}", msg.into_text().unwrap_or_default());
-                        if tx.send(reply.into()).await.is_err() {
-                            break;
-                        }
-                    } else if msg.is_close() {
-                        break;
-                    }
-                }
-            }
-        });
-        let accept = key
-            .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
-            .unwrap_or_default();
-        let r = Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", accept)
-            .body(full(""))
-            .unwrap();
-        return Ok(r);
+        return Ok(websocket_echo(name, &mut req));
     }
     if path == "/echo" {
         let body = req.into_body();

@@ -5,13 +5,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -24,8 +23,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::common::*;
 use crate::test_ca::{Leaf, TestCa};
-
-const BIN: &str = env!("CARGO_BIN_EXE_maitred");
 
 /// The test's certificates: a CA signing the backend's certificate (for `localhost`
 /// and 127.0.0.1), another CA signing a certificate for the same names, and a client CA
@@ -204,41 +201,7 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
             let body = req.into_body().map_err(BoxError::from).boxed();
             Ok(Response::new(body))
         }
-        "/ws" => {
-            let key = req.headers().get("sec-websocket-key").cloned();
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else {
-                    return;
-                };
-                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() {
-                        let reply = format!("{name}: {}", msg.into_text().unwrap_or_default());
-                        if ws.send(reply.into()).await.is_err() {
-                            break;
-                        }
-                    } else if msg.is_close() {
-                        break;
-                    }
-                }
-            });
-            let accept = key
-                .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
-                .unwrap_or_default();
-            Ok(Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-accept", accept)
-                .body(full(""))
-                .unwrap())
-        }
+        "/ws" => Ok(websocket_echo(name, &mut req)),
         _ => Ok(Response::new(full(format!("backend {name}\n")))),
     }
 }
@@ -340,17 +303,7 @@ async fn verify_false_accepts_any_certificate_and_check_warns() {
 
     let path = pki.dir.join("maitred.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::cli::check_passes(&path);
     assert!(
         stdout.contains("warning: pool web: [tls] verify = false"),
         "{stdout}"
