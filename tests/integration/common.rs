@@ -39,6 +39,18 @@ pub fn in_flight(d: &Daemon) -> u32 {
         .sum()
 }
 
+/// `read` summed over every backend of every pool.
+pub fn over_backends(d: &Daemon, read: impl Fn(&maitred::backend::BackendLive) -> u64) -> u64 {
+    d.shared()
+        .live
+        .load()
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .map(|b| read(&b.live))
+        .sum()
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
 where

@@ -96,14 +96,7 @@ async fn shown_http2_conns(d: &maitred::app::Daemon) -> (u64, u64) {
 const ADMIN: &str = "\n[admin]\nbind = \"127.0.0.1:0\"\n";
 
 fn backend_errors(d: &maitred::app::Daemon) -> u64 {
-    d.shared()
-        .live
-        .load()
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter())
-        .map(|b| b.live.errors())
-        .sum()
+    over_backends(d, |b| b.errors())
 }
 
 fn h2_tls_config(backend: SocketAddr, dir: &std::path::Path) -> String {
@@ -119,15 +112,7 @@ fn h2_tls_config(backend: SocketAddr, dir: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_over_tls_with_a_test_ca_works_and_a_backend_without_alpn_h2_is_a_502() {
-    let (dir, acceptor) = backend_tls(&[b"h2"]);
-    let backend = H2Backend::start(
-        Opts {
-            tls: Some(acceptor),
-            ..Opts::default()
-        },
-        echo(),
-    )
-    .await;
+    let (dir, backend) = tls_echo_backend(&[b"h2"]).await;
     let d = start_daemon(&h2_tls_config(backend.addr, &dir)).await;
     let mut c = Client::connect(addr(&d)).await;
     let r = c.get("/secure", &[("host", "app.test")]).await;
@@ -138,15 +123,7 @@ async fn h2_over_tls_with_a_test_ca_works_and_a_backend_without_alpn_h2_is_a_502
 
     // A backend that ignores ALPN (it would answer in HTTP/1.1): refused as a connect
     // failure, counted against it.
-    let (dir, acceptor) = backend_tls(&[]);
-    let backend = H2Backend::start(
-        Opts {
-            tls: Some(acceptor),
-            ..Opts::default()
-        },
-        echo(),
-    )
-    .await;
+    let (dir, backend) = tls_echo_backend(&[]).await;
     let d = start_daemon(&h2_tls_config(backend.addr, &dir)).await;
     let r = get(addr(&d), "/").await;
     assert_eq!(r.status, 502, "{}", r.body);

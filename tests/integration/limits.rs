@@ -22,18 +22,6 @@ use maitred::backend::BackendLive;
 
 use crate::common::*;
 
-/// `read` summed over every backend of every pool.
-fn over_backends(d: &Daemon, read: impl Fn(&BackendLive) -> u64) -> u64 {
-    d.shared()
-        .live
-        .load()
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter())
-        .map(|b| read(&b.live))
-        .sum()
-}
-
 fn idle_backend_conns(d: &Daemon) -> u64 {
     over_backends(d, |b| b.conns.idle() as u64)
 }

@@ -187,13 +187,17 @@ pub fn echo() -> Handler {
     })
 }
 
-/// A test CA, and a certificate for `backend.test` it signed; the CA's certificate is
-/// `ca.pem` in the returned directory, and the acceptor serves the certificate with
-/// `alpn`.
-pub fn backend_tls(alpn: &[&[u8]]) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+/// An [`echo`] backend over TLS offering `alpn`, with a certificate for
+/// `backend.test` from a test CA whose certificate is `ca.pem` in the returned
+/// directory.
+pub async fn tls_echo_backend(alpn: &[&[u8]]) -> (std::path::PathBuf, H2Backend) {
     let ca = crate::test_ca::TestCa::new("h2-tls");
-    let cfg = ca.server_config(&["backend.test"], alpn);
-    (ca.dir, tokio_rustls::TlsAcceptor::from(cfg))
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["backend.test"], alpn));
+    let opts = Opts {
+        tls: Some(acceptor),
+        ..Opts::default()
+    };
+    (ca.dir, H2Backend::start(opts, echo()).await)
 }
 
 /// A backend whose handler holds every request until `total` have arrived (or a
