@@ -113,11 +113,7 @@ async fn a_server_streaming_call_passes_through_with_its_trailers() {
         interval_ms: 20,
         ..EchoRequest::say("tick")
     };
-    let mut stream = client
-        .spread(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.spread_ok(req).await;
     for seq in 0..5 {
         let m = stream.message().await.unwrap().unwrap();
         assert_eq!(m.message, format!("tick {seq}"));
@@ -175,11 +171,7 @@ async fn status_codes_and_their_metadata_reach_the_client() {
         count: 2,
         ..failing
     };
-    let mut stream = client
-        .spread(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.spread_ok(req).await;
     assert_eq!(stream.message().await.unwrap().unwrap().seq, 0);
     assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
     let status = stream.message().await.unwrap_err();
@@ -198,11 +190,7 @@ async fn a_backend_killed_mid_stream_ends_the_call_unavailable() {
         interval_ms: 50,
         ..EchoRequest::say("tick")
     };
-    let mut stream = client
-        .spread(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.spread_ok(req).await;
     assert_eq!(stream.message().await.unwrap().unwrap().seq, 0);
     b.kill();
     // Messages already on their way may still come; then the call ends, never hangs.
@@ -317,12 +305,7 @@ async fn slow_streams_outlive_every_body_timeout() {
             interval_ms: 2000,
             ..EchoRequest::say("slow")
         };
-        let mut stream = client
-            .clone()
-            .spread(tonic::Request::new(req))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = client.clone().spread_ok(req).await;
         let mut seen = 0;
         while let Some(m) = stream.message().await.unwrap() {
             assert_eq!(m.seq, seen);
@@ -365,11 +348,7 @@ async fn a_grpc_client_that_pauses_reading_is_not_cut_by_send_timeout() {
         size: 64 * 1024,
         ..EchoRequest::say("")
     };
-    let mut stream = client
-        .spread(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.spread_ok(req).await;
     assert_eq!(stream.message().await.unwrap().unwrap().seq, 0);
     // Four send_timeouts without reading.
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -402,11 +381,7 @@ async fn calls_reach_a_backend_over_tls_with_h2() {
         count: 3,
         ..EchoRequest::say("tick")
     };
-    let mut stream = client
-        .spread(tonic::Request::new(req))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.spread_ok(req).await;
     let mut seen = 0;
     while stream.message().await.unwrap().is_some() {
         seen += 1;

@@ -279,7 +279,12 @@ impl EchoClient {
             .await
     }
 
-    pub async fn spread(
+    /// `Spread` for `req`, which must be accepted: its stream of replies.
+    pub async fn spread_ok(&mut self, req: EchoRequest) -> Streaming<EchoReply> {
+        self.spread(Request::new(req)).await.unwrap().into_inner()
+    }
+
+    async fn spread(
         &mut self,
         req: Request<EchoRequest>,
     ) -> Result<Response<Streaming<EchoReply>>, Status> {
