@@ -18,61 +18,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BENCH=$(cd ../shared/bench 2>/dev/null && pwd) || { echo "needs the shared bench harness at ../shared/bench" >&2; exit 1; }
-CALLER_PWD=$PWD
-LISTEN_PORT=18080
-BACKEND_PORTS=(19001 19002 19003)
-PIN_LOADGEN=(taskset -c 1)
-PIN_PROXY=(taskset -c 0)
-STARTED=()
-ROUNDS=3
-CONNS=64,256
-DURATION=6
-BIN=""
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 # shellcheck source=/dev/null
-source "$BENCH/lib/common.sh"
-
-while [ $# -gt 0 ]; do
-  case $1 in
-    --rounds) ROUNDS=$2; shift ;;
-    --conns) CONNS=$2; shift ;;
-    --duration) DURATION=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    -*) die "unknown option $1" ;;
-    *) BIN=$1 ;;
-  esac
-  shift
-done
-[[ $ROUNDS =~ ^[1-9][0-9]?$ && $DURATION =~ ^[1-9][0-9]?$ ]] || die "--rounds and --duration take 1 to 99"
-for tool in nginx wrk taskset curl; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (bash ../shared/bench/peers.sh installs it)"
-done
-if [ -z "$BIN" ]; then
-  cargo build --release
-  BIN=target/release/maitred
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/cpu-split.XXXXXX")
-chmod 755 "$RUN"
-mkdir -p "$RUN/logs" "$RUN/tmp" "$RUN/www"
-cp "$BIN" "$RUN/maitred"    # a copy, so a rebuild during the run cannot swap it
+source benches/e2e/common.sh
+parse_options 17 "$@"
+need_tools nginx wrk taskset curl
+take_binary
+make_run_dir cpu-split
 sed "s|{BENCH}|$BENCH|g" "$BENCH/configs/maitred.toml" >"$RUN/maitred.toml"
-PROXY_PID=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  [ -n "$PROXY_PID" ] && stop_tree "$PROXY_PID"
-  local i
-  for (( i=${#STARTED[@]}-1; i>=0; i-- )); do stop_tree "${STARTED[$i]}"; done
-  rm -rf "$RUN"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
 prepare_run_dir
 start_backends
 

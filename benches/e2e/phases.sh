@@ -18,59 +18,45 @@
 # The patch touches the request path in five places; when it no longer applies, re-make
 # it on a branch (git diff main > benches/e2e/phases.patch).
 #
-# Usage (repository root): bash benches/e2e/phases.sh [CONNS ...]   (default 64 256)
-# Needs nginx, wrk, taskset, curl and python3. Everything it starts is stopped on exit.
+# Needs nginx, wrk, taskset, curl, python3 and git. Everything it starts is stopped on
+# exit; all traffic stays on 127.0.0.1.
+#
+#   bash benches/e2e/phases.sh [--conns 64,256] [--duration S]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ $# -gt 0 ]; then conns=("$@"); else conns=(64 256); fi
-duration=${DURATION:-8}
-bench=../shared/bench
-for tool in nginx wrk taskset curl python3 git; do
-  command -v "$tool" >/dev/null || { echo "phases.sh needs $tool" >&2; exit 1; }
-done
 
-run=$(mktemp -d /tmp/maitred-phases.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  git worktree remove --force "$run/src" 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=/dev/null
+source benches/e2e/common.sh
+DURATION=8
+parse_options 24 "$@"
+need_tools nginx wrk taskset curl python3 git
+make_run_dir maitred-phases
+on_cleanup() { git worktree remove --force "$RUN/src" 2>/dev/null || true; }
 
-git worktree add -q --detach "$run/src" HEAD
-git -C "$run/src" apply "$PWD/benches/e2e/phases.patch"
-CARGO_TARGET_DIR="$PWD/target/phases" cargo build --release --manifest-path "$run/src/Cargo.toml"
-bin="$run/maitred"
-cp target/phases/release/maitred "$bin"
+git worktree add -q --detach "$RUN/src" HEAD
+git -C "$RUN/src" apply "$PWD/benches/e2e/phases.patch"
+CARGO_TARGET_DIR="$PWD/target/phases" cargo build --release --manifest-path "$RUN/src/Cargo.toml"
+cp target/phases/release/maitred "$RUN/maitred"
+prepare_run_dir
+start_backends
 
-mkdir -p "$run/logs" "$run/tmp" "$run/www"
-head -c 16384 /dev/zero >"$run/www/16k.bin"
-head -c 1048576 /dev/zero >"$run/www/1m.bin"
-sed "s|@RUN@|$run|g" "$bench/configs/backends-nginx.conf" >"$run/backends.conf"
-taskset -c 1 nginx -p "$run" -c "$run/backends.conf" -e "$run/logs/backends.startup.log" &
-pids+=($!)
-
-for c in "${conns[@]}"; do
-  log="$run/phases-c$c.log"
-  MAITRED_PHASES="$log" taskset -c 0 "$bin" run -c "$bench/configs/maitred.toml" \
-    >"$run/logs/maitred-c$c.log" 2>&1 &
-  m=$!
-  pids+=("$m")
-  for _ in $(seq 100); do
-    curl -sf -o /dev/null http://127.0.0.1:18080/ && break
-    sleep 0.1
-  done
-  taskset -c 1 wrk -t1 -c"$c" -d2s http://127.0.0.1:18080/ >/dev/null
+IFS=, read -r -a conns_list <<<"$CONNS"
+for c in "${conns_list[@]}"; do
+  [[ $c =~ ^[1-9][0-9]{0,3}$ ]] || die "--conns takes numbers from 1 to 9999"
+  hist="$RUN/phases-c$c.log"
+  MAITRED_PHASES="$hist" "${PIN_PROXY[@]}" "$RUN/maitred" run -c "$BENCH/configs/maitred.toml" \
+    >"$RUN/logs/maitred-c$c.log" 2>&1 &
+  PROXY_PID=$!
+  wait_http "http://127.0.0.1:$LISTEN_PORT/" "$PROXY_PID" 20 || die "maitred did not answer on :$LISTEN_PORT"
+  "${PIN_LOADGEN[@]}" wrk -t1 -c"$c" -d2s "http://127.0.0.1:$LISTEN_PORT/" >/dev/null
   sleep 1.2                               # the warm-up's last second is written out
-  echo "== $c connections: wrk, $duration s =="
+  echo "== $c connections: wrk, $DURATION s =="
   start=$(date +%s)                       # lines stamped after this are the measurement
-  taskset -c 1 wrk -t1 -c"$c" -d"${duration}s" --latency http://127.0.0.1:18080/ |
+  "${PIN_LOADGEN[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --latency "http://127.0.0.1:$LISTEN_PORT/" |
     grep -E "Requests/sec|^ +(50|99)%"
   sleep 1.2
-  kill "$m"
-  wait "$m" 2>/dev/null || true
-  python3 - "$log" "$start" <<'EOF'
+  stop_tree "$PROXY_PID"; PROXY_PID=""
+  python3 - "$hist" "$start" <<'EOF'
 import re, statistics, sys
 path, start = sys.argv[1], int(sys.argv[2])
 phases = {}

@@ -21,66 +21,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BENCH=$(cd ../shared/bench 2>/dev/null && pwd) || { echo "needs the shared bench harness at ../shared/bench" >&2; exit 1; }
-LISTEN_PORT=18080
+# shellcheck source=/dev/null
+source benches/e2e/common.sh
 H1_PORTS=(19001 19002 19003)
 H2C_PORTS=(19011 19012 19013)
 GRPC_PORT=19021
-PIN_LOADGEN=(taskset -c 1)
-PIN_PROXY=(taskset -c 0)
-STARTED=()
-ROUNDS=3
-CONNS=64,256
-DURATION=6
-BIN=""
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-# shellcheck source=/dev/null
-source "$BENCH/lib/common.sh"
-
-while [ $# -gt 0 ]; do
-  case $1 in
-    --rounds) ROUNDS=$2; shift ;;
-    --conns) CONNS=$2; shift ;;
-    --duration) DURATION=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
-    -*) die "unknown option $1" ;;
-    *) BIN=$1 ;;
-  esac
-  shift
-done
-[[ $ROUNDS =~ ^[1-9][0-9]?$ && $DURATION =~ ^[1-9][0-9]?$ ]] || die "--rounds and --duration take 1 to 99"
-for tool in nginx wrk h2load taskset curl ss; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (bash ../shared/bench/peers.sh installs it)"
-done
+parse_options 21 "$@"
+need_tools nginx wrk h2load taskset curl ss
 cargo build --release --example grpc_backend
-if [ -z "$BIN" ]; then
-  cargo build --release
-  BIN=target/release/maitred
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
+take_binary
 for p in "$LISTEN_PORT" "${H1_PORTS[@]}" "${H2C_PORTS[@]}" "$GRPC_PORT"; do
   port_busy "$p" && die "port $p on loopback is already in use; stop whatever holds it first"
 done
-
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/upstream-protocols.XXXXXX")
-chmod 755 "$RUN"
-mkdir -p "$RUN/logs" "$RUN/tmp"
-cp "$BIN" "$RUN/maitred"    # copies, so a rebuild during the run cannot swap them
-cp target/release/examples/grpc_backend "$RUN/grpc_backend"
-PROXY_PID=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  [ -n "$PROXY_PID" ] && stop_tree "$PROXY_PID"
-  local i
-  for (( i=${#STARTED[@]}-1; i>=0; i-- )); do stop_tree "${STARTED[$i]}"; done
-  rm -rf "$RUN"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+make_run_dir upstream-protocols
+cp target/release/examples/grpc_backend "$RUN/grpc_backend"    # a copy, as of maitred
 
 # One nginx, one worker: HTTP/1.1 on the first three ports, h2c on the next three.
 servers=""
