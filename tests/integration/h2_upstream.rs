@@ -399,14 +399,7 @@ async fn a_stalled_http2_body_is_cut_after_read_timeout_except_for_grpc() {
     assert_eq!(backend_errors(&d), 1, "a stalled backend body is its error");
 
     // A gRPC call may idle: it is not cut.
-    let req = Request::post("http://x/svc/Method")
-        .header("content-type", "application/grpc")
-        .body(full(""))
-        .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap();
-    assert_eq!(first.into_data().unwrap(), "partial");
+    let mut body = stalled_grpc_call(&mut h2, "/svc/Method").await;
     let more = tokio::time::timeout(Duration::from_millis(1500), body.frame()).await;
     assert!(
         more.is_err(),
@@ -418,6 +411,23 @@ async fn a_stalled_http2_body_is_cut_after_read_timeout_except_for_grpc() {
     d.shutdown(Some(Duration::from_secs(1))).await;
 }
 
+/// A gRPC call to `path` on a [`stalling`] backend: its answer's body after the first
+/// piece ("partial"), still open.
+async fn stalled_grpc_call(
+    h2: &mut hyper::client::conn::http2::SendRequest<BoxBody>,
+    path: &str,
+) -> Incoming {
+    let req = Request::post(format!("http://x{path}"))
+        .header("content-type", "application/grpc")
+        .body(full(""))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "partial");
+    body
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_answering_pings_has_its_connection_closed() {
     let backend = H2Backend::start(Opts::default(), stalling()).await;
@@ -426,14 +436,7 @@ async fn a_backend_that_stops_answering_pings_has_its_connection_closed() {
     let d = start_daemon(&h2c_config(&[relay.addr], pool)).await;
     let mut h2 = h2_client(addr(&d)).await;
     // A gRPC call, which no read_timeout cuts: only the PINGs can tell the backend is gone.
-    let req = Request::post("http://x/svc/Watch")
-        .header("content-type", "application/grpc")
-        .body(full(""))
-        .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap();
-    assert_eq!(first.into_data().unwrap(), "partial");
+    let body = stalled_grpc_call(&mut h2, "/svc/Watch").await;
     relay.frozen.store(true, Ordering::SeqCst);
     // The call ends, as a gRPC call, with UNAVAILABLE in its trailers.
     let rest = tokio::time::timeout(DEADLINE, body.collect()).await;
